@@ -1,0 +1,1 @@
+"""Ingress: verified, deduplicated, durable webhook intake."""

@@ -1,0 +1,1 @@
+"""Outbox: durable, rate-limited delivery to the platforms."""

@@ -1,0 +1,1 @@
+"""Switchboard shared infrastructure and composition root."""

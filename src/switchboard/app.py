@@ -1,0 +1,168 @@
+"""The HTTP application: the composition root that wires shared resources and service components.
+
+Services (the gateway, the outbox API) plug in as ``Component``s: a router and a lifespan that
+starts their own long-lived parts once the shared ones exist. This package never imports them;
+the CLI passes them in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import prometheus_client
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+
+from switchboard import db, kafka
+from switchboard.auth.endpoints import router as api_keys_router
+from switchboard.channels.endpoints import router as channels_router
+from switchboard.crypto import SecretBox
+from switchboard.errors import SwitchboardError
+from switchboard.logging import get_logger
+from switchboard.resources import Resources
+from switchboard.settings import Settings
+
+log = get_logger(__name__)
+
+VERSION = "0.1.0"
+
+
+@dataclass(frozen=True)
+class Component:
+    name: str
+    routers: Sequence[Any] = ()
+    lifespan: Callable[[Resources], AbstractAsyncContextManager[None]] | None = None
+    schemas: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """JSON Schemas of the contracts this component owns, committed under ``openapi/schemas``."""
+
+
+@asynccontextmanager
+async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
+    """Start the shared long-lived clients and close them in reverse order."""
+    async with AsyncExitStack() as stack:
+        box = SecretBox.from_settings(settings)
+        engine = db.create_engine(settings)
+        stack.push_async_callback(engine.dispose)
+        if settings.kafka_create_topics:
+            await kafka.ensure_topics(settings)
+        producer = kafka.create_producer(settings)
+        await producer.start()
+        stack.push_async_callback(producer.stop)
+        yield Resources(
+            settings=settings,
+            engine=engine,
+            sessionmaker=db.create_sessionmaker(engine),
+            producer=producer,
+            secret_box=box,
+        )
+
+
+def _error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"error": {"code": code, "message": message}}
+    if details is not None:
+        body["error"]["details"] = details
+    return body
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(SwitchboardError)
+    async def _switchboard_error(_: Request, exc: SwitchboardError) -> Response:
+        return JSONResponse(
+            _error_body(exc.code, exc.message, exc.details), status_code=exc.status_code
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> Response:
+        """422 with locations and messages only: the input is never echoed (it may hold secrets)."""
+        details = [
+            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+            for e in exc.errors()
+        ]
+        summary = "; ".join(
+            f"{'.'.join(str(p) for p in d['loc'] if p != 'body') or 'body'}: {d['msg']}"
+            for d in details
+        )
+        return JSONResponse(
+            _error_body("validation_error", summary or "invalid request", details), status_code=422
+        )
+
+
+def create_app(
+    settings: Settings,
+    components: Sequence[Component] = (),
+    resources: Resources | None = None,
+) -> FastAPI:
+    """Build the app. With ``resources`` given (tests), the caller owns their lifecycle."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            res = resources
+            if res is None:
+                res = await stack.enter_async_context(open_resources(settings))
+            app.state.resources = res
+            for component in components:
+                if component.lifespan is not None:
+                    await stack.enter_async_context(component.lifespan(res))
+            log.info("app.started", components=[c.name for c in components])
+            yield
+        log.info("app.stopped")
+
+    app = FastAPI(
+        title="Switchboard",
+        version=VERSION,
+        summary="Async webhook gateway for business messaging",
+        description=(
+            "Receives WhatsApp, Messenger, Instagram, Telegram and Twilio webhooks, publishes "
+            "canonical events to Kafka, and delivers outbound messages durably within each "
+            "platform's limits. Authenticate `/v1` calls with `Authorization: Bearer <api key>`."
+        ),
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(channels_router)
+    app.include_router(api_keys_router)
+    for component in components:
+        for router in component.routers:
+            app.include_router(router)
+
+    @app.get("/healthz", tags=["health"], response_class=PlainTextResponse)
+    async def healthz() -> str:
+        """The process is alive."""
+        return "ok"
+
+    @app.get("/readyz", tags=["health"])
+    async def readyz(request: Request) -> JSONResponse:
+        """PostgreSQL and the Kafka broker both answer right now."""
+        res: Resources = request.app.state.resources
+        checks: dict[str, str] = {}
+
+        async def check(name: str, probe: Any) -> None:
+            try:
+                await asyncio.wait_for(probe, 3.0)
+                checks[name] = "ok"
+            except Exception as exc:
+                checks[name] = f"unavailable: {type(exc).__name__}"
+
+        await asyncio.gather(
+            check("database", db.ping(res.engine)), check("kafka", kafka.ping(res.settings))
+        )
+        ready = all(v == "ok" for v in checks.values())
+        return JSONResponse(
+            {"status": "ready" if ready else "not ready", "checks": checks},
+            status_code=200 if ready else 503,
+        )
+
+    @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
+    async def metrics() -> Response:
+        """Prometheus metrics of this process."""
+        return Response(
+            prometheus_client.generate_latest(), media_type=prometheus_client.CONTENT_TYPE_LATEST
+        )
+
+    return app

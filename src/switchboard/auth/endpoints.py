@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+import uuid
+
+from fastapi import APIRouter, status
+
+from switchboard.auth import service
+from switchboard.auth.dependencies import RequireAdmin
+from switchboard.auth.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyRead
+from switchboard.resources import DbSession
+
+router = APIRouter(prefix="/v1/api-keys", tags=["api keys"])
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+async def create_api_key(body: ApiKeyCreate, _: RequireAdmin, session: DbSession) -> ApiKeyCreated:
+    """Issue a key. The key itself is in this response only; store it now."""
+    row, key = await service.create_key(session, body.name, body.scopes)
+    await session.commit()
+    return ApiKeyCreated.model_validate({**ApiKeyRead.model_validate(row).model_dump(), "key": key})
+
+
+@router.get("")
+async def list_api_keys(_: RequireAdmin, session: DbSession) -> list[ApiKeyRead]:
+    return [ApiKeyRead.model_validate(r) for r in await service.list_keys(session)]
+
+
+@router.delete("/{key_id}")
+async def revoke_api_key(key_id: uuid.UUID, _: RequireAdmin, session: DbSession) -> ApiKeyRead:
+    row = await service.revoke_key(session, key_id)
+    await session.commit()
+    return ApiKeyRead.model_validate(row)

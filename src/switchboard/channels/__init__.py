@@ -1,0 +1,1 @@
+"""Channels: one business account on one platform, with its write-only, encrypted credentials."""

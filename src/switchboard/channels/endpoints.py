@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Query, status
+
+from switchboard.auth.dependencies import RequireAdmin, RequireRead
+from switchboard.channels import service
+from switchboard.channels.schemas import ChannelCreate, ChannelRead, ChannelUpdate, Platform
+from switchboard.resources import AppResources, DbSession
+
+router = APIRouter(prefix="/v1/channels", tags=["channels"])
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+async def create_channel(
+    body: Annotated[ChannelCreate, Body()],
+    _: RequireAdmin,
+    session: DbSession,
+    resources: AppResources,
+) -> ChannelRead:
+    """Register a channel. Credentials are encrypted at rest and never returned."""
+    channel = await service.create(session, resources.secret_box, body)
+    await session.commit()
+    return service.to_read(channel, resources.secret_box, resources.public_base_url)
+
+
+@router.get("")
+async def list_channels(
+    _: RequireRead,
+    session: DbSession,
+    resources: AppResources,
+    platform: Annotated[Platform | None, Query()] = None,
+    enabled: Annotated[bool | None, Query()] = None,
+) -> list[ChannelRead]:
+    rows = await service.list_all(session, platform, enabled)
+    return [service.to_read(c, resources.secret_box, resources.public_base_url) for c in rows]
+
+
+@router.get("/{channel_id}")
+async def get_channel(
+    channel_id: uuid.UUID, _: RequireRead, session: DbSession, resources: AppResources
+) -> ChannelRead:
+    channel = await service.get(session, channel_id)
+    return service.to_read(channel, resources.secret_box, resources.public_base_url)
+
+
+@router.patch("/{channel_id}")
+async def update_channel(
+    channel_id: uuid.UUID,
+    body: ChannelUpdate,
+    _: RequireAdmin,
+    session: DbSession,
+    resources: AppResources,
+) -> ChannelRead:
+    channel = await service.update(session, resources.secret_box, channel_id, body)
+    await session.commit()
+    return service.to_read(channel, resources.secret_box, resources.public_base_url)
+
+
+@router.post("/{channel_id}/disable")
+async def disable_channel(
+    channel_id: uuid.UUID, _: RequireAdmin, session: DbSession, resources: AppResources
+) -> ChannelRead:
+    """Stop accepting webhooks (404) and sends for this channel; its data is kept."""
+    channel = await service.update(
+        session, resources.secret_box, channel_id, ChannelUpdate(enabled=False)
+    )
+    await session.commit()
+    return service.to_read(channel, resources.secret_box, resources.public_base_url)
+
+
+@router.post("/{channel_id}/enable")
+async def enable_channel(
+    channel_id: uuid.UUID, _: RequireAdmin, session: DbSession, resources: AppResources
+) -> ChannelRead:
+    channel = await service.update(
+        session, resources.secret_box, channel_id, ChannelUpdate(enabled=True)
+    )
+    await session.commit()
+    return service.to_read(channel, resources.secret_box, resources.public_base_url)

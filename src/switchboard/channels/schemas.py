@@ -1,0 +1,185 @@
+"""API schemas of the channel resource (design.md §2). Credentials are write-only:
+they are accepted here, encrypted, and never part of any response."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
+
+Platform = Literal["whatsapp", "messenger", "instagram", "telegram", "twilio"]
+
+_TELEGRAM_TOKEN = re.compile(r"^(\d+):[A-Za-z0-9_-]{20,}$")
+_TELEGRAM_SECRET = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
+_TWILIO_SID = re.compile(r"^AC[0-9a-fA-F]{32}$")
+_DIGITS = re.compile(r"^\d{1,30}$")
+_TWILIO_SENDER = re.compile(
+    r"^(whatsapp:)?\+[1-9]\d{6,14}$|^MG[0-9a-fA-F]{32}$|^[A-Za-z0-9 ]{1,11}$"
+)
+
+Secret = Annotated[SecretStr, Field(min_length=1, max_length=4096)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+
+class MetaCredentials(_Strict):
+    """WhatsApp Cloud API, Messenger and Instagram: one Meta app and its tokens."""
+
+    access_token: Secret
+    app_secret: Secret
+    verify_token: Secret
+    previous_app_secret: Secret | None = Field(
+        default=None, description="Still accepted for signatures while rotating the app secret"
+    )
+
+
+class TelegramCredentials(_Strict):
+    bot_token: Secret
+    secret_token: Secret = Field(
+        description="Sent by Telegram in X-Telegram-Bot-Api-Secret-Token (1-256 of A-Z a-z 0-9 _ -)"
+    )
+    previous_secret_token: Secret | None = None
+
+    @field_validator("bot_token")
+    @classmethod
+    def _bot_token_shape(cls, value: SecretStr) -> SecretStr:
+        if not _TELEGRAM_TOKEN.match(value.get_secret_value()):
+            raise ValueError("must look like '<bot id>:<token>' as issued by @BotFather")
+        return value
+
+    @field_validator("secret_token", "previous_secret_token")
+    @classmethod
+    def _secret_shape(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not _TELEGRAM_SECRET.match(value.get_secret_value()):
+            raise ValueError("must be 1-256 characters of A-Z, a-z, 0-9, '_' and '-'")
+        return value
+
+
+class TwilioCredentials(_Strict):
+    account_sid: str = Field(description="AC followed by 32 hex digits")
+    auth_token: Secret
+    previous_auth_token: Secret | None = None
+
+    @field_validator("account_sid")
+    @classmethod
+    def _sid_shape(cls, value: str) -> str:
+        if not _TWILIO_SID.match(value):
+            raise ValueError("must be 'AC' followed by 32 hexadecimal digits")
+        return value
+
+
+class _ChannelCreateBase(_Strict):
+    name: str = Field(min_length=1, max_length=200)
+    account_id: str = Field(min_length=1, max_length=200)
+    api_base_url: HttpUrl | None = Field(
+        default=None, description="Override of the platform API base URL (tests, proxies)"
+    )
+    send_rate_per_second: float | None = Field(
+        default=None, gt=0, le=10_000, description="null = the platform's default limit"
+    )
+    enabled: bool = True
+
+
+class _MetaChannelCreate(_ChannelCreateBase):
+    credentials: MetaCredentials
+
+    @model_validator(mode="after")
+    def _numeric_account(self) -> _MetaChannelCreate:
+        if not _DIGITS.match(self.account_id):
+            raise ValueError(
+                "account_id must be the numeric Meta id (phone_number_id, page or IG id)"
+            )
+        return self
+
+
+class WhatsAppChannelCreate(_MetaChannelCreate):
+    platform: Literal["whatsapp"]
+
+
+class MessengerChannelCreate(_MetaChannelCreate):
+    platform: Literal["messenger"]
+
+
+class InstagramChannelCreate(_MetaChannelCreate):
+    platform: Literal["instagram"]
+
+
+class TelegramChannelCreate(_ChannelCreateBase):
+    platform: Literal["telegram"]
+    credentials: TelegramCredentials
+
+    @model_validator(mode="after")
+    def _account_is_bot_id(self) -> TelegramChannelCreate:
+        match = _TELEGRAM_TOKEN.match(self.credentials.bot_token.get_secret_value())
+        if match and match.group(1) != self.account_id:
+            raise ValueError("account_id must be the bot id (the digits before ':' in bot_token)")
+        return self
+
+
+class TwilioChannelCreate(_ChannelCreateBase):
+    platform: Literal["twilio"]
+    credentials: TwilioCredentials
+
+    @model_validator(mode="after")
+    def _sender_shape(self) -> TwilioChannelCreate:
+        if not _TWILIO_SENDER.match(self.account_id):
+            raise ValueError(
+                "account_id must be the sender: an E.164 number (+15551234567), "
+                "'whatsapp:+15551234567', a Messaging Service SID (MG…) or an alphanumeric id"
+            )
+        return self
+
+
+ChannelCreate = Annotated[
+    WhatsAppChannelCreate
+    | MessengerChannelCreate
+    | InstagramChannelCreate
+    | TelegramChannelCreate
+    | TwilioChannelCreate,
+    Field(discriminator="platform"),
+]
+
+CREDENTIAL_MODELS: dict[str, type[BaseModel]] = {
+    "whatsapp": MetaCredentials,
+    "messenger": MetaCredentials,
+    "instagram": MetaCredentials,
+    "telegram": TelegramCredentials,
+    "twilio": TwilioCredentials,
+}
+
+
+class ChannelUpdate(_Strict):
+    """Partial update. `credentials` keys given replace the stored ones; the others are kept."""
+
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    api_base_url: HttpUrl | None = None
+    send_rate_per_second: float | None = Field(default=None, gt=0, le=10_000)
+    enabled: bool | None = None
+    credentials: dict[str, SecretStr] | None = None
+
+
+class ChannelRead(BaseModel):
+    id: uuid.UUID
+    platform: Platform
+    name: str
+    account_id: str
+    api_base_url: str | None
+    send_rate_per_second: float | None
+    enabled: bool
+    webhook_url: str
+    credentials_set: list[str] = Field(description="Names of the stored credentials (never values)")
+    created_at: datetime
+    updated_at: datetime

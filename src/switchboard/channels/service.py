@@ -1,0 +1,141 @@
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from pydantic import BaseModel, SecretStr, ValidationError
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from switchboard.channels.models import Channel
+from switchboard.channels.schemas import (
+    CREDENTIAL_MODELS,
+    ChannelCreate,
+    ChannelRead,
+    ChannelUpdate,
+)
+from switchboard.crypto import SecretBox
+from switchboard.errors import Conflict, NotFound, Unprocessable
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelWithSecrets:
+    """A channel with decrypted credentials, for the gateway's verifiers and the outbox senders."""
+
+    id: uuid.UUID
+    platform: str
+    account_id: str
+    api_base_url: str | None
+    send_rate_per_second: float | None
+    enabled: bool
+    credentials: dict[str, str]
+
+
+def _plain(model: BaseModel) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in model:
+        if value is None:
+            continue
+        out[key] = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+    return out
+
+
+def to_read(channel: Channel, box: SecretBox, public_base_url: str) -> ChannelRead:
+    return ChannelRead(
+        id=channel.id,
+        platform=channel.platform,
+        name=channel.name,
+        account_id=channel.account_id,
+        api_base_url=channel.api_base_url,
+        send_rate_per_second=channel.send_rate_per_second,
+        enabled=channel.enabled,
+        webhook_url=f"{public_base_url}/webhooks/{channel.platform}/{channel.id}",
+        credentials_set=sorted(box.decrypt_json(channel.secrets)),
+        created_at=channel.created_at,
+        updated_at=channel.updated_at,
+    )
+
+
+async def create(session: AsyncSession, box: SecretBox, body: ChannelCreate) -> Channel:
+    channel = Channel(
+        platform=body.platform,
+        name=body.name,
+        account_id=body.account_id,
+        secrets=box.encrypt_json(_plain(body.credentials)),
+        api_base_url=str(body.api_base_url).rstrip("/") if body.api_base_url else None,
+        send_rate_per_second=body.send_rate_per_second,
+        enabled=body.enabled,
+    )
+    session.add(channel)
+    try:
+        await session.flush()
+    except IntegrityError as exc:
+        raise Conflict(
+            f"a {body.platform} channel for account_id {body.account_id!r} already exists"
+        ) from exc
+    await session.refresh(channel)
+    return channel
+
+
+async def get(session: AsyncSession, channel_id: uuid.UUID) -> Channel:
+    channel = await session.get(Channel, channel_id)
+    if channel is None:
+        raise NotFound("channel not found")
+    return channel
+
+
+async def list_all(
+    session: AsyncSession, platform: str | None = None, enabled: bool | None = None
+) -> list[Channel]:
+    query = select(Channel).order_by(Channel.created_at, Channel.id)
+    if platform is not None:
+        query = query.where(Channel.platform == platform)
+    if enabled is not None:
+        query = query.where(Channel.enabled == enabled)
+    return list(await session.scalars(query))
+
+
+async def update(
+    session: AsyncSession, box: SecretBox, channel_id: uuid.UUID, body: ChannelUpdate
+) -> Channel:
+    channel = await get(session, channel_id)
+    fields = body.model_dump(exclude_unset=True, exclude={"credentials"})
+    if "name" in fields and fields["name"] is None:
+        raise Unprocessable("name cannot be null")
+    for key, value in fields.items():
+        if key == "api_base_url":
+            value = str(value).rstrip("/") if value else None
+        setattr(channel, key, value)
+    if body.credentials is not None:
+        merged = box.decrypt_json(channel.secrets)
+        merged.update({k: v.get_secret_value() for k, v in body.credentials.items()})
+        model = CREDENTIAL_MODELS[channel.platform]
+        try:
+            validated = model.model_validate(merged)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"credentials.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()
+            )
+            raise Unprocessable(f"invalid credentials: {problems}") from None
+        channel.secrets = box.encrypt_json(_plain(validated))
+    await session.flush()
+    await session.refresh(channel)
+    return channel
+
+
+async def load_with_secrets(
+    session: AsyncSession, box: SecretBox, channel_id: uuid.UUID
+) -> ChannelWithSecrets | None:
+    channel = await session.get(Channel, channel_id)
+    if channel is None:
+        return None
+    return ChannelWithSecrets(
+        id=channel.id,
+        platform=channel.platform,
+        account_id=channel.account_id,
+        api_base_url=channel.api_base_url,
+        send_rate_per_second=channel.send_rate_per_second,
+        enabled=channel.enabled,
+        credentials=box.decrypt_json(channel.secrets),
+    )

@@ -1,0 +1,215 @@
+"""`switchboard` command line: the composition root of every process (design.md §5)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import secrets
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from pydantic import SecretStr, ValidationError
+
+from switchboard.app import Component
+from switchboard.settings import Settings
+
+EXIT_USAGE = 2
+
+
+def _fail(message: str) -> NoReturn:
+    print(f"switchboard: {message}", file=sys.stderr)
+    raise SystemExit(EXIT_USAGE)
+
+
+def _settings(**overrides: object) -> Settings:
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"SWITCHBOARD_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            for e in exc.errors()
+        )
+        _fail(f"invalid settings: {problems}")
+    return settings.model_copy(update=overrides) if overrides else settings
+
+
+def _components(settings: Settings) -> list[Component]:
+    from gateway.app import component as gateway_component
+    from outbox.app import component as outbox_component
+
+    return [gateway_component(settings), outbox_component(settings)]
+
+
+def _require_keys(settings: Settings) -> None:
+    if settings.encryption_keys is None:
+        _fail("SWITCHBOARD_ENCRYPTION_KEYS is not set (create one with `switchboard keygen`)")
+
+
+# ---- commands ---------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from switchboard.app import create_app
+    from switchboard.logging import configure_logging
+    from switchboard.runner import bind_socket, run, stop_on_signals
+
+    settings = _settings()
+    _require_keys(settings)
+    configure_logging(settings)
+    sock = bind_socket(settings.http_host, settings.http_port)
+    port = sock.getsockname()[1]
+    settings = settings.model_copy(update={"http_port": port})
+    app = create_app(settings, _components(settings))
+
+    async def main() -> None:
+        async with stop_on_signals() as stop:
+            await run(
+                app=app,
+                sock=sock,
+                stop=stop,
+                on_ready=lambda: print(f"api: http://{settings.http_host}:{port}", flush=True),
+                log_level=settings.log_level,
+            )
+
+    asyncio.run(main())
+
+
+def cmd_outbox(args: argparse.Namespace) -> None:
+    from outbox.app import run_worker
+    from switchboard.app import open_resources
+    from switchboard.logging import configure_logging
+    from switchboard.runner import run, stop_on_signals
+
+    settings = _settings()
+    _require_keys(settings)
+    configure_logging(settings)
+
+    async def main() -> None:
+        async with stop_on_signals() as stop, open_resources(settings) as resources:
+            await run(app=None, sock=None, stop=stop, workers=[lambda s: run_worker(resources, s)])
+
+    asyncio.run(main())
+
+
+def cmd_migrate(args: argparse.Namespace) -> None:
+    from switchboard import migrate
+
+    settings = _settings()
+    if args.downgrade:
+        migrate.downgrade(settings, args.downgrade)
+    else:
+        migrate.upgrade(settings, args.revision)
+    print(f"database migrated to {args.downgrade or args.revision}")
+
+
+def cmd_keygen(args: argparse.Namespace) -> None:
+    from switchboard.crypto import generate_key
+
+    print(generate_key())
+
+
+def cmd_normalize(args: argparse.Namespace) -> None:
+    import normalizer
+
+    if args.platform not in normalizer.PLATFORMS:
+        _fail(f"unknown platform {args.platform!r}; one of: {', '.join(normalizer.PLATFORMS)}")
+    try:
+        body = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    except OSError as exc:
+        _fail(f"cannot read {args.file}: {exc.strerror}")
+    try:
+        events = normalizer.normalize(args.platform, body, channel_id=args.channel_id)
+    except normalizer.NormalizeError as exc:
+        _fail(str(exc).splitlines()[0] if str(exc) else "malformed input")
+    out = sys.stdout.buffer
+    for event in events:
+        out.write(normalizer.dump_event(event) + b"\n")
+    out.flush()
+
+
+def cmd_openapi(args: argparse.Namespace) -> None:
+    from switchboard.openapi import render_all
+
+    settings = Settings(encryption_keys=SecretStr("unused"))
+    files = render_all(settings, _components(settings))
+    root = Path(args.output)
+    stale = []
+    for name, content in files.items():
+        path = root / name
+        current = path.read_text() if path.exists() else None
+        if current != content:
+            stale.append(str(path))
+            if not args.check:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(content)
+    if args.check and stale:
+        _fail(f"generated documents are out of date: {', '.join(stale)}; run `switchboard openapi`")
+    print(json.dumps({"written" if not args.check else "checked": sorted(files)}))
+
+
+def cmd_dev(args: argparse.Namespace) -> None:
+    from switchboard.dev import run_dev
+
+    run_dev(_settings(), data_dir=args.data_dir)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="switchboard",
+        description="Async webhook gateway for business messaging. Settings: SWITCHBOARD_* env.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    dev = sub.add_parser("dev", help="everything on embedded PostgreSQL and broker (try it out)")
+    dev.add_argument("--data-dir", type=Path, default=None, help="default: ./.switchboard")
+    dev.set_defaults(func=cmd_dev)
+
+    sub.add_parser("serve", help="ingress + REST API (production)").set_defaults(func=cmd_serve)
+    sub.add_parser("outbox", help="delivery worker (production)").set_defaults(func=cmd_outbox)
+
+    mig = sub.add_parser("migrate", help="apply database migrations (Alembic upgrade head)")
+    mig.add_argument("--revision", default="head")
+    mig.add_argument("--downgrade", metavar="REVISION", default=None)
+    mig.set_defaults(func=cmd_migrate)
+
+    norm = sub.add_parser("normalize", help="print the canonical events of one webhook body")
+    norm.add_argument("--platform", required=True)
+    norm.add_argument("--channel-id", default="local")
+    norm.add_argument("file", nargs="?", default="-", help="a file, or - for stdin (default)")
+    norm.set_defaults(func=cmd_normalize)
+
+    sub.add_parser("keygen", help="print a new encryption key").set_defaults(func=cmd_keygen)
+
+    api = sub.add_parser("openapi", help="write the OpenAPI/AsyncAPI/JSON Schema documents")
+    api.add_argument("--output", default="openapi")
+    api.add_argument("--check", action="store_true", help="fail if the committed ones drifted")
+    api.set_defaults(func=cmd_openapi)
+
+    try:
+        from gateway.cli import register as register_gateway
+    except ImportError:
+        pass
+    else:
+        register_gateway(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+
+
+def new_admin_key() -> str:
+    return "sb_admin_" + secrets.token_urlsafe(24)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""Kafka producer/consumer/admin factories with Switchboard's defaults.
+
+Producers use ``acks=all``; idempotence is on unless the broker cannot do it (the embedded Tansu
+broker cannot, so ``switchboard dev`` turns it off). Consumers never auto-commit: offsets are
+committed by the caller once the outcome of a record is stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterable
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from switchboard.logging import get_logger
+from switchboard.settings import TOPICS, Settings
+
+log = get_logger(__name__)
+
+CLOUDEVENTS_CONTENT_TYPE = b"application/cloudevents+json"
+CE_HEADERS = [("content-type", CLOUDEVENTS_CONTENT_TYPE)]
+
+
+def create_producer(settings: Settings) -> AIOKafkaProducer:
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        client_id=settings.kafka_client_id,
+        acks="all",
+        enable_idempotence=settings.kafka_enable_idempotence,
+        linger_ms=settings.kafka_linger_ms,
+        max_batch_size=settings.kafka_max_batch_size,
+        request_timeout_ms=settings.kafka_request_timeout_ms,
+    )
+
+
+def create_consumer(
+    settings: Settings, *topics: str, group_id: str | None = None, **overrides: object
+) -> AIOKafkaConsumer:
+    options: dict[str, object] = {
+        "bootstrap_servers": settings.kafka_bootstrap_servers,
+        "client_id": settings.kafka_client_id,
+        "group_id": group_id or settings.kafka_consumer_group,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "isolation_level": "read_committed",
+    }
+    options.update(overrides)
+    return AIOKafkaConsumer(*topics, **options)
+
+
+async def ensure_topics(settings: Settings, names: Iterable[str] | None = None) -> list[str]:
+    """Create the contract topics that are missing; return the ones created."""
+    wanted = list(names) if names is not None else [settings.topic(t) for t in TOPICS]
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        client_id=f"{settings.kafka_client_id}-admin",
+        request_timeout_ms=settings.kafka_request_timeout_ms,
+    )
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [t for t in wanted if t not in existing]
+        if not missing:
+            return []
+        with contextlib.suppress(TopicAlreadyExistsError):
+            await admin.create_topics(
+                [
+                    NewTopic(
+                        name=t,
+                        num_partitions=settings.kafka_topic_partitions,
+                        replication_factor=settings.kafka_replication_factor,
+                    )
+                    for t in missing
+                ]
+            )
+        log.info("kafka.topics_created", topics=missing)
+        return missing
+    finally:
+        await admin.close()
+
+
+async def ping(settings: Settings) -> None:
+    """Raise unless the broker answers a metadata request within a few seconds."""
+    timeout = 3.0
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        client_id=f"{settings.kafka_client_id}-health",
+        request_timeout_ms=int(timeout * 1000),
+    )
+    try:
+        await asyncio.wait_for(admin.start(), timeout)
+        await asyncio.wait_for(admin.list_topics(), timeout)
+    finally:
+        await admin.close()

@@ -1,0 +1,53 @@
+"""`switchboard migrate`: Alembic upgrade to head, configured in code so it works from any cwd."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+
+from switchboard.settings import Settings
+
+SERVICE_MODEL_MODULES = ("gateway.models", "outbox.models")
+
+
+def import_service_models() -> None:
+    """Register the services' tables in the shared metadata (for autogenerate and checks)."""
+    for module in SERVICE_MODEL_MODULES:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+
+
+def migrations_dir() -> Path:
+    """The Alembic scripts: ``SWITCHBOARD_MIGRATIONS_DIR``, else ``migrations/`` of the checkout."""
+    configured = os.environ.get("SWITCHBOARD_MIGRATIONS_DIR")
+    if configured:
+        return Path(configured)
+    for parent in Path(__file__).resolve().parents:
+        candidate = parent / "migrations"
+        if (candidate / "env.py").is_file():
+            return candidate
+    raise RuntimeError(
+        "Alembic migrations not found: set SWITCHBOARD_MIGRATIONS_DIR to the migrations folder"
+    )
+
+
+def alembic_config(settings: Settings) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    config.attributes["database_url"] = settings.database_url.get_secret_value()
+    return config
+
+
+def upgrade(settings: Settings, revision: str = "head") -> None:
+    command.upgrade(alembic_config(settings), revision)
+
+
+def downgrade(settings: Settings, revision: str) -> None:
+    command.downgrade(alembic_config(settings), revision)

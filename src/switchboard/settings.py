@@ -1,0 +1,87 @@
+"""Settings, read once at the entry point from ``SWITCHBOARD_*`` variables (and ``.env``).
+
+Nothing here connects to anything: the settings object is built by the CLI and passed down.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LogFormat = Literal["console", "json"]
+
+
+class Settings(BaseSettings):
+    """Every knob of Switchboard. Defaults suit `switchboard dev`; production sets the URLs."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SWITCHBOARD_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+    )
+
+    # Processes and HTTP
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8080, ge=0, le=65535, description="0 picks a free port")
+    public_base_url: str | None = Field(
+        default=None,
+        description="Public URL the platforms call (Twilio signs it); defaults to the bind address",
+    )
+    trust_forwarded_headers: bool = False
+    data_dir: Path = Path(".switchboard")
+    log_level: str = "INFO"
+    log_format: LogFormat = "console"
+
+    # PostgreSQL
+    database_url: SecretStr = SecretStr("postgresql+asyncpg://postgres@127.0.0.1:5432/switchboard")
+    database_pool_size: int = Field(default=10, ge=1)
+    database_max_overflow: int = Field(default=10, ge=0)
+
+    # Kafka
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    kafka_topic_prefix: str = "switchboard."
+    kafka_topic_partitions: int = Field(default=6, ge=1)
+    kafka_replication_factor: int = Field(default=1, ge=1)
+    kafka_create_topics: bool = True
+    kafka_enable_idempotence: bool = Field(
+        default=True, description="Off for brokers without idempotent producers (the embedded one)"
+    )
+    kafka_client_id: str = "switchboard"
+    kafka_request_timeout_ms: int = Field(default=10_000, ge=100)
+    kafka_linger_ms: int = Field(default=2, ge=0)
+    kafka_max_batch_size: int = Field(
+        default=1_048_576, ge=16_384, description="aiokafka's 16 KB default caps ingress throughput"
+    )
+    kafka_consumer_group: str = "switchboard-outbox"
+
+    # Security
+    admin_api_key: SecretStr | None = Field(
+        default=None, description="Bootstrap admin API key; accepted with every scope"
+    )
+    encryption_keys: SecretStr | None = Field(
+        default=None,
+        description="Fernet keys, comma-separated: the first encrypts, all decrypt",
+    )
+
+    @field_validator("kafka_topic_prefix")
+    @classmethod
+    def _prefix_is_topic_safe(cls, value: str) -> str:
+        allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+        if not set(value) <= allowed:
+            raise ValueError("may contain only letters, digits, '.', '_' and '-'")
+        return value
+
+    def topic(self, name: str) -> str:
+        """Full topic name for a logical one (``inbound.v1`` → ``switchboard.inbound.v1``)."""
+        return f"{self.kafka_topic_prefix}{name}"
+
+    @property
+    def topics(self) -> dict[str, str]:
+        return {name: self.topic(name) for name in TOPICS}
+
+
+TOPICS = ("inbound.v1", "outbound.commands.v1", "outbound.events.v1", "deadletter.v1")

@@ -1,0 +1,118 @@
+"""Test harness: a real PostgreSQL and a real Kafka-protocol broker for the whole run.
+
+PostgreSQL: ``SWITCHBOARD_TEST_DATABASE_URL`` if set (a fresh database is created on that server
+for the run and dropped after), otherwise an embedded server in a temporary directory. The
+broker is the embedded Tansu binary on a free port. Every test gets its own topic prefix and
+the tables are truncated after each test that used the database, so tests never share state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from switchboard import migrate
+from switchboard.crypto import generate_key
+from switchboard.embedded import EmbeddedBroker, EmbeddedPostgres
+from switchboard.settings import Settings
+
+os.environ.setdefault("SWITCHBOARD_EMBEDDED_PG_FSYNC", "off")
+ADMIN_KEY = "sb_admin_test_" + secrets.token_urlsafe(16)
+ENCRYPTION_KEY = generate_key()
+
+
+async def _admin_exec(server_url: str, statement: str) -> None:
+    engine = create_async_engine(server_url, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text(statement))
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    configured = os.environ.get("SWITCHBOARD_TEST_DATABASE_URL")
+    embedded: EmbeddedPostgres | None = None
+    if configured:
+        server_url = make_url(configured).set(drivername="postgresql+asyncpg")
+    else:
+        embedded = EmbeddedPostgres(Path(tmp_path_factory.mktemp("pg"))).start()
+        server_url = make_url(embedded.url("postgres"))
+    name = f"switchboard_test_{os.getpid()}_{secrets.token_hex(3)}"
+    admin_url = server_url.render_as_string(hide_password=False)
+    asyncio.run(_admin_exec(admin_url, f'CREATE DATABASE "{name}"'))
+    url = server_url.set(database=name).render_as_string(hide_password=False)
+    migrate.upgrade(Settings(database_url=SecretStr(url)))
+    try:
+        yield url
+    finally:
+        asyncio.run(_admin_exec(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        if embedded is not None:
+            embedded.stop()
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[EmbeddedBroker]:
+    with EmbeddedBroker() as running:
+        yield running
+
+
+@pytest.fixture
+def settings(database_url: str, broker: EmbeddedBroker) -> Settings:
+    return Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        database_url=SecretStr(database_url),
+        kafka_bootstrap_servers=broker.bootstrap_servers,
+        kafka_enable_idempotence=False,
+        kafka_topic_prefix=f"t{uuid.uuid4().hex[:10]}.",
+        kafka_topic_partitions=3,
+        admin_api_key=SecretStr(ADMIN_KEY),
+        encryption_keys=SecretStr(ENCRYPTION_KEY),
+        http_port=0,
+    )
+
+
+async def _truncate_all(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        tables = (
+            await conn.execute(
+                text(
+                    "SELECT string_agg(format('%I', tablename), ', ') FROM pg_tables "
+                    "WHERE schemaname = 'public' AND tablename <> 'alembic_version'"
+                )
+            )
+        ).scalar_one()
+        if tables:
+            await conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+
+
+@pytest.fixture
+async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
+    """An engine on the run's database; every table is emptied when the test ends."""
+    eng = create_async_engine(settings.database_url.get_secret_value(), pool_size=5)
+    try:
+        yield eng
+    finally:
+        await _truncate_all(eng)
+        await eng.dispose()
+
+
+@pytest.fixture
+def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False)
