@@ -171,8 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("serve", help="ingress + REST API (production)").set_defaults(func=cmd_serve)
     sub.add_parser("outbox", help="delivery worker (production)").set_defaults(func=cmd_outbox)
 
-    mig = sub.add_parser("migrate", help="apply database migrations (Alembic upgrade head)")
-    mig.add_argument("--revision", default="head")
+    mig = sub.add_parser("migrate", help="apply database migrations (Alembic upgrade heads)")
+    mig.add_argument("--revision", default="heads")
     mig.add_argument("--downgrade", metavar="REVISION", default=None)
     mig.set_defaults(func=cmd_migrate)
 
