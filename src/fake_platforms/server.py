@@ -1,0 +1,360 @@
+"""One aiohttp server on 127.0.0.1 that answers the four send APIs like the real platforms.
+
+Routes (the real paths under any base URL):
+- ``POST /{graph_version}/{node_id}/messages``: WhatsApp Cloud API when the JSON body has
+  ``"messaging_product": "whatsapp"``, otherwise the Messenger/Instagram Send API.
+- ``POST /bot{token}/{method}``: Telegram Bot API.
+- ``POST /2010-04-01/Accounts/{sid}/Messages.json``: Twilio, form-encoded.
+
+Every request is recorded (unless ``record=False``, for benchmarks) and may be answered by an
+injected ``Fault`` instead of the success body. Faults match in insertion order; each serves
+``times`` requests (None = until ``reset``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Literal, Self
+from urllib.parse import parse_qs
+
+from aiohttp import web
+
+__all__ = ["FakePlatformServer", "Fault", "Platform", "RecordedRequest"]
+
+Platform = Literal["whatsapp", "messenger", "telegram", "twilio"]
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedRequest:
+    platform: Platform
+    method: str
+    path: str
+    headers: Mapping[str, str]
+    json: Any
+    """Parsed JSON body (WhatsApp, Messenger, Telegram), else None."""
+    form: Mapping[str, list[str]]
+    """Parsed form body (Twilio), else empty."""
+    recipient: str | None
+    arrived_at: float
+    """``time.monotonic()`` at arrival."""
+    status: int
+    """The status the server answered (or would have, for hangs: 0)."""
+
+
+@dataclass(slots=True)
+class Fault:
+    """An injected answer. Match on platform / path substring / recipient; all optional."""
+
+    status: int = 500
+    body: Any = None
+    """JSON body; None builds the platform's error envelope from ``code``/``message``."""
+    code: int | None = None
+    message: str = "injected fault"
+    retry_after: float | None = None
+    """Sets the Retry-After header (and Telegram's ``parameters.retry_after``)."""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+    hang: bool = False
+    """Never answer (until the server closes): the client sees a timeout."""
+    succeed: bool = False
+    """After ``delay``, answer with the normal success body (a slow response)."""
+    platform: Platform | None = None
+    path_contains: str | None = None
+    recipient: str | None = None
+    times: int | None = 1
+
+    @classmethod
+    def rate_limited(cls, retry_after: float = 1.0, **match: Any) -> Fault:
+        return cls(status=429, retry_after=retry_after, code=None, message="rate limited", **match)
+
+    @classmethod
+    def server_error(cls, status: int = 503, **match: Any) -> Fault:
+        return cls(status=status, message="service unavailable", **match)
+
+    @classmethod
+    def hang_up(cls, **match: Any) -> Fault:
+        return cls(hang=True, **match)
+
+    @classmethod
+    def slow(cls, delay: float, **match: Any) -> Fault:
+        return cls(delay=delay, succeed=True, **match)
+
+    @classmethod
+    def platform_error(
+        cls, code: int, message: str = "platform error", status: int = 400, **match: Any
+    ) -> Fault:
+        return cls(status=status, code=code, message=message, **match)
+
+    def matches(self, platform: Platform, path: str, recipient: str | None) -> bool:
+        if self.times is not None and self.times <= 0:
+            return False
+        if self.platform is not None and self.platform != platform:
+            return False
+        if self.path_contains is not None and self.path_contains not in path:
+            return False
+        return self.recipient is None or self.recipient == recipient
+
+
+def _error_body(platform: Platform, fault: Fault) -> Any:
+    if fault.body is not None:
+        return fault.body
+    code = fault.code if fault.code is not None else fault.status
+    if platform in ("whatsapp", "messenger"):
+        error: dict[str, Any] = {
+            "message": f"(#{code}) {fault.message}",
+            "type": "OAuthException",
+            "code": code,
+            "fbtrace_id": "AbCdEfGhIjK",
+        }
+        if platform == "whatsapp":
+            error["error_data"] = {"messaging_product": "whatsapp", "details": fault.message}
+        return {"error": error}
+    if platform == "telegram":
+        body: dict[str, Any] = {"ok": False, "error_code": code, "description": fault.message}
+        if fault.retry_after is not None:
+            body["parameters"] = {"retry_after": int(fault.retry_after)}
+        return body
+    return {
+        "code": code,
+        "message": fault.message,
+        "more_info": f"https://www.twilio.com/docs/errors/{code}",
+        "status": fault.status,
+    }
+
+
+class FakePlatformServer:
+    """``async with FakePlatformServer() as srv``: listening on ``srv.base_url`` until exit."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, record: bool = True) -> None:
+        self._host = host
+        self._port = port
+        self.record = record
+        self.requests: list[RecordedRequest] = []
+        self.faults: list[Fault] = []
+        self._ids = itertools.count(1)
+        self._closing = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+        self.base_url = ""
+
+    def inject(self, fault: Fault) -> Fault:
+        self.faults.append(fault)
+        return fault
+
+    def reset(self) -> None:
+        self.requests.clear()
+        self.faults.clear()
+
+    async def start(self) -> None:
+        app = web.Application(client_max_size=32 * 1024 * 1024)
+        app.router.add_post("/bot{token}/{method}", self._telegram)
+        app.router.add_post("/2010-04-01/Accounts/{sid}/Messages.json", self._twilio)
+        app.router.add_post("/{version}/{node}/messages", self._graph)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._host, self._port, backlog=1024)
+        await site.start()
+        host, port = self._runner.addresses[0][:2]
+        self.base_url = f"http://{host}:{port}"
+
+    async def close(self) -> None:
+        self._closing.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def _take_fault(self, platform: Platform, path: str, recipient: str | None) -> Fault | None:
+        for fault in self.faults:
+            if fault.matches(platform, path, recipient):
+                if fault.times is not None:
+                    fault.times -= 1
+                return fault
+        return None
+
+    async def _answer(
+        self,
+        request: web.Request,
+        platform: Platform,
+        *,
+        json_body: Any,
+        form: Mapping[str, list[str]],
+        recipient: str | None,
+        success: Any,
+        auth_error: Fault | None,
+    ) -> web.Response:
+        arrived = time.monotonic()
+        fault = auth_error or self._take_fault(platform, request.path, recipient)
+        status = 200 if fault is None or fault.succeed else fault.status
+        if fault is not None and fault.hang:
+            status = 0
+        if self.record:
+            self.requests.append(
+                RecordedRequest(
+                    platform=platform,
+                    method=request.method,
+                    path=request.path,
+                    headers=dict(request.headers),
+                    json=json_body,
+                    form=form,
+                    recipient=recipient,
+                    arrived_at=arrived,
+                    status=status,
+                )
+            )
+        if fault is None:
+            return _json(200, success)
+        if fault.hang:
+            await self._closing.wait()
+            return _json(503, {"error": "server closing"})
+        if fault.delay:
+            await asyncio.sleep(fault.delay)
+        if fault.succeed:
+            return _json(200, success)
+        headers = dict(fault.headers)
+        if fault.retry_after is not None:
+            headers.setdefault("Retry-After", f"{fault.retry_after:g}")
+        return _json(fault.status, _error_body(platform, fault), headers)
+
+    async def _graph(self, request: web.Request) -> web.Response:
+        raw = await request.read()
+        body = _loads(raw)
+        is_whatsapp = isinstance(body, dict) and body.get("messaging_product") == "whatsapp"
+        platform: Platform = "whatsapp" if is_whatsapp else "messenger"
+        recipient: str | None = None
+        n = next(self._ids)
+        if isinstance(body, dict):
+            if is_whatsapp:
+                to = body.get("to")
+                recipient = to if isinstance(to, str) else None
+            else:
+                rcpt = body.get("recipient")
+                rid = rcpt.get("id") if isinstance(rcpt, dict) else None
+                recipient = rid if isinstance(rid, str) else None
+        success: Any
+        if is_whatsapp:
+            success = {
+                "messaging_product": "whatsapp",
+                "contacts": [{"input": recipient, "wa_id": (recipient or "").lstrip("+")}],
+                "messages": [{"id": f"wamid.HBgL{n:020d}FQIAERgS", "message_status": "accepted"}],
+            }
+        elif isinstance(body, dict) and "sender_action" in body:
+            success = {"recipient_id": recipient}
+        else:
+            success = {"recipient_id": recipient, "message_id": f"m_{n:024d}"}
+        authorized = request.headers.get("Authorization", "").startswith("Bearer ") or (
+            "access_token" in request.query
+        )
+        auth_error = (
+            None
+            if authorized
+            else Fault(status=401, code=190, message="Invalid OAuth access token")
+        )
+        return await self._answer(
+            request,
+            platform,
+            json_body=body,
+            form={},
+            recipient=recipient,
+            success=success,
+            auth_error=auth_error,
+        )
+
+    async def _telegram(self, request: web.Request) -> web.Response:
+        body = _loads(await request.read())
+        chat = body.get("chat_id") if isinstance(body, dict) else None
+        recipient = str(chat) if chat is not None else None
+        n = next(self._ids)
+        method = request.match_info["method"]
+        success: Any
+        if method == "setMessageReaction":
+            success = {"ok": True, "result": True}
+        else:
+            result: dict[str, Any] = {
+                "message_id": n,
+                "date": int(time.time()),
+                "chat": {"id": chat, "type": "private"},
+                "from": {"id": 7000000001, "is_bot": True, "first_name": "Fake"},
+            }
+            if isinstance(body, dict) and isinstance(body.get("text"), str):
+                result["text"] = body["text"]
+            success = {"ok": True, "result": result}
+        return await self._answer(
+            request,
+            "telegram",
+            json_body=body,
+            form={},
+            recipient=recipient,
+            success=success,
+            auth_error=None,
+        )
+
+    async def _twilio(self, request: web.Request) -> web.Response:
+        raw = await request.read()
+        form = parse_qs(raw.decode("utf-8", errors="replace"), keep_blank_values=True)
+        to = form.get("To", [None])[0]
+        n = next(self._ids)
+        sid = request.match_info["sid"]
+        success = {
+            "sid": f"SM{n:032x}",
+            "account_sid": sid,
+            "to": to,
+            "from": form.get("From", [None])[0],
+            "messaging_service_sid": form.get("MessagingServiceSid", [None])[0],
+            "body": form.get("Body", [""])[0],
+            "status": "queued",
+            "num_segments": "1",
+            "num_media": str(len(form.get("MediaUrl", []))),
+            "direction": "outbound-api",
+            "api_version": "2010-04-01",
+            "error_code": None,
+            "error_message": None,
+            "uri": f"/2010-04-01/Accounts/{sid}/Messages/SM{n:032x}.json",
+        }
+        authorized = request.headers.get("Authorization", "").startswith("Basic ")
+        auth_error = (
+            None
+            if authorized
+            else Fault(status=401, code=20003, message="Authentication Error - No credentials")
+        )
+        return await self._answer(
+            request,
+            "twilio",
+            json_body=None,
+            form=form,
+            recipient=to,
+            success=success,
+            auth_error=auth_error,
+        )
+
+
+def _loads(raw: bytes) -> Any:
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:
+        return None
+
+
+def _json(status: int, body: Any, headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.Response(
+        status=status,
+        body=json.dumps(body, separators=(",", ":")).encode(),
+        content_type="application/json",
+        headers=headers,
+    )

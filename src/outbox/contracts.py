@@ -1,0 +1,193 @@
+"""Versioned outbound contracts (design.md §6): the send command and the lifecycle event data.
+
+These are wire contracts shared with other teams, so they are strict on input: unknown fields
+are rejected (a typo such as ``captoin`` must fail loudly with 422 rather than send a message
+without its caption) and the sub-object matching ``content.kind`` must be present while the
+others stay empty. Platform-specific limits (button counts, lengths, what a platform cannot
+express at all) are checked by each platform's ``Sender.validate``, not here.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
+
+__all__ = [
+    "CONTRACT_VERSION",
+    "LIFECYCLE_EVENT_TYPES",
+    "SEND_COMMAND_TYPE",
+    "Button",
+    "Content",
+    "ContentKind",
+    "Interactive",
+    "LifecycleError",
+    "LifecycleEventData",
+    "LifecycleEventType",
+    "Media",
+    "MediaKind",
+    "Reaction",
+    "SendCommand",
+    "Template",
+]
+
+CONTRACT_VERSION = "v1"
+"""Topic suffix of ``switchboard.outbound.commands.v1`` / ``switchboard.outbound.events.v1``."""
+
+SEND_COMMAND_TYPE = "message.send"
+
+LifecycleEventType = Literal[
+    "message.queued",
+    "message.sent",
+    "message.retrying",
+    "message.delivered",
+    "message.read",
+    "message.failed",
+    "message.dead",
+    "message.cancelled",
+]
+LIFECYCLE_EVENT_TYPES: tuple[LifecycleEventType, ...] = (
+    "message.queued",
+    "message.sent",
+    "message.retrying",
+    "message.delivered",
+    "message.read",
+    "message.failed",
+    "message.dead",
+    "message.cancelled",
+)
+
+ContentKind = Literal["text", "media", "template", "interactive", "reaction"]
+MediaKind = Literal["image", "video", "audio", "document", "sticker"]
+
+NonEmptyStr = Annotated[str, Field(min_length=1)]
+
+
+class _Contract(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=False)
+
+
+class Media(_Contract):
+    """A media attachment, referenced either by a platform media id or by a public URL."""
+
+    kind: MediaKind
+    id: NonEmptyStr | None = None
+    url: NonEmptyStr | None = None
+    caption: str | None = None
+    filename: str | None = None
+
+    @model_validator(mode="after")
+    def _one_reference(self) -> Media:
+        if (self.id is None) == (self.url is None):
+            raise ValueError("media needs exactly one of 'id' (platform media id) or 'url'")
+        return self
+
+
+class Template(_Contract):
+    """A pre-approved template (WhatsApp template name; for Twilio, the ContentSid).
+
+    ``components`` are passed through in the WhatsApp Cloud API shape
+    (``[{"type": "body", "parameters": [{"type": "text", "text": "..."}]}]``).
+    """
+
+    name: NonEmptyStr
+    language: NonEmptyStr
+    components: tuple[dict[str, JsonValue], ...] = ()
+
+
+class Button(_Contract):
+    id: NonEmptyStr
+    title: NonEmptyStr
+
+
+class Interactive(_Contract):
+    """A body text with reply choices (buttons, list rows, quick replies or an inline keyboard)."""
+
+    body: NonEmptyStr
+    buttons: Annotated[tuple[Button, ...], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> Interactive:
+        ids = [b.id for b in self.buttons]
+        if len(set(ids)) != len(ids):
+            raise ValueError("interactive button ids must be unique")
+        return self
+
+
+class Reaction(_Contract):
+    """A reaction to an earlier message; an empty ``emoji`` removes our reaction."""
+
+    message_id: NonEmptyStr
+    emoji: str
+
+
+_SUB_OBJECTS: tuple[ContentKind, ...] = ("text", "media", "template", "interactive", "reaction")
+
+
+class Content(_Contract):
+    kind: ContentKind
+    text: NonEmptyStr | None = None
+    media: Media | None = None
+    template: Template | None = None
+    interactive: Interactive | None = None
+    reaction: Reaction | None = None
+
+    @model_validator(mode="after")
+    def _matching_sub_object(self) -> Content:
+        if getattr(self, self.kind) is None:
+            raise ValueError(f"content.kind is {self.kind!r} but content.{self.kind} is missing")
+        extra = [k for k in _SUB_OBJECTS if k != self.kind and getattr(self, k) is not None]
+        if extra:
+            raise ValueError(
+                f"content.kind is {self.kind!r}; remove content.{', content.'.join(extra)} "
+                "(only the sub-object of the kind is allowed)"
+            )
+        return self
+
+
+class SendCommand(_Contract):
+    """``message.send``: the value on ``switchboard.outbound.commands.v1``.
+
+    ``POST /v1/messages`` takes the same body without ``id`` (its Idempotency-Key plays that
+    role). ``metadata`` is free-form and echoed in every lifecycle event; a few keys are read
+    by senders as platform hints (documented in each platform module).
+    """
+
+    id: NonEmptyStr
+    channel_id: NonEmptyStr
+    to: NonEmptyStr
+    content: Content
+    reply_to: NonEmptyStr | None = None
+    metadata: dict[str, JsonValue] = Field(default_factory=dict)
+    not_after: datetime | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SendCommand:
+        if self.not_after is not None and self.not_after.utcoffset() is None:
+            raise ValueError("not_after must be an RFC 3339 instant with a UTC offset")
+        if self.content.kind == "reaction" and self.reply_to is not None:
+            raise ValueError(
+                "a reaction already targets content.reaction.message_id; drop reply_to"
+            )
+        return self
+
+
+class LifecycleError(_Contract):
+    code: str
+    title: str
+    retryable: bool
+
+
+class LifecycleEventData(_Contract):
+    """``data`` of the lifecycle events on ``switchboard.outbound.events.v1``."""
+
+    message_id: NonEmptyStr
+    command_id: NonEmptyStr
+    channel_id: NonEmptyStr
+    platform: NonEmptyStr
+    to: NonEmptyStr
+    platform_message_id: str | None = None
+    attempt: Annotated[int, Field(ge=0)]
+    error: LifecycleError | None = None
+    metadata: dict[str, JsonValue] = Field(default_factory=dict)

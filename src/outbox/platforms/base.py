@@ -1,0 +1,340 @@
+"""What every platform sender shares: the channel view, the result, the Protocol, HTTP plumbing.
+
+A sender is pure apart from the one HTTP exchange: it builds the platform request from a
+``SendCommand``, performs it through the worker's pooled ``httpx.AsyncClient`` and classifies
+the answer into a ``SendResult``. It never raises for platform or transport failures (those
+are outcomes), only ``UnsupportedContent`` for commands the platform cannot express.
+
+Secrets: credentials travel in headers (Meta, Twilio) or in the URL path (Telegram). Nothing
+a sender returns may contain them: every text taken from a response or an exception goes
+through ``scrub`` first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal, Protocol, runtime_checkable
+
+import httpx
+import orjson
+
+from outbox.contracts import SendCommand
+
+__all__ = [
+    "EXCERPT_LIMIT",
+    "ChannelConfig",
+    "ErrorRule",
+    "HttpExchange",
+    "Outcome",
+    "SendResult",
+    "Sender",
+    "UnsupportedContent",
+    "make_http_client",
+    "parse_retry_after",
+    "post",
+    "scrub",
+    "status_outcome",
+]
+
+Outcome = Literal["sent", "retryable", "permanent"]
+Throttle = Literal["channel", "recipient"]
+
+EXCERPT_LIMIT = 1024
+_SCRUB_WINDOW = 4 * EXCERPT_LIMIT
+_REDACTED = "***"
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelConfig:
+    """What the worker hands a sender, built from the channel row with secrets decrypted.
+
+    ``credentials`` keys: whatsapp/messenger/instagram ``access_token``; telegram ``bot_token``;
+    twilio ``account_sid`` and ``auth_token``. ``api_base_url`` None means the real platform.
+    """
+
+    id: str
+    platform: str
+    account_id: str
+    credentials: Mapping[str, str]
+    api_base_url: str | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"ChannelConfig(id={self.id!r}, platform={self.platform!r}, "
+            f"account_id={self.account_id!r}, credentials=<{len(self.credentials)} redacted>, "
+            f"api_base_url={self.api_base_url!r})"
+        )
+
+
+class UnsupportedContent(ValueError):
+    """The platform cannot express this command; the message says what and why.
+
+    The API answers 422 with it, the Kafka path emits ``message.failed``: a command is never
+    sent half-right.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """The classified outcome of one send attempt.
+
+    ``throttled`` means the platform says the *channel* (sender number, page, bot, account) is
+    over its rate: the worker slows the whole channel. ``recipient_throttled`` is the narrower
+    case of a per-pair limit (WhatsApp 131056, Twilio 14107): only that conversation waits.
+    """
+
+    outcome: Outcome
+    platform_message_id: str | None
+    http_status: int | None
+    error_code: str | None
+    error_title: str | None
+    retry_after: float | None
+    throttled: bool
+    response_excerpt: str | None
+    duration_ms: float
+    recipient_throttled: bool = False
+
+    @property
+    def retryable(self) -> bool:
+        return self.outcome == "retryable"
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorRule:
+    """How one platform error code is handled: data, so the tables read like the docs."""
+
+    retryable: bool
+    throttle: Throttle | None = None
+    retry_after: float | None = None
+    """A minimum wait the platform documents for this code, when it gives no header."""
+
+
+@runtime_checkable
+class Sender(Protocol):
+    platform: str
+
+    def validate(self, command: SendCommand) -> None:
+        """Raise ``UnsupportedContent`` if this platform cannot express ``command``."""
+
+    async def send(
+        self,
+        client: httpx.AsyncClient,
+        channel: ChannelConfig,
+        command: SendCommand,
+        *,
+        timeout: float,  # noqa: ASYNC109 - the Sender contract; enforced inside post()
+    ) -> SendResult:
+        """Perform one attempt; platform and transport failures are outcomes, not exceptions."""
+
+
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, _REDACTED)
+    return text
+
+
+def excerpt(body: bytes, secrets: Iterable[str]) -> str | None:
+    if not body:
+        return None
+    text = scrub(body[:_SCRUB_WINDOW].decode("utf-8", errors="replace"), secrets)
+    return text[:EXCERPT_LIMIT]
+
+
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+    """``Retry-After`` as seconds: delta-seconds or an HTTP-date (RFC 9110 §10.2.3)."""
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - (now or datetime.now(UTC))).total_seconds()
+    if seconds != seconds:  # NaN
+        return None
+    return max(0.0, seconds)
+
+
+def status_outcome(status: int) -> tuple[Outcome, bool]:
+    """Classify by HTTP status when no platform code is known: (outcome, throttled)."""
+    if 200 <= status < 300:
+        return "sent", False
+    if status == 429:
+        return "retryable", True
+    if status == 408 or status >= 500:
+        return "retryable", False
+    return "permanent", False
+
+
+def result_from_rule(
+    rule: ErrorRule | None,
+    *,
+    status: int,
+    code: str | None,
+    title: str | None,
+    retry_after: float | None,
+    body_excerpt: str | None,
+    duration_ms: float,
+) -> SendResult:
+    """Classify a failed exchange: the platform's code table first, the HTTP status otherwise."""
+    if rule is None:
+        outcome, throttled = status_outcome(status)
+        if outcome == "sent":  # an error body with a 2xx status: do not trust it as delivered
+            outcome = "permanent"
+        recipient = False
+    else:
+        outcome = "retryable" if rule.retryable else "permanent"
+        throttled = rule.throttle == "channel"
+        recipient = rule.throttle == "recipient"
+        if retry_after is None:
+            retry_after = rule.retry_after
+    return SendResult(
+        outcome=outcome,
+        platform_message_id=None,
+        http_status=status,
+        error_code=code if code is not None else f"http_{status}",
+        error_title=title,
+        retry_after=retry_after,
+        throttled=throttled,
+        response_excerpt=body_excerpt,
+        duration_ms=duration_ms,
+        recipient_throttled=recipient,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class HttpExchange:
+    status: int
+    headers: httpx.Headers
+    body: bytes
+    duration_ms: float
+
+
+async def post(
+    client: httpx.AsyncClient,
+    url: str,
+    *,
+    timeout: float,  # noqa: ASYNC109 - a hard deadline applied with asyncio.timeout below
+    secrets: Iterable[str],
+    json_body: object | None = None,
+    form: Mapping[str, str | list[str]] | None = None,
+    headers: Mapping[str, str] | None = None,
+    auth: tuple[str, str] | None = None,
+) -> HttpExchange | SendResult:
+    """POST once with a hard overall deadline; a transport failure comes back as a SendResult.
+
+    ``timeout`` bounds the whole exchange (httpx's own timeout is per phase, so a server that
+    trickles bytes could otherwise exceed it). A timeout is retryable, but the platform may
+    have accepted the message: delivery is at-least-once by design.
+    """
+    request_headers = dict(headers or {})
+    content: bytes | None = None
+    if json_body is not None:
+        content = orjson.dumps(json_body)
+        request_headers["Content-Type"] = "application/json"
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout(timeout):
+            response = await client.post(
+                url,
+                content=content,
+                data=form,
+                headers=request_headers,
+                auth=auth if auth is not None else httpx.USE_CLIENT_DEFAULT,
+                timeout=timeout,
+            )
+    except (TimeoutError, httpx.TimeoutException) as exc:
+        return _transport_failure("timeout", exc, started, secrets)
+    except httpx.TransportError as exc:
+        code = "connect_error" if isinstance(exc, httpx.ConnectError) else "transport_error"
+        return _transport_failure(code, exc, started, secrets)
+    return HttpExchange(
+        status=response.status_code,
+        headers=response.headers,
+        body=response.content,
+        duration_ms=(time.perf_counter() - started) * 1000.0,
+    )
+
+
+def _transport_failure(
+    code: str, exc: BaseException, started: float, secrets: Iterable[str]
+) -> SendResult:
+    detail = str(exc)
+    title = type(exc).__name__ + (f": {detail}" if detail else "")
+    return SendResult(
+        outcome="retryable",
+        platform_message_id=None,
+        http_status=None,
+        error_code=code,
+        error_title=scrub(title, secrets)[:EXCERPT_LIMIT],
+        retry_after=None,
+        throttled=False,
+        response_excerpt=None,
+        duration_ms=(time.perf_counter() - started) * 1000.0,
+    )
+
+
+def sent(
+    platform_message_id: str | None, exchange: HttpExchange, secrets: Iterable[str]
+) -> SendResult:
+    return SendResult(
+        outcome="sent",
+        platform_message_id=platform_message_id,
+        http_status=exchange.status,
+        error_code=None,
+        error_title=None,
+        retry_after=None,
+        throttled=False,
+        response_excerpt=None if platform_message_id else excerpt(exchange.body, secrets),
+        duration_ms=exchange.duration_ms,
+    )
+
+
+def missing_credential(name: str) -> SendResult:
+    """A misconfigured channel fails the attempt permanently without touching the network."""
+    return SendResult(
+        outcome="permanent",
+        platform_message_id=None,
+        http_status=None,
+        error_code="missing_credential",
+        error_title=f"channel credentials lack {name!r}",
+        retry_after=None,
+        throttled=False,
+        response_excerpt=None,
+        duration_ms=0.0,
+    )
+
+
+def parse_json(body: bytes) -> object:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def make_http_client(timeout: float, *, max_connections: int = 256) -> httpx.AsyncClient:
+    """The worker's pooled client: httpx API over the aiohttp transport when it is installed.
+
+    ``bench/http_transports.py`` measured httpx's default transport as client-CPU-bound well
+    below the outbox target under concurrency, while the ``httpx-aiohttp`` transport keeps the
+    httpx API with roughly 2-3x the requests per CPU-second; see that file for the figures.
+    """
+    limits = httpx.Limits(
+        max_connections=max_connections, max_keepalive_connections=max_connections
+    )
+    try:
+        from httpx_aiohttp import AiohttpTransport
+    except ImportError:  # pragma: no cover - the default transport still works, just slower
+        return httpx.AsyncClient(timeout=timeout, limits=limits)
+    return httpx.AsyncClient(timeout=timeout, transport=AiohttpTransport(limits=limits))

@@ -1,0 +1,204 @@
+"""Twilio Programmable Messaging sender (SMS, MMS and WhatsApp via Twilio).
+
+``POST {base}/2010-04-01/Accounts/{AccountSid}/Messages.json``, form-encoded, HTTP Basic auth
+with ``account_sid:auth_token`` (https://www.twilio.com/docs/messaging/api/message-resource;
+research/platforms.md §5.5). ``channel.account_id`` is the sender: a phone number
+(``+1555…``, ``whatsapp:+1555…``) goes in ``From``, a Messaging Service SID (``MG…``) in
+``MessagingServiceSid``.
+
+Mapping of the contract (decisions):
+- text -> ``Body`` (<= 1600 chars).
+- media -> ``MediaUrl`` (by URL only: Twilio fetches it), caption -> ``Body``; media ids and
+  stickers are refused. ``filename`` is a hint and is dropped.
+- template -> ``ContentSid`` = ``template.name`` (an ``HX…`` Content SID; ``language`` is implied
+  by the Content resource) and ``ContentVariables`` = JSON object built from the WhatsApp-shaped
+  ``components``: every ``{"type": "text", "text": …}`` parameter in order, keyed by its
+  ``parameter_name`` when given, else by its 1-based position (``{"1": …, "2": …}``).
+- interactive, reaction and reply_to are refused: plain Messages cannot express them (buttons
+  need a Content template, i.e. a ``template`` command).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+import httpx
+import orjson
+
+from outbox.contracts import SendCommand, Template
+from outbox.platforms.base import (
+    ChannelConfig,
+    ErrorRule,
+    HttpExchange,
+    SendResult,
+    UnsupportedContent,
+    excerpt,
+    missing_credential,
+    parse_json,
+    parse_retry_after,
+    post,
+    result_from_rule,
+    scrub,
+    sent,
+)
+
+TWILIO_BASE_URL = "https://api.twilio.com"
+MAX_BODY = 1600
+_CONTENT_SID = re.compile(r"^HX[0-9a-fA-F]{32}$")
+
+_CHANNEL_THROTTLE = ErrorRule(retryable=True, throttle="channel")
+_PERMANENT = ErrorRule(retryable=False)
+
+# https://www.twilio.com/docs/api/errors/<code> (research/platforms.md §5.6)
+ERRORS: Mapping[int, ErrorRule] = {
+    20429: _CHANNEL_THROTTLE,  # too many requests: "safe to retry after backing off"
+    30001: _CHANNEL_THROTTLE,  # queue overflow
+    21611: _CHANNEL_THROTTLE,  # From number's queue would exceed 10 h
+    63017: _CHANNEL_THROTTLE,  # account above its MPS
+    63018: _CHANNEL_THROTTLE,  # channel rate limit / WhatsApp messaging limit
+    14107: ErrorRule(retryable=True, throttle="recipient", retry_after=30.0),  # reply loop guard
+    20500: ErrorRule(retryable=True),  # internal server error
+    20503: ErrorRule(retryable=True),  # service unavailable
+    20003: _PERMANENT,  # authentication
+    20404: _PERMANENT,  # resource not found (wrong account SID)
+    21211: _PERMANENT,  # invalid To number
+    21212: _PERMANENT,  # invalid From number
+    21408: _PERMANENT,  # region not enabled
+    21606: _PERMANENT,  # From cannot send this kind of message
+    21610: _PERMANENT,  # recipient unsubscribed (STOP)
+    21612: _PERMANENT,  # cannot route between these numbers
+    21614: _PERMANENT,  # To is not a mobile number
+    21617: _PERMANENT,  # body too long
+    21620: _PERMANENT,  # invalid media URL
+    21656: _PERMANENT,  # invalid ContentVariables
+    63016: _PERMANENT,  # outside the WhatsApp window: use a template
+}
+
+
+class TwilioSender:
+    platform = "twilio"
+
+    def validate(self, command: SendCommand) -> None:
+        self._form(command, sender="")
+
+    def _form(self, command: SendCommand, *, sender: str) -> dict[str, str | list[str]]:
+        content = command.content
+        if command.reply_to is not None:
+            raise UnsupportedContent("Twilio messages cannot quote an earlier message (reply_to)")
+        form: dict[str, str | list[str]] = {"To": command.to}
+        if sender.startswith("MG"):
+            form["MessagingServiceSid"] = sender
+        else:
+            form["From"] = sender
+        if content.text is not None:
+            _check_body(content.text)
+            form["Body"] = content.text
+        elif content.media is not None:
+            media = content.media
+            if media.kind == "sticker":
+                raise UnsupportedContent("Twilio cannot send stickers")
+            if media.url is None:
+                raise UnsupportedContent("Twilio media must be given by url (MediaUrl), not id")
+            form["MediaUrl"] = [media.url]
+            if media.caption:
+                _check_body(media.caption)
+                form["Body"] = media.caption
+        elif content.template is not None:
+            form["ContentSid"] = _content_sid(content.template)
+            variables = _content_variables(content.template)
+            if variables:
+                form["ContentVariables"] = orjson.dumps(variables).decode()
+        elif content.interactive is not None:
+            raise UnsupportedContent(
+                "Twilio messages cannot carry buttons; use a Content template (template.name = HX…)"
+            )
+        else:
+            raise UnsupportedContent("Twilio messages cannot send reactions")
+        return form
+
+    async def send(
+        self,
+        client: httpx.AsyncClient,
+        channel: ChannelConfig,
+        command: SendCommand,
+        *,
+        timeout: float,  # noqa: ASYNC109 - the Sender contract; enforced inside post()
+    ) -> SendResult:
+        sid = channel.credentials.get("account_sid")
+        token = channel.credentials.get("auth_token")
+        if not sid:
+            return missing_credential("account_sid")
+        if not token:
+            return missing_credential("auth_token")
+        secrets = (token,)
+        base = (channel.api_base_url or TWILIO_BASE_URL).rstrip("/")
+        exchange = await post(
+            client,
+            f"{base}/2010-04-01/Accounts/{sid}/Messages.json",
+            timeout=timeout,
+            secrets=secrets,
+            form=self._form(command, sender=channel.account_id),
+            auth=(sid, token),
+        )
+        if isinstance(exchange, SendResult):
+            return exchange
+        payload = parse_json(exchange.body)
+        if 200 <= exchange.status < 300:
+            message_sid = payload.get("sid") if isinstance(payload, dict) else None
+            return sent(message_sid if isinstance(message_sid, str) else None, exchange, secrets)
+        return _failure(exchange, payload, secrets)
+
+
+def _check_body(text: str) -> None:
+    if len(text) > MAX_BODY:
+        raise UnsupportedContent(f"Twilio Body is limited to {MAX_BODY} characters")
+
+
+def _content_sid(template: Template) -> str:
+    if not _CONTENT_SID.match(template.name):
+        raise UnsupportedContent(
+            "Twilio templates are Content resources: "
+            "template.name must be a ContentSid (HX + 32 hex)"
+        )
+    return template.name
+
+
+def _content_variables(template: Template) -> dict[str, str]:
+    variables: dict[str, str] = {}
+    position = 0
+    for component in template.components:
+        parameters = component.get("parameters", [])
+        if not isinstance(parameters, list):
+            raise UnsupportedContent("template component 'parameters' must be a list")
+        for parameter in parameters:
+            if not isinstance(parameter, dict) or parameter.get("type") != "text":
+                raise UnsupportedContent("Twilio ContentVariables only take text parameters")
+            text = parameter.get("text")
+            if not isinstance(text, str):
+                raise UnsupportedContent("template text parameters need a string 'text'")
+            position += 1
+            name = parameter.get("parameter_name")
+            variables[name if isinstance(name, str) and name else str(position)] = text
+    return variables
+
+
+def _failure(exchange: HttpExchange, payload: object, secrets: tuple[str, ...]) -> SendResult:
+    code: int | None = None
+    title: str | None = None
+    if isinstance(payload, dict):
+        raw_code = payload.get("code")
+        if isinstance(raw_code, int):
+            code = raw_code
+        message = payload.get("message")
+        if isinstance(message, str):
+            title = scrub(message, secrets)
+    return result_from_rule(
+        ERRORS.get(code) if code is not None else None,
+        status=exchange.status,
+        code=str(code) if code is not None else None,
+        title=title,
+        retry_after=parse_retry_after(exchange.headers.get("retry-after")),
+        body_excerpt=excerpt(exchange.body, secrets),
+        duration_ms=exchange.duration_ms,
+    )
