@@ -1,0 +1,180 @@
+"""Outbox tables. One row per accepted send command; the worker moves it through its states.
+
+States (only forward): queued → sending → sent → delivered → read; retrying loops back to
+sending; failed, dead and cancelled are terminal. ``seq`` orders messages of one conversation
+(``conversation_key`` = ``channel_id:recipient``) for FIFO delivery.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    Uuid,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, mapped_column
+
+from switchboard.db import Base, TimestampMixin, new_id
+
+MESSAGE_STATES = (
+    "queued",
+    "sending",
+    "retrying",
+    "sent",
+    "delivered",
+    "read",
+    "failed",
+    "dead",
+    "cancelled",
+)
+TERMINAL_STATES = frozenset({"failed", "dead", "cancelled"})
+"""No further delivery attempt. ``sent``/``delivered``/``read`` are also done for the worker."""
+PENDING_STATES = frozenset({"queued", "sending", "retrying"})
+"""Still owed a delivery attempt: a later message of the same conversation waits for these."""
+STATE_RANK = {
+    "queued": 0,
+    "retrying": 1,
+    "sending": 2,
+    "sent": 3,
+    "delivered": 4,
+    "read": 5,
+    "failed": 6,
+    "dead": 6,
+    "cancelled": 6,
+}
+
+
+class OutboxMessage(TimestampMixin, Base):
+    __tablename__ = "outbox_messages"
+    __table_args__ = (
+        CheckConstraint(
+            "state IN (" + ", ".join(f"'{s}'" for s in MESSAGE_STATES) + ")", name="state_known"
+        ),
+        CheckConstraint("source IN ('api', 'kafka')", name="source_known"),
+        Index(
+            "ix_outbox_messages_due",
+            "next_attempt_at",
+            postgresql_where=text("state IN ('queued', 'retrying')"),
+        ),
+        Index(
+            "ix_outbox_messages_pending_conversation",
+            "conversation_key",
+            "seq",
+            postgresql_where=text("state IN ('queued', 'sending', 'retrying')"),
+        ),
+        Index("ix_outbox_messages_channel_created", "channel_id", "created_at"),
+        Index("ix_outbox_messages_state_created", "state", "created_at"),
+        Index("ix_outbox_messages_platform_message_id", "platform_message_id"),
+        Index(
+            "ix_outbox_messages_lease",
+            "lease_expires_at",
+            postgresql_where=text("state = 'sending'"),
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
+    seq: Mapped[int] = mapped_column(BigInteger, Identity(always=True), unique=True)
+    command_id: Mapped[str] = mapped_column(
+        String(200), unique=True, doc="Client-chosen id (Idempotency-Key / Kafka command id)"
+    )
+    request_hash: Mapped[str] = mapped_column(
+        String(64), doc="SHA-256 of the canonical command, to tell a replay from a conflict"
+    )
+    source: Mapped[str] = mapped_column(String(16))
+    channel_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("channels.id", ondelete="RESTRICT")
+    )
+    platform: Mapped[str] = mapped_column(String(32))
+    recipient: Mapped[str] = mapped_column(String(200))
+    conversation_key: Mapped[str] = mapped_column(String(300))
+    content: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    reply_to: Mapped[str | None] = mapped_column(String(300))
+    message_metadata: Mapped[dict[str, Any]] = mapped_column("metadata", JSONB, default=dict)
+    state: Mapped[str] = mapped_column(String(16), default="queued")
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    not_after: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    platform_message_id: Mapped[str | None] = mapped_column(String(300))
+    last_error: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class OutboxAttempt(Base):
+    """One delivery attempt, kept for the message's history (API) and for diagnosis."""
+
+    __tablename__ = "outbox_attempts"
+    __table_args__ = (Index("ix_outbox_attempts_message", "message_id", "attempt"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    message_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("outbox_messages.id", ondelete="CASCADE")
+    )
+    attempt: Mapped[int] = mapped_column(Integer)
+    worker: Mapped[str] = mapped_column(String(200))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    duration_ms: Mapped[float] = mapped_column(Float)
+    outcome: Mapped[str] = mapped_column(String(16))
+    http_status: Mapped[int | None] = mapped_column(Integer)
+    error_code: Mapped[str | None] = mapped_column(String(100))
+    error_title: Mapped[str | None] = mapped_column(Text)
+    retry_after: Mapped[float | None] = mapped_column(Float)
+    response_excerpt: Mapped[str | None] = mapped_column(Text)
+
+
+class OutboxEvent(Base):
+    """Transactional outbox: lifecycle events written with the state change, relayed to Kafka."""
+
+    __tablename__ = "outbox_events"
+    __table_args__ = (
+        Index("ix_outbox_events_unpublished", "id", postgresql_where=text("published_at IS NULL")),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    topic: Mapped[str] = mapped_column(String(300))
+    key: Mapped[str] = mapped_column(String(300))
+    value: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=text("now()")
+    )
+    published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ChannelLease(Base):
+    """Which worker owns a channel's sending right now: one owner keeps the rate across
+    replicas. ``throttled_until`` carries a platform throttle to whoever owns it next."""
+
+    __tablename__ = "outbox_channel_leases"
+
+    channel_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("channels.id", ondelete="CASCADE"), primary_key=True
+    )
+    owner: Mapped[str] = mapped_column(String(200))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    throttled_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ConversationWindow(Base):
+    """Last inbound message per conversation, for WhatsApp's 24-hour customer service window."""
+
+    __tablename__ = "outbox_conversation_windows"
+
+    conversation_key: Mapped[str] = mapped_column(String(300), primary_key=True)
+    last_inbound_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
