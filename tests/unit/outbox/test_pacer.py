@@ -1,0 +1,231 @@
+"""The pacer under a fake clock: exact spacing, the hard window promise, back-off, recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import random
+
+import pytest
+
+from outbox.ratelimit import (
+    CHANNEL_RATES,
+    TELEGRAM_GROUP_CHAT,
+    TELEGRAM_PRIVATE_CHAT,
+    Limit,
+    Pacer,
+    Rate,
+    limits_for,
+    recipient_rate,
+)
+
+
+class FakeClock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += max(0.0, seconds)
+        await asyncio.sleep(0)
+
+
+def max_in_window(times: list[float], per: float = 1.0) -> int:
+    """Most grants in any half-open window [t, t + per)."""
+    ordered = sorted(times)
+    return max(bisect.bisect_left(ordered, t + per) - i for i, t in enumerate(ordered))
+
+
+def run(
+    pacer: Pacer,
+    clock: FakeClock,
+    limit: Limit,
+    n: int,
+    lateness: random.Random | None = None,
+    max_late: float = 0.0,
+) -> list[float]:
+    """Grant ``n`` sends as a worker would: wait the returned delay, possibly waking late."""
+    grants: list[float] = []
+    while len(grants) < n:
+        delay = pacer.acquire_delay(limit, clock.now)
+        if delay == 0.0:
+            grants.append(clock.now)
+            continue
+        clock.now += delay + (lateness.uniform(0, max_late) if lateness else 0.0)
+    return grants
+
+
+def test_grants_are_exactly_spaced() -> None:
+    clock = FakeClock(0.0)
+    pacer = Pacer(clock)
+    grants = run(pacer, clock, Limit("ch", Rate(4)), 9)
+    assert grants == [0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0]
+
+
+def test_a_refused_request_records_nothing() -> None:
+    clock = FakeClock(0.0)
+    pacer = Pacer(clock)
+    limit = Limit("ch", Rate(2))
+    assert pacer.acquire_delay(limit) == 0.0
+    assert pacer.acquire_delay(limit) == 0.5
+    assert pacer.acquire_delay(limit) == 0.5  # asking again does not push the slot further
+    clock.now = 0.5
+    assert pacer.acquire_delay(limit) == 0.0
+
+
+@pytest.mark.parametrize("rate", [80, 1000])
+def test_late_wakeups_never_break_the_window_and_keep_the_rate(rate: int) -> None:
+    """Wake-ups up to 3 ms late (a busy event loop): catch-up keeps the long-run rate within
+    2 % while no 1 s window ever holds more than ``rate`` grants."""
+    clock = FakeClock(0.0)
+    pacer = Pacer(clock)
+    grants = run(pacer, clock, Limit("ch", Rate(rate)), rate * 5, random.Random(1), 0.003)
+    assert max_in_window(grants) <= rate
+    achieved = (len(grants) - 1) / (grants[-1] - grants[0])
+    assert achieved == pytest.approx(rate, rel=0.02)
+    assert achieved <= rate
+
+
+def test_an_idle_channel_restarts_its_schedule_instead_of_bursting() -> None:
+    clock = FakeClock(0.0)
+    pacer = Pacer(clock, catch_up=0.05)
+    limit = Limit("ch", Rate(100))
+    run(pacer, clock, limit, 1)
+    clock.now = 10.0
+    assert pacer.acquire_delay(limit) == 0.0
+    assert pacer.acquire_delay(limit) == pytest.approx(0.01)
+
+
+def test_a_late_wakeup_within_catch_up_keeps_the_schedule() -> None:
+    clock = FakeClock(0.0)
+    pacer = Pacer(clock, catch_up=0.05)
+    limit = Limit("ch", Rate(100))
+    run(pacer, clock, limit, 1)
+    clock.now = 0.035  # slot was at 0.01: 25 ms late, slots 0.02 and 0.03 are due too
+    immediate = 0
+    while pacer.acquire_delay(limit) == 0.0:
+        immediate += 1
+    assert immediate == 3
+    assert pacer.acquire_delay(limit) == pytest.approx(0.005)  # back on the 10 ms grid
+
+
+def test_window_guard_holds_for_a_minute_rate() -> None:
+    clock = FakeClock(0.0)
+    pacer = Pacer(clock)
+    limit = Limit(("recipient", "ch", "-100"), TELEGRAM_GROUP_CHAT)
+    grants = run(pacer, clock, limit, 45)
+    assert grants[1] - grants[0] == pytest.approx(3.0)
+    assert max_in_window(grants, 60.0) == 20
+
+
+def test_limits_are_all_or_nothing() -> None:
+    clock = FakeClock(0.0)
+    pacer = Pacer(clock)
+    channel = Limit("ch", Rate(10))
+    alice = Limit(("r", "alice"), Rate(1))
+    bob = Limit(("r", "bob"), Rate(1))
+    assert pacer.acquire_delay([channel, alice]) == 0.0
+    clock.now = 0.1
+    assert pacer.acquire_delay([channel, alice]) == pytest.approx(0.9)
+    # alice's refusal did not consume the channel slot: bob goes at once
+    assert pacer.acquire_delay([channel, bob]) == 0.0
+    assert pacer.acquire_delay([channel, bob]) == pytest.approx(1.0)  # bob granted at 0.1
+
+
+def test_penalty_pauses_then_halves_and_recovers_linearly() -> None:
+    clock = FakeClock(0.0)
+    pacer = Pacer(clock, recovery=10.0)
+    limit = Limit("ch", Rate(8))
+    assert pacer.acquire_delay(limit) == 0.0
+    pacer.penalize("ch", retry_after=2.0)
+    assert pacer.acquire_delay(limit) == pytest.approx(2.0)
+    assert pacer.factor("ch") == 0.5
+    clock.now = 2.0
+    assert pacer.acquire_delay(limit) == 0.0
+    assert pacer.acquire_delay(limit) == pytest.approx(0.25)  # 4/s instead of 8/s
+    assert pacer.factor("ch", now=7.0) == pytest.approx(0.75)
+    assert pacer.factor("ch", now=12.0) == 1.0
+
+
+def test_penalties_while_paused_extend_but_do_not_compound() -> None:
+    clock = FakeClock(0.0)
+    pacer = Pacer(clock)
+    limit = Limit("ch", Rate(8))
+    pacer.acquire_delay(limit)
+    for _ in range(20):  # every in-flight request comes back 429
+        pacer.penalize("ch", retry_after=1.0)
+    clock.now = 0.5
+    pacer.penalize("ch", retry_after=1.0)
+    assert pacer.factor("ch") == 0.5
+    assert pacer.acquire_delay(limit) == pytest.approx(1.0)  # paused until 1.5
+
+
+def test_repeated_penalties_floor_the_rate() -> None:
+    clock = FakeClock(0.0)
+    pacer = Pacer(clock, min_factor=0.25, recovery=1000.0)
+    for _ in range(5):
+        pacer.penalize("ch", retry_after=0.0)
+        clock.now += 0.001
+    assert pacer.factor("ch") == pytest.approx(0.25, abs=1e-3)
+
+
+def test_penalizing_an_unknown_key_still_pauses_it() -> None:
+    clock = FakeClock(0.0)
+    pacer = Pacer(clock)
+    pacer.penalize("ch", retry_after=3.0)
+    assert pacer.acquire_delay(Limit("ch", Rate(80))) == pytest.approx(3.0)
+
+
+def test_prune_drops_only_idle_keys() -> None:
+    clock = FakeClock(0.0)
+    pacer = Pacer(clock)
+    pacer.acquire_delay(Limit("old", Rate(1)))
+    clock.now = 5.0
+    pacer.acquire_delay(Limit("fresh", Rate(1)))
+    pacer.penalize("paused", retry_after=100.0)
+    assert pacer.prune() == 1
+    assert len(pacer) == 2
+
+
+async def test_async_acquire_serializes_waiters_on_the_channel() -> None:
+    clock = FakeClock(0.0)
+    pacer = Pacer(clock, sleep=clock.sleep)
+    limit = Limit("ch", Rate(5))
+    grants = await asyncio.gather(*(pacer.acquire(limit) for _ in range(10)))
+    assert sorted(grants) == pytest.approx([i * 0.2 for i in range(10)])
+
+
+async def test_async_acquire_waits_for_the_recipient_before_queueing() -> None:
+    clock = FakeClock(0.0)
+    pacer = Pacer(clock, sleep=clock.sleep)
+    limits = limits_for("telegram", "ch", "42")
+    first = await pacer.acquire(limits)
+    second = await pacer.acquire(limits)
+    assert second - first == pytest.approx(1.0)  # 1 msg/s to a private chat
+
+
+def test_platform_defaults() -> None:
+    assert CHANNEL_RATES["whatsapp"] == Rate(80)
+    assert CHANNEL_RATES["telegram"] == Rate(30)
+    assert CHANNEL_RATES["twilio"] == Rate(1)
+    assert recipient_rate("telegram", "12345") == TELEGRAM_PRIVATE_CHAT
+    assert recipient_rate("telegram", "-100123") == TELEGRAM_GROUP_CHAT
+    assert recipient_rate("whatsapp", "+1555") is None
+    assert recipient_rate("whatsapp", "+1555", whatsapp_pair=Rate(1, 6.0)) == Rate(1, 6.0)
+    assert recipient_rate("messenger", "psid") is None
+
+
+def test_limits_for_puts_the_channel_first_and_adds_audio_video_budgets() -> None:
+    limits = limits_for("messenger", "ch", "psid", media_kind="video")
+    assert [limit.rate for limit in limits] == [Rate(300), Rate(10)]
+    custom = limits_for("whatsapp", "ch", "+1", channel_rate=Rate(1000))
+    assert custom == (Limit(("channel", "ch"), Rate(1000)),)
+
+
+def test_invalid_rates_are_refused() -> None:
+    with pytest.raises(ValueError, match="count >= 1"):
+        Rate(0)
+    with pytest.raises(ValueError, match="count >= 1"):
+        Rate(1, 0.0)

@@ -1,0 +1,126 @@
+"""What each platform refuses up front (never sent half-right), without any I/O."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from outbox.contracts import SendCommand
+from outbox.platforms import SENDERS, UnsupportedContent
+
+HX = "HX" + "0" * 32
+
+
+def cmd(content: dict[str, Any], **extra: Any) -> SendCommand:
+    return SendCommand.model_validate(
+        {"id": "c1", "channel_id": "ch", "to": "12345", "content": content, **extra}
+    )
+
+
+def buttons(n: int, title: str = "B") -> dict[str, Any]:
+    return {
+        "kind": "interactive",
+        "interactive": {
+            "body": "pick",
+            "buttons": [{"id": f"b{i}", "title": f"{title}{i}"} for i in range(n)],
+        },
+    }
+
+
+def media(kind: str, **fields: Any) -> dict[str, Any]:
+    return {"kind": "media", "media": {"kind": kind, "url": "https://x.test/f", **fields}}
+
+
+TEMPLATE = {"kind": "template", "template": {"name": "welcome", "language": "en"}}
+REACTION = {"kind": "reaction", "reaction": {"message_id": "m1", "emoji": "👍"}}
+
+REFUSED: list[tuple[str, SendCommand, str]] = [
+    ("twilio", cmd(buttons(2)), "cannot carry buttons"),
+    ("twilio", cmd(media("sticker")), "cannot send stickers"),
+    ("twilio", cmd({"kind": "media", "media": {"kind": "image", "id": "M1"}}), "by url"),
+    ("twilio", cmd(REACTION), "reactions"),
+    ("twilio", cmd(TEMPLATE), "ContentSid"),
+    ("twilio", cmd({"kind": "text", "text": "x" * 1601}), "1600"),
+    ("twilio", cmd({"kind": "text", "text": "hi"}, reply_to="SM1"), "reply_to"),
+    (
+        "twilio",
+        cmd(
+            {
+                "kind": "template",
+                "template": {
+                    "name": HX,
+                    "language": "en",
+                    "components": [{"type": "header", "parameters": [{"type": "image"}]}],
+                },
+            }
+        ),
+        "only take text parameters",
+    ),
+    ("whatsapp", cmd(buttons(11)), "got 11 choices"),
+    ("whatsapp", cmd(buttons(3, title="x" * 20)), "limited to 20"),
+    ("whatsapp", cmd(buttons(5, title="x" * 24)), "limited to 24"),
+    ("whatsapp", cmd(media("sticker", caption="c")), "cannot carry a caption"),
+    ("whatsapp", cmd(media("audio", caption="c")), "cannot carry a caption"),
+    ("whatsapp", cmd(buttons(5), metadata={"whatsapp_list_button": "x" * 21}), "1-20"),
+    ("messenger", cmd(buttons(14)), "at most 13 quick replies"),
+    ("messenger", cmd(TEMPLATE), "no pre-approved templates"),
+    ("messenger", cmd(media("image", caption="c")), "cannot carry a caption"),
+    ("messenger", cmd(media("sticker")), "cannot send sticker"),
+    ("messenger", cmd({"kind": "text", "text": "hi"}, reply_to="m_1"), "reply_to"),
+    ("messenger", cmd({"kind": "text", "text": "hi"}, metadata={"message_tag": "PROMO"}), "one of"),
+    ("messenger", cmd({"kind": "text", "text": "x" * 2001}), "2000"),
+    ("instagram", cmd(media("document")), "Instagram cannot send document"),
+    ("instagram", cmd(REACTION), "only supports the 'love'"),
+    ("telegram", cmd(TEMPLATE), "no message templates"),
+    ("telegram", cmd(media("sticker", caption="c")), "stickers cannot carry a caption"),
+    ("telegram", cmd({"kind": "text", "text": "hi"}, reply_to="abc"), "integer message id"),
+    (
+        "telegram",
+        cmd({"kind": "reaction", "reaction": {"message_id": "x", "emoji": "👍"}}),
+        "integer",
+    ),
+    (
+        "telegram",
+        cmd(
+            {
+                "kind": "interactive",
+                "interactive": {"body": "b", "buttons": [{"id": "x" * 65, "title": "t"}]},
+            }
+        ),
+        "64 bytes",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("platform", "command", "message"), REFUSED, ids=[f"{p}-{m}" for p, _, m in REFUSED]
+)
+def test_platform_refuses_what_it_cannot_express(
+    platform: str, command: SendCommand, message: str
+) -> None:
+    with pytest.raises(UnsupportedContent, match=message):
+        SENDERS[platform].validate(command)
+
+
+ACCEPTED: list[tuple[str, SendCommand]] = [
+    ("whatsapp", cmd(buttons(3))),
+    ("whatsapp", cmd(buttons(10))),
+    ("whatsapp", cmd(TEMPLATE)),
+    ("whatsapp", cmd(REACTION)),
+    ("messenger", cmd(buttons(13))),
+    ("messenger", cmd(REACTION)),
+    ("instagram", cmd({"kind": "reaction", "reaction": {"message_id": "m", "emoji": "❤️"}})),
+    ("telegram", cmd(buttons(20))),
+    ("twilio", cmd({"kind": "template", "template": {"name": HX, "language": "en"}})),
+]
+
+
+@pytest.mark.parametrize(("platform", "command"), ACCEPTED)
+def test_platform_accepts(platform: str, command: SendCommand) -> None:
+    SENDERS[platform].validate(command)
+
+
+def test_registry_covers_every_platform() -> None:
+    assert set(SENDERS) == {"whatsapp", "messenger", "instagram", "telegram", "twilio"}
+    assert all(SENDERS[p].platform == p for p in SENDERS)
