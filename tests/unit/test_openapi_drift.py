@@ -1,0 +1,25 @@
+"""The committed documents under openapi/ are exactly what the code generates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import SecretStr
+
+from switchboard.cli import _components
+from switchboard.openapi import render_all
+from switchboard.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2] / "openapi"
+
+
+def test_committed_documents_match_the_code() -> None:
+    settings = Settings(_env_file=None, encryption_keys=SecretStr("unused"))  # type: ignore[call-arg]
+    generated = render_all(settings, _components(settings))
+    assert "openapi.json" in generated
+    stale = [
+        name
+        for name, content in generated.items()
+        if not (ROOT / name).exists() or (ROOT / name).read_text() != content
+    ]
+    assert not stale, f"regenerate with `switchboard openapi`: {stale}"
