@@ -73,8 +73,11 @@ def _update(em: c.Emitter, doc: dict[str, Any], update_id: int) -> None:
         for index, message_id in enumerate(c.objects(deleted.get("message_ids"))):
             body = c.message(c.ident(message_id), None)
             em.message("message.deleted", f"{key}:{index}", None, None, chat_id, person, body, doc)
-    else:  # inline_query, poll, chat_member, chat_join_request, …
-        em.unsupported(doc, key=key)
+    else:  # inline_query, poll, chat_member, chat_join_request, …: keep who and where
+        part = next((v for v in doc.values() if type(v) is dict), {})
+        user = c.obj(part.get("from")) or c.obj(part.get("user"))
+        chat_id = c.ident(c.obj(part.get("chat")).get("id")) or c.ident(user.get("id"))
+        em.unsupported(doc, key=key, peer=chat_id, contact=_user_contact(user))
 
 
 def _user_contact(user: dict[str, Any]) -> c.Part | None:
