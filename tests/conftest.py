@@ -76,7 +76,7 @@ def broker() -> Iterator[EmbeddedBroker]:
 @pytest.fixture
 def settings(database_url: str, broker: EmbeddedBroker) -> Settings:
     return Settings(
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
         database_url=SecretStr(database_url),
         kafka_bootstrap_servers=broker.bootstrap_servers,
         kafka_enable_idempotence=False,

@@ -14,7 +14,7 @@ def test_settings_read_the_prefixed_environment(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("SWITCHBOARD_KAFKA_BOOTSTRAP_SERVERS", "k1:9092,k2:9092")
     monkeypatch.setenv("SWITCHBOARD_ADMIN_API_KEY", "sb_admin_x")
     monkeypatch.setenv("SWITCHBOARD_KAFKA_ENABLE_IDEMPOTENCE", "false")
-    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None)
     assert settings.kafka_bootstrap_servers == "k1:9092,k2:9092"
     assert settings.kafka_enable_idempotence is False
     assert "sb_admin_x" not in repr(settings)
@@ -23,7 +23,7 @@ def test_settings_read_the_prefixed_environment(monkeypatch: pytest.MonkeyPatch)
 
 def test_topic_prefix_is_validated() -> None:
     with pytest.raises(ValidationError, match="may contain only"):
-        Settings(_env_file=None, kafka_topic_prefix="bad prefix/")  # type: ignore[call-arg]
+        Settings(_env_file=None, kafka_topic_prefix="bad prefix/")
 
 
 def test_secret_box_round_trip_and_rotation() -> None:
@@ -40,7 +40,7 @@ def test_secret_box_rejects_a_bad_key_with_a_hint() -> None:
     with pytest.raises(ValueError, match="switchboard keygen"):
         SecretBox(["not-a-key"])
     with pytest.raises(ValueError, match="SWITCHBOARD_ENCRYPTION_KEYS is not set"):
-        SecretBox.from_settings(Settings(_env_file=None))  # type: ignore[call-arg]
+        SecretBox.from_settings(Settings(_env_file=None))
 
 
 def test_api_keys_are_random_and_hashed() -> None:
