@@ -5,8 +5,10 @@ conversation). Each key is paced by a ``Rate`` ("``count`` per ``per`` seconds")
 rules applied together:
 
 * **Spacing** (GCRA): grants are ``per / count`` apart on a schedule anchored to theoretical
-  arrival times, so the long-run rate is exact even when the event loop wakes a little late
-  (a late grant does not push the whole schedule back, up to ``catch_up`` seconds of lag).
+  arrival times, so the long-run rate is exact even when the event loop wakes a little late:
+  a grant at most ``catch_up`` seconds behind its slot keeps the schedule (the next slots may
+  then follow at once until it is caught up); a key idle for longer restarts its schedule at
+  the grant, so idleness never turns into a burst.
 * **Window guard**: a grant is refused while the ``count``-th most recent grant is less than
   ``per`` seconds old. This is the hard promise: *no half-open window of ``per`` seconds ever
   holds more than ``count`` grants*, whatever the catch-up or the wake-up jitter did.
@@ -182,7 +184,12 @@ class _State:
 
 
 class Pacer:
-    """Paces keys against their ``Rate``; exact and deterministic under an injected clock."""
+    """Paces keys against their ``Rate``; exact and deterministic under an injected clock.
+
+    ``window_margin`` widens the window guard slightly: a send leaves a few microseconds after
+    its grant, and that jitter alone could otherwise put ``count + 1`` sends into one window
+    whose edges fall exactly on two grants. It costs at most ``margin / per`` of the rate.
+    """
 
     def __init__(
         self,
@@ -190,6 +197,7 @@ class Pacer:
         *,
         sleep: Sleep = asyncio.sleep,
         catch_up: float = 0.05,
+        window_margin: float = 0.001,
         backoff: float = 0.5,
         min_factor: float = 1 / 16,
         recovery: float = 60.0,
@@ -201,6 +209,7 @@ class Pacer:
         self._clock = clock
         self._sleep = sleep
         self._catch_up = catch_up
+        self._margin = window_margin
         self._backoff = backoff
         self._min_factor = min_factor
         self._recovery = recovery
@@ -245,7 +254,7 @@ class Pacer:
         allowed = max(1, math.floor(rate.count * factor + 1e-9))
         earliest = max(state.tat, state.paused_until)
         if state.grants.size >= allowed:
-            earliest = max(earliest, state.grants.recent(allowed) + rate.per)
+            earliest = max(earliest, state.grants.recent(allowed) + rate.per + self._margin)
         return earliest, interval
 
     def peek_delay(self, limits: Limit | Sequence[Limit], now: float | None = None) -> float:
@@ -277,7 +286,8 @@ class Pacer:
         if latest > now:
             return latest - now
         for state, interval in plans:
-            state.tat = max(state.tat, now - self._catch_up) + interval
+            on_schedule = now - state.tat <= self._catch_up
+            state.tat = (state.tat if on_schedule else now) + interval
             state.grants.push(now)
         self._grants_since_prune += 1
         if self._grants_since_prune >= self._prune_every:

@@ -59,9 +59,17 @@ def run(
 
 def test_grants_are_exactly_spaced() -> None:
     clock = FakeClock(0.0)
-    pacer = Pacer(clock)
+    pacer = Pacer(clock, window_margin=0.0)
     grants = run(pacer, clock, Limit("ch", Rate(4)), 9)
     assert grants == [0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0]
+
+
+def test_the_window_margin_keeps_a_full_window_clear_of_its_edge() -> None:
+    clock = FakeClock(0.0)
+    pacer = Pacer(clock, window_margin=0.001)
+    grants = run(pacer, clock, Limit("ch", Rate(4)), 9)
+    assert grants == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.001, 1.251, 1.501, 1.751, 2.002])
+    assert max_in_window(grants, 1.0 + 0.001) == 4
 
 
 def test_a_refused_request_records_nothing() -> None:
@@ -122,7 +130,7 @@ def test_window_guard_holds_for_a_minute_rate() -> None:
 
 def test_limits_are_all_or_nothing() -> None:
     clock = FakeClock(0.0)
-    pacer = Pacer(clock)
+    pacer = Pacer(clock, window_margin=0.0)
     channel = Limit("ch", Rate(10))
     alice = Limit(("r", "alice"), Rate(1))
     bob = Limit(("r", "bob"), Rate(1))
@@ -191,7 +199,7 @@ def test_prune_drops_only_idle_keys() -> None:
 
 async def test_async_acquire_serializes_waiters_on_the_channel() -> None:
     clock = FakeClock(0.0)
-    pacer = Pacer(clock, sleep=clock.sleep)
+    pacer = Pacer(clock, sleep=clock.sleep, window_margin=0.0)
     limit = Limit("ch", Rate(5))
     grants = await asyncio.gather(*(pacer.acquire(limit) for _ in range(10)))
     assert sorted(grants) == pytest.approx([i * 0.2 for i in range(10)])
@@ -199,7 +207,7 @@ async def test_async_acquire_serializes_waiters_on_the_channel() -> None:
 
 async def test_async_acquire_waits_for_the_recipient_before_queueing() -> None:
     clock = FakeClock(0.0)
-    pacer = Pacer(clock, sleep=clock.sleep)
+    pacer = Pacer(clock, sleep=clock.sleep, window_margin=0.0)
     limits = limits_for("telegram", "ch", "42")
     first = await pacer.acquire(limits)
     second = await pacer.acquire(limits)
