@@ -139,7 +139,7 @@ def _message(em: c.Emitter, m: Any, account: str | None, contacts: list[Any], ec
 
 
 def _body(m: dict[str, Any], mid: str | None, echo: bool) -> Any:
-    kind = m.get("type")
+    kind = c.text(m.get("type"))
     text: str | None = None
     media = location = reply = reaction = None
     out = "unsupported"

@@ -207,4 +207,4 @@ def test_internal_bug_degrades_to_unsupported_in_production(
         "message.status",
         "unsupported",
     ]
-    assert events[0].data.raw["id"] == "wamid.B1="  # type: ignore[index]
+    assert events[0].data.raw["id"] == "wamid.B1="
