@@ -67,6 +67,28 @@ class Settings(BaseSettings):
         description="Fernet keys, comma-separated: the first encrypts, all decrypt",
     )
 
+    # Gateway (ingress) -- owned by src/gateway; see docs/ingress.md
+    webhook_max_body_bytes: int = Field(
+        default=3 * 1024 * 1024, ge=1024, description="Larger webhooks get 413 while streaming"
+    )
+    gateway_publish_timeout_seconds: float = Field(
+        default=2.0, gt=0, description="Broker slower than this: the webhook goes to the spool"
+    )
+    gateway_broker_backoff_seconds: float = Field(
+        default=1.0, ge=0, description="After a failed publish, spool directly for this long"
+    )
+    gateway_db_timeout_seconds: float = Field(default=2.0, gt=0)
+    gateway_db_pool_size: int = Field(default=32, ge=1)
+    gateway_channel_cache_ttl_seconds: float = Field(
+        default=5.0, ge=0, description="Channel changes (disable, rotation) apply within this"
+    )
+    gateway_dedup_window_days: float = Field(default=8.0, ge=7.0)
+    gateway_archive_retention_days: float = Field(default=7.0, gt=0)
+    gateway_purge_interval_seconds: float = Field(default=300.0, gt=0)
+    gateway_relay_interval_seconds: float = Field(default=0.5, gt=0)
+    gateway_relay_batch_size: int = Field(default=500, ge=1)
+    # /Gateway
+
     @field_validator("kafka_topic_prefix")
     @classmethod
     def _prefix_is_topic_safe(cls, value: str) -> str:

@@ -1,0 +1,36 @@
+"""Prometheus metrics of the ingress (default registry, exposed on ``/metrics``).
+
+* ``switchboard_gateway_webhooks_total{platform,outcome,reason}``: one per webhook request;
+  ``outcome`` is ``accepted`` (something new became durable), ``duplicate`` (every event was
+  seen before), ``empty`` (a valid webhook with no events) or ``rejected`` with ``reason``
+  (``unauthorized``, ``malformed``, ``not_found``, ``too_large``, ``unsupported_media_type``,
+  ``unavailable``).
+* ``switchboard_gateway_events_total{platform,outcome}``: canonical events ``published``
+  directly, ``duplicate``, ``spooled``, ``relayed`` from the spool, ``replayed``, and
+  ``undeduplicated`` (published while PostgreSQL was unreachable).
+* ``switchboard_gateway_request_duration_seconds{platform}``: webhook latency, all outcomes.
+
+``platform`` is one of the known platform ids or ``unknown``, so hostile paths cannot create
+unbounded label sets.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+WEBHOOKS = Counter(
+    "switchboard_gateway_webhooks",
+    "Webhook requests by platform and outcome",
+    ["platform", "outcome", "reason"],
+)
+EVENTS = Counter(
+    "switchboard_gateway_events",
+    "Canonical inbound events by platform and outcome",
+    ["platform", "outcome"],
+)
+LATENCY = Histogram(
+    "switchboard_gateway_request_duration_seconds",
+    "Webhook request latency, from routing to the response",
+    ["platform"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)

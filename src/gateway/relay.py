@@ -1,0 +1,116 @@
+"""Background tasks of the gateway: the spool relay and the retention purger.
+
+Relay
+-----
+Publishes ``gateway_spool`` rows in ``seq`` order (the order they were accepted), in batches
+of ``gateway_relay_batch_size``, and deletes them in the same transaction once the broker has
+acknowledged every record of the batch. Any failure rolls the batch back whole (records that
+did reach the broker are published again later, with the same ids: at-least-once).
+
+Several gateway replicas may run: the relay takes a transaction-scoped advisory lock
+(``pg_try_advisory_xact_lock``), so exactly one relay drains the spool at a time and the global
+``seq`` order is kept (``FOR UPDATE SKIP LOCKED`` would let two replicas publish interleaved
+batches of one conversation out of order). The others skip the round and try again.
+
+It wakes when this process spools something, and polls every
+``gateway_relay_interval_seconds`` for rows spooled by other replicas.
+
+Purger
+------
+Every ``gateway_purge_interval_seconds``: deletes dedup rows older than
+``gateway_dedup_window_days`` (default 8, at least 7: Meta retries for up to 7 days) and
+archived webhooks older than ``gateway_archive_retention_days`` (default 7), in batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+
+from gateway import repository as repo
+from gateway.metrics import EVENTS
+from gateway.service import DB_ERRORS, RELAY_ERRORS, Gateway, Record
+from switchboard.logging import get_logger
+
+log = get_logger(__name__)
+
+
+async def relay_once(gateway: Gateway) -> int:
+    """Publish one batch of the spool; return how many records were relayed (0: none/locked)."""
+    settings = gateway.settings
+    acquire = gateway.pool.acquire(timeout=settings.gateway_db_timeout_seconds)
+    async with acquire as conn, conn.transaction():
+        if not await repo.try_relay_lock(conn):
+            return 0
+        rows = await repo.oldest_spooled(conn, settings.gateway_relay_batch_size)
+        if not rows:
+            gateway.broker_down_until = 0.0
+            return 0
+        results = await gateway.publish(
+            [Record(r["topic"], r["conversation_id"].encode(), bytes(r["value"])) for r in rows]
+        )
+        if not all(results):
+            raise ConnectionError("the broker did not acknowledge the spooled batch")
+        await repo.delete_spooled(conn, [r["seq"] for r in rows])
+    gateway.broker_down_until = 0.0
+    for platform, count in Counter(r["platform"] for r in rows).items():
+        EVENTS.labels(platform, "relayed").inc(count)
+    log.info("gateway.relayed", count=len(rows))
+    return len(rows)
+
+
+async def run_relay(gateway: Gateway, stop: asyncio.Event) -> None:
+    settings = gateway.settings
+    while not stop.is_set():
+        relayed = 0
+        try:
+            relayed = await relay_once(gateway)
+        except RELAY_ERRORS as exc:
+            log.warning("gateway.relay_failed", error=type(exc).__name__)
+        if relayed == settings.gateway_relay_batch_size:
+            continue  # more waiting
+        gateway.spool_written.clear()
+        wake = asyncio.ensure_future(gateway.spool_written.wait())
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait(
+                [wake, stopping],
+                timeout=settings.gateway_relay_interval_seconds if relayed == 0 else 0,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            wake.cancel()
+            stopping.cancel()
+
+
+async def purge_once(gateway: Gateway, now: datetime | None = None) -> dict[str, int]:
+    settings = gateway.settings
+    now = now or datetime.now(UTC)
+    async with gateway.pool.acquire(timeout=settings.gateway_db_timeout_seconds) as conn:
+        dedup = await repo.purge(
+            conn,
+            "gateway_dedup",
+            "seen_at",
+            now - timedelta(days=settings.gateway_dedup_window_days),
+        )
+        archive = await repo.purge(
+            conn,
+            "gateway_archive",
+            "received_at",
+            now - timedelta(days=settings.gateway_archive_retention_days),
+        )
+    if dedup or archive:
+        log.info("gateway.purged", dedup=dedup, archive=archive)
+    return {"dedup": dedup, "archive": archive}
+
+
+async def run_purger(gateway: Gateway, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        try:
+            await purge_once(gateway)
+        except DB_ERRORS as exc:
+            log.warning("gateway.purge_failed", error=type(exc).__name__)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), gateway.settings.gateway_purge_interval_seconds)

@@ -1,0 +1,162 @@
+"""SQL of the gateway, on raw asyncpg connections (the hot path skips the ORM).
+
+``claim`` is the only statement a normal webhook costs: in one round trip it records the
+webhook's event ids for dedup (``INSERT … ON CONFLICT DO NOTHING RETURNING``), archives the raw
+body when anything is new, and reports which of the webhook's conversations still have events
+waiting in the spool (those must go through the spool too, to keep per-conversation order).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg  # type: ignore[import-untyped]
+import orjson
+
+_CLAIM = """
+WITH new AS (
+    INSERT INTO gateway_dedup (event_id)
+    SELECT unnest($1::uuid[])
+    ON CONFLICT (event_id) DO NOTHING
+    RETURNING event_id
+), archived AS (
+    INSERT INTO gateway_archive
+        (channel_id, platform, account_id, content_type, headers, body, event_count)
+    SELECT $3, $4, $5, $6, $7::jsonb, $8, cardinality($1::uuid[])
+    WHERE EXISTS (SELECT 1 FROM new)
+)
+SELECT
+    (SELECT coalesce(array_agg(event_id::text), '{}') FROM new) AS new_ids,
+    (SELECT coalesce(array_agg(DISTINCT conversation_id), '{}')
+       FROM gateway_spool WHERE conversation_id = ANY($2::text[])) AS spooled
+"""
+
+_SPOOL = """
+INSERT INTO gateway_spool (event_id, platform, topic, conversation_id, value)
+SELECT e, p, t, c, v
+FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[])
+     WITH ORDINALITY AS x(e, p, t, c, v, n)
+ORDER BY n
+"""
+
+RELAY_LOCK_KEY = 0x5B_6761_7465  # pg advisory lock id of the spool relay ("[gate")
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    new_ids: frozenset[str]
+    spooled_conversations: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolRow:
+    event_id: str
+    platform: str
+    topic: str
+    conversation_id: str
+    value: bytes
+
+
+async def claim(
+    conn: asyncpg.Connection,
+    *,
+    event_ids: Sequence[str],
+    conversations: Sequence[str],
+    channel_id: uuid.UUID,
+    platform: str,
+    account_id: str,
+    content_type: str | None,
+    headers: dict[str, str],
+    body: bytes,
+) -> Claim:
+    row = await conn.fetchrow(
+        _CLAIM,
+        list(event_ids),
+        list(conversations),
+        channel_id,
+        platform,
+        account_id,
+        content_type,
+        orjson.dumps(headers).decode(),
+        body,
+    )
+    assert row is not None
+    return Claim(frozenset(row["new_ids"]), frozenset(row["spooled"]))
+
+
+async def spool(conn: asyncpg.Connection, rows: Sequence[SpoolRow]) -> None:
+    await conn.execute(
+        _SPOOL,
+        [r.event_id for r in rows],
+        [r.platform for r in rows],
+        [r.topic for r in rows],
+        [r.conversation_id for r in rows],
+        [r.value for r in rows],
+    )
+
+
+async def try_relay_lock(conn: asyncpg.Connection) -> bool:
+    """Transaction-scoped: only one relay (across all replicas) drains the spool at a time."""
+    return bool(await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", RELAY_LOCK_KEY))
+
+
+async def oldest_spooled(conn: asyncpg.Connection, limit: int) -> list[asyncpg.Record]:
+    return list(
+        await conn.fetch(
+            "SELECT seq, platform, topic, conversation_id, value FROM gateway_spool "
+            "ORDER BY seq LIMIT $1",
+            limit,
+        )
+    )
+
+
+async def delete_spooled(conn: asyncpg.Connection, seqs: Sequence[int]) -> None:
+    await conn.execute("DELETE FROM gateway_spool WHERE seq = ANY($1::bigint[])", list(seqs))
+
+
+async def purge(conn: asyncpg.Connection, table: str, column: str, before: datetime) -> int:
+    """Delete rows older than ``before`` in bounded batches (short locks); return the count."""
+    assert (table, column) in {("gateway_dedup", "seen_at"), ("gateway_archive", "received_at")}
+    total = 0
+    while True:
+        status = await conn.execute(
+            f"DELETE FROM {table} WHERE ctid IN "  # noqa: S608 - fixed identifiers
+            f"(SELECT ctid FROM {table} WHERE {column} < $1 LIMIT 10000)",
+            before,
+        )
+        count = int(status.rsplit(" ", 1)[-1])
+        total += count
+        if count < 10000:
+            return total
+
+
+async def archived(
+    conn: asyncpg.Connection,
+    *,
+    channel_id: uuid.UUID | None,
+    platform: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    after_id: int,
+    limit: int,
+) -> list[asyncpg.Record]:
+    return list(
+        await conn.fetch(
+            "SELECT id, channel_id, platform, account_id, received_at, content_type, body "
+            "FROM gateway_archive WHERE id > $1 "
+            "AND ($2::uuid IS NULL OR channel_id = $2) "
+            "AND ($3::text IS NULL OR platform = $3) "
+            "AND ($4::timestamptz IS NULL OR received_at >= $4) "
+            "AND ($5::timestamptz IS NULL OR received_at < $5) "
+            "ORDER BY id LIMIT $6",
+            after_id,
+            channel_id,
+            platform,
+            since,
+            until,
+            limit,
+        )
+    )
