@@ -3,14 +3,49 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
+from outbox.consumer import run_intake
+from outbox.endpoints import router
+from outbox.schemas import lifecycle_event_schema, send_command_schema
 from switchboard.app import Component
 from switchboard.resources import Resources
 from switchboard.settings import Settings
 
 
 def component(settings: Settings) -> Component:
-    return Component(name="outbox")
+    """The messages API, plus (when ``outbox_api_runs_consumers``) the command and receipts
+    consumers and the lifecycle relay as tasks of the HTTP process.
+
+    Process split: ``switchboard serve`` replicas run the API only (they stage rows and events
+    in PostgreSQL); the worker process (``switchboard outbox``, and ``switchboard dev``) runs the
+    consumers, the relay and delivery from ``run_worker``. Turn the setting on only for a
+    deployment with no worker process.
+    """
+
+    @asynccontextmanager
+    async def lifespan(resources: Resources) -> AsyncIterator[None]:
+        if not resources.settings.outbox_api_runs_consumers:
+            yield
+            return
+        stop = asyncio.Event()
+        task = asyncio.create_task(run_intake(resources, stop), name="outbox-intake")
+        try:
+            yield
+        finally:
+            stop.set()
+            await task
+
+    return Component(
+        name="outbox",
+        routers=[router],
+        lifespan=lifespan,
+        schemas={
+            "send-command": send_command_schema(),
+            "lifecycle-event": lifecycle_event_schema(),
+        },
+    )
 
 
 async def run_worker(resources: Resources, stop: asyncio.Event) -> None:

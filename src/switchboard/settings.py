@@ -58,6 +58,28 @@ class Settings(BaseSettings):
     )
     kafka_consumer_group: str = "switchboard-outbox"
 
+    # Outbox intake
+    outbox_api_runs_consumers: bool = Field(
+        default=False,
+        description="The HTTP process also runs the command and receipts consumers and the "
+        "lifecycle relay (single-process deployments); normally `switchboard outbox` runs them",
+    )
+    outbox_whatsapp_window_check: bool = Field(
+        default=True,
+        description="Refuse free-form WhatsApp messages outside the 24-hour customer window",
+    )
+    outbox_default_ttl_seconds: float = Field(
+        default=86_400.0, gt=0, description="not_after when a command gives none: acceptance + this"
+    )
+    outbox_consumer_batch_size: int = Field(
+        default=200, ge=1, le=10_000, description="Records taken per poll (bounds in-flight work)"
+    )
+    outbox_receipts_consumer_group: str | None = Field(
+        default=None,
+        description="Group of the receipts consumer; default <kafka_consumer_group>-receipts",
+    )
+    # end Outbox intake
+
     # Security
     admin_api_key: SecretStr | None = Field(
         default=None, description="Bootstrap admin API key; accepted with every scope"

@@ -1,0 +1,405 @@
+"""The outbox's Kafka consumers: send commands in, platform receipts in.
+
+Both poll with ``getmany`` (at most ``outbox_consumer_batch_size`` records in flight), handle
+partitions concurrently and each partition's records in offset order (commands of one
+conversation share a key, hence a partition, so their acceptance order is their send order),
+and commit offsets manually only once each record's outcome is committed to PostgreSQL (or
+dead-lettered). A crash before the offset commit redelivers the records: intake is idempotent
+on the command id and receipts only move states forward, so a redelivery changes nothing.
+On a database or broker failure a partition is rewound to its first unfinished record and the
+loop backs off; if the consumer itself fails it is restarted (new consumer, same group).
+
+Commands (``<prefix>outbound.commands.v1``, group ``kafka_consumer_group``): the value is a
+CloudEvents 1.0 structured event of type ``message.send`` whose ``data`` is the send command,
+or a bare send command JSON object (no ``specversion``). The command id is ``data.id``.
+Outcomes:
+
+* stored as ``queued`` with a ``message.queued`` event;
+* stored as ``failed`` with a ``message.failed`` event and ``last_error`` when the channel is
+  disabled, the platform cannot express the content, the WhatsApp window is closed or
+  ``not_after`` is already past;
+* dead-lettered to ``<prefix>deadletter.v1`` (same key): ``not_json``, ``invalid_command``
+  (not an object, wrong CloudEvents type, schema errors), ``unknown_channel`` (a row needs an
+  existing channel) and ``conflict`` (a known command id with a different body).
+
+Dead-letter record: a CloudEvent of type ``switchboard.deadletter`` whose ``id`` is derived
+from topic/partition/offset (a redelivered poison record gets the same id), ``subject`` the
+original key, and ``data``::
+
+    {"reason": "not_json" | "invalid_command" | "unknown_channel" | "conflict",
+     "detail": "<human-readable, never the value itself>",
+     "consumer": "outbox.commands",
+     "original": {"topic", "partition", "offset", "timestamp" (RFC 3339), "key",
+                  "value_encoding": "utf-8" | "base64" | null, "value": "<the original bytes>"}}
+
+Receipts (``<prefix>inbound.v1``, group ``outbox_receipts_consumer_group`` or
+``<kafka_consumer_group>-receipts``): see ``outbox.receipts``. Records that are not canonical
+events are logged and skipped (the gateway owns that topic; they are not ours to dead-letter).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeAlias
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+from pydantic import ValidationError
+
+from normalizer.models import EVENT_ADAPTER, MessageEvent, StatusEvent
+from outbox import intake, receipts
+from outbox.contracts import SEND_COMMAND_TYPE, SendCommand
+from outbox.errors import IdempotencyConflict, UnknownChannel
+from outbox.events import run_relay
+from switchboard.kafka import CE_HEADERS, create_consumer
+from switchboard.logging import get_logger
+from switchboard.resources import Resources
+from switchboard.settings import Settings
+
+__all__ = [
+    "DEADLETTER_TYPE",
+    "DeadLetter",
+    "dead_letter_value",
+    "handle_command",
+    "parse_command",
+    "receipts_group",
+    "run_command_consumer",
+    "run_intake",
+    "run_receipts_consumer",
+]
+
+log = get_logger(__name__)
+
+DEADLETTER_TYPE = "switchboard.deadletter"
+_DEADLETTER_NAMESPACE = uuid.UUID("0d6f4a52-9c1e-4a8e-b1f7-3e5c2d7a9b41")
+_POLL_MS = 500
+_RESTART_BACKOFF = (0.5, 30.0)
+
+Record: TypeAlias = Any
+"""``aiokafka.ConsumerRecord[bytes, bytes]`` (aiokafka ships no type information)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    reason: str
+    detail: str
+
+
+# ---- commands ---------------------------------------------------------------------------------
+
+
+def _validation_summary(exc: ValidationError) -> str:
+    """Locations and messages only: the input (possibly personal data) is never echoed."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'command'}: "
+        f"{e['msg'].removeprefix('Value error, ')}"
+        for e in exc.errors()
+    )
+
+
+def parse_command(value: bytes | None) -> SendCommand | DeadLetter:
+    if not value:
+        return DeadLetter("invalid_command", "the record has no value")
+    try:
+        document = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return DeadLetter("not_json", "the value is not JSON")
+    if not isinstance(document, dict):
+        return DeadLetter("invalid_command", "the value is not a JSON object")
+    if "specversion" in document:
+        event_type = document.get("type")
+        if event_type != SEND_COMMAND_TYPE:
+            return DeadLetter(
+                "invalid_command",
+                f"CloudEvents type {event_type!r} is not {SEND_COMMAND_TYPE!r}",
+            )
+        document = document.get("data")
+        if not isinstance(document, dict):
+            return DeadLetter("invalid_command", "the CloudEvent has no JSON object in data")
+    try:
+        return SendCommand.model_validate(document)
+    except ValidationError as exc:
+        return DeadLetter("invalid_command", _validation_summary(exc))
+
+
+def _rfc3339(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def dead_letter_value(record: Record, letter: DeadLetter, *, consumer: str) -> bytes:
+    raw: bytes | None = record.value
+    encoding: str | None = None
+    text: str | None = None
+    if raw is not None:
+        try:
+            text, encoding = raw.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            text, encoding = base64.b64encode(raw).decode("ascii"), "base64"
+    key: bytes | None = record.key
+    key_text = key.decode("utf-8", errors="replace") if key is not None else None
+    where = f"{record.topic}:{record.partition}:{record.offset}"
+    envelope: dict[str, Any] = {
+        "specversion": "1.0",
+        "id": str(uuid.uuid5(_DEADLETTER_NAMESPACE, where)),
+        "source": f"/switchboard/{consumer.replace('.', '/')}",
+        "type": DEADLETTER_TYPE,
+        "time": _rfc3339(datetime.now(UTC)),
+        "subject": key_text,
+        "datacontenttype": "application/json",
+        "data": {
+            "reason": letter.reason,
+            "detail": letter.detail,
+            "consumer": consumer,
+            "original": {
+                "topic": record.topic,
+                "partition": record.partition,
+                "offset": record.offset,
+                "timestamp": _rfc3339(datetime.fromtimestamp(record.timestamp / 1000, UTC)),
+                "key": key_text,
+                "value_encoding": encoding,
+                "value": text,
+            },
+        },
+    }
+    return orjson.dumps(envelope)
+
+
+async def _dead_letter(resources: Resources, record: Record, letter: DeadLetter) -> None:
+    """Publish and wait for the broker's ack: the offset is committed only after it."""
+    settings = resources.settings
+    future = await resources.producer.send(
+        settings.topic("deadletter.v1"),
+        dead_letter_value(record, letter, consumer="outbox.commands"),
+        key=record.key,
+        headers=CE_HEADERS,
+    )
+    await future
+    log.warning(
+        "outbox.command_dead_lettered",
+        reason=letter.reason,
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+    )
+
+
+async def handle_command(resources: Resources, record: Record) -> None:
+    """Store one command record (or dead-letter it); raises only on infrastructure failures."""
+    parsed = parse_command(record.value)
+    if isinstance(parsed, SendCommand):
+        try:
+            async with resources.sessionmaker() as session, session.begin():
+                accepted = await intake.accept(session, resources.settings, parsed, source="kafka")
+        except IdempotencyConflict as exc:
+            parsed_letter = DeadLetter("conflict", exc.message)
+        except UnknownChannel as exc:
+            parsed_letter = DeadLetter("unknown_channel", exc.message)
+        else:
+            if not accepted.replayed:
+                log.debug(
+                    "outbox.command_stored",
+                    message_id=str(accepted.message.id),
+                    state=accepted.message.state,
+                )
+            return
+    else:
+        parsed_letter = parsed
+    await _dead_letter(resources, record, parsed_letter)
+
+
+# ---- the consumer loop ------------------------------------------------------------------------
+
+PartitionHandler = Callable[[Resources, Sequence[Record]], Awaitable[int]]
+"""Handles records of one partition in order; returns how many were fully handled (raising
+after handling a prefix is expressed by returning its length: see ``_per_record``)."""
+
+
+async def _commit(consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
+    """The one place offsets are committed (a seam for the crash-before-commit test)."""
+    await consumer.commit(offsets)
+
+
+def _per_record(
+    handle: Callable[[Resources, Record], Awaitable[None]],
+) -> PartitionHandler:
+    async def handle_partition(resources: Resources, records: Sequence[Record]) -> int:
+        done = 0
+        for record in records:
+            try:
+                await handle(resources, record)
+            except Exception as exc:
+                log.warning(
+                    "outbox.record_failed",
+                    error=type(exc).__name__,
+                    topic=record.topic,
+                    partition=record.partition,
+                    offset=record.offset,
+                )
+                return done
+            done += 1
+        return done
+
+    return handle_partition
+
+
+async def _consume(
+    resources: Resources,
+    consumer: AIOKafkaConsumer,
+    stop: asyncio.Event,
+    handle_partition: PartitionHandler,
+) -> None:
+    settings = resources.settings
+    backoff = 0.2
+    while not stop.is_set():
+        batch = await consumer.getmany(
+            timeout_ms=_POLL_MS, max_records=settings.outbox_consumer_batch_size
+        )
+        if not batch:
+            continue
+        partitions = list(batch.items())
+        handled = await asyncio.gather(
+            *(handle_partition(resources, records) for _, records in partitions)
+        )
+        offsets: dict[TopicPartition, int] = {}
+        stalled = False
+        for (tp, records), count in zip(partitions, handled, strict=True):
+            if count:
+                offsets[tp] = records[count - 1].offset + 1
+            if count < len(records):
+                consumer.seek(tp, records[count].offset)
+                stalled = True
+        if offsets:
+            try:
+                await _commit(consumer, offsets)
+            except KafkaError as exc:  # e.g. a rebalance: the records come back, idempotently
+                log.warning("outbox.commit_failed", error=type(exc).__name__)
+        if stalled:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), backoff)
+            backoff = min(backoff * 2, 10.0)
+        else:
+            backoff = 0.2
+
+
+async def _supervise(
+    name: str,
+    resources: Resources,
+    stop: asyncio.Event,
+    make_consumer: Callable[[], AIOKafkaConsumer],
+    handle_partition: PartitionHandler,
+) -> None:
+    """Run a consumer until ``stop``; if it fails, stop it (uncommitted records come back to
+    whoever owns the partition next) and start a new one after a back-off."""
+    backoff = _RESTART_BACKOFF[0]
+    while not stop.is_set():
+        consumer = make_consumer()
+        try:
+            await consumer.start()
+            log.info(f"outbox.{name}_consumer_started")
+            await _consume(resources, consumer, stop, handle_partition)
+            backoff = _RESTART_BACKOFF[0]
+        except Exception as exc:
+            log.error(f"outbox.{name}_consumer_failed", error=repr(exc))
+        finally:
+            with contextlib.suppress(Exception):
+                await consumer.stop()
+        if not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), backoff)
+            backoff = min(backoff * 2, _RESTART_BACKOFF[1])
+
+
+async def run_command_consumer(resources: Resources, stop: asyncio.Event) -> None:
+    """Consume ``outbound.commands.v1`` until ``stop`` is set (then finish the batch, commit)."""
+    settings = resources.settings
+    await _supervise(
+        "commands",
+        resources,
+        stop,
+        lambda: create_consumer(
+            settings,
+            settings.topic("outbound.commands.v1"),
+            group_id=settings.kafka_consumer_group,
+            max_poll_records=settings.outbox_consumer_batch_size,
+        ),
+        _per_record(handle_command),
+    )
+
+
+# ---- receipts ---------------------------------------------------------------------------------
+
+
+def receipts_group(settings: Settings) -> str:
+    return settings.outbox_receipts_consumer_group or f"{settings.kafka_consumer_group}-receipts"
+
+
+async def handle_inbound(resources: Resources, records: Sequence[Record]) -> int:
+    """One transaction per partition batch: statuses in order, then the windows."""
+    statuses: list[StatusEvent] = []
+    received: list[MessageEvent] = []
+    for record in records:
+        if record.value is None:
+            continue
+        try:
+            event = EVENT_ADAPTER.validate_json(record.value)
+        except ValidationError:
+            log.warning(
+                "outbox.inbound_unreadable",
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+            )
+            continue
+        if isinstance(event, StatusEvent):
+            statuses.append(event)
+        elif isinstance(event, MessageEvent) and event.type == "message.received":
+            received.append(event)
+    if not statuses and not received:
+        return len(records)
+    try:
+        async with resources.sessionmaker() as session, session.begin():
+            for status in statuses:
+                await receipts.apply_status(session, resources.settings, status)
+            await receipts.record_windows(session, receipts.window_updates(received))
+    except Exception as exc:
+        log.warning("outbox.receipts_failed", error=type(exc).__name__, records=len(records))
+        return 0
+    return len(records)
+
+
+async def run_receipts_consumer(resources: Resources, stop: asyncio.Event) -> None:
+    """Consume ``inbound.v1`` for receipts and conversation windows until ``stop`` is set."""
+    settings = resources.settings
+    await _supervise(
+        "receipts",
+        resources,
+        stop,
+        lambda: create_consumer(
+            settings,
+            settings.topic("inbound.v1"),
+            group_id=receipts_group(settings),
+            max_poll_records=settings.outbox_consumer_batch_size,
+        ),
+        handle_inbound,
+    )
+
+
+async def run_intake(resources: Resources, stop: asyncio.Event) -> None:
+    """Both consumers and the lifecycle relay (``outbox.events.run_relay``) until ``stop``:
+    what the worker process runs besides delivery. Each restarts on its own failures."""
+    results = await asyncio.gather(
+        run_command_consumer(resources, stop),
+        run_receipts_consumer(resources, stop),
+        run_relay(resources, stop),
+        return_exceptions=True,
+    )
+    for result in results:
+        if isinstance(result, BaseException):
+            log.error("outbox.intake_task_failed", error=repr(result))

@@ -1,0 +1,177 @@
+"""The messages API: send, status and history, list and filter, cancel, redrive, dead letters.
+
+Every write commits explicitly before the response is returned (never in a ``yield``
+dependency's teardown, which runs after the response is sent).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response, status
+from pydantic import ValidationError
+
+from outbox import intake
+from outbox.contracts import SendCommand
+from outbox.errors import InvalidCommand
+from outbox.schemas import (
+    AttemptRead,
+    MessageCreate,
+    MessageDetail,
+    MessagePage,
+    MessageRead,
+    MessageState,
+)
+from switchboard.auth.dependencies import RequireRead, RequireSend
+from switchboard.resources import AppResources, DbSession
+
+router = APIRouter(prefix="/v1", tags=["messages"])
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=200,
+        description="The command id. The same key with the same body answers with the same "
+        "message; with a different body, 409. Without it a key is generated (no retry safety).",
+    ),
+]
+
+Limit = Annotated[int, Query(ge=1, le=500, description="Page size")]
+Cursor = Annotated[
+    str | None, Query(max_length=64, description="`next_cursor` of the previous page")
+]
+
+
+def _location(response: Response, message_id: uuid.UUID) -> None:
+    response.headers["Location"] = f"/v1/messages/{message_id}"
+
+
+@router.post(
+    "/messages",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=MessageRead,
+    summary="Send a message (durably queued; delivered by the outbox worker)",
+    responses={
+        409: {"description": "Idempotency-Key reused with a different body"},
+        422: {
+            "description": "Invalid body, unknown or disabled channel, content the platform "
+            "cannot express, WhatsApp 24-hour window closed (template needed)"
+        },
+    },
+)
+async def send_message(
+    body: MessageCreate,
+    response: Response,
+    session: DbSession,
+    resources: AppResources,
+    _: RequireSend,
+    idempotency_key: IdempotencyKey = None,
+) -> MessageRead:
+    """Accept a send command. The message and its ``message.queued`` event are committed before
+    the 202; a replay of the same key and body answers 202 with the same message (its current
+    state) and ``Idempotent-Replayed: true``."""
+    command_id = idempotency_key if idempotency_key is not None else str(uuid.uuid4())
+    try:
+        command = SendCommand.model_validate({**body.model_dump(), "id": command_id})
+    except ValidationError as exc:
+        problems = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+        raise InvalidCommand(problems or "invalid command") from None
+    accepted = await intake.accept(session, resources.settings, command, source="api")
+    if not accepted.replayed:
+        await session.commit()
+    else:
+        response.headers["Idempotent-Replayed"] = "true"
+    _location(response, accepted.message.id)
+    return MessageRead.from_row(accepted.message)
+
+
+@router.get("/messages/{message_id}", response_model=MessageDetail, summary="A message")
+async def get_message(message_id: uuid.UUID, session: DbSession, _: RequireRead) -> MessageDetail:
+    """State, platform message id, last error, timestamps and every delivery attempt."""
+    message = await intake.get_message(session, message_id)
+    history = await intake.attempt_history(session, message_id)
+    return MessageDetail(
+        **MessageRead.from_row(message).model_dump(),
+        history=[AttemptRead.from_row(a) for a in history],
+    )
+
+
+@router.get("/messages", response_model=MessagePage, summary="List messages, newest first")
+async def list_messages(
+    session: DbSession,
+    _: RequireRead,
+    channel_id: uuid.UUID | None = None,
+    to: Annotated[str | None, Query(max_length=200, description="Recipient, exactly")] = None,
+    state: Annotated[list[MessageState] | None, Query(description="Repeatable")] = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    cursor: Cursor = None,
+    limit: Limit = 50,
+) -> MessagePage:
+    filters = intake.MessageFilter(
+        channel_id=channel_id,
+        to=to,
+        states=tuple(state or ()),
+        created_after=created_after,
+        created_before=created_before,
+    )
+    rows, next_cursor = await intake.list_messages(session, filters, cursor=cursor, limit=limit)
+    return MessagePage(items=[MessageRead.from_row(r) for r in rows], next_cursor=next_cursor)
+
+
+@router.post(
+    "/messages/{message_id}/cancel",
+    response_model=MessageRead,
+    summary="Cancel a message not yet sent",
+    responses={409: {"description": "Not queued or retrying (details.state: current state)"}},
+)
+async def cancel_message(
+    message_id: uuid.UUID, session: DbSession, resources: AppResources, _: RequireSend
+) -> MessageRead:
+    """queued/retrying → cancelled (``message.cancelled``); already cancelled: 200, no change."""
+    message = await intake.cancel(session, resources.settings, message_id)
+    await session.commit()
+    return MessageRead.from_row(message)
+
+
+@router.post(
+    "/messages/{message_id}/retry",
+    response_model=MessageRead,
+    summary="Redrive a dead message",
+    responses={409: {"description": "Not dead (details.state: current state)"}},
+)
+async def retry_message(
+    message_id: uuid.UUID, session: DbSession, resources: AppResources, _: RequireSend
+) -> MessageRead:
+    """dead → queued (``message.queued``), due now, new ``not_after``; attempts are kept."""
+    message = await intake.redrive(session, resources.settings, message_id)
+    await session.commit()
+    return MessageRead.from_row(message)
+
+
+@router.get(
+    "/dead-letters", response_model=MessagePage, summary="Dead messages (retry with /retry)"
+)
+async def list_dead_letters(
+    session: DbSession,
+    _: RequireRead,
+    channel_id: uuid.UUID | None = None,
+    to: Annotated[str | None, Query(max_length=200)] = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    cursor: Cursor = None,
+    limit: Limit = 50,
+) -> MessagePage:
+    filters = intake.MessageFilter(
+        channel_id=channel_id,
+        to=to,
+        states=("dead",),
+        created_after=created_after,
+        created_before=created_before,
+    )
+    rows, next_cursor = await intake.list_messages(session, filters, cursor=cursor, limit=limit)
+    return MessagePage(items=[MessageRead.from_row(r) for r in rows], next_cursor=next_cursor)

@@ -1,0 +1,74 @@
+"""The outbox's expected conditions, each with its HTTP status and stable ``code``.
+
+They are rendered by the application's one ``SwitchboardError`` handler as
+``{"error": {"code", "message", "details"}}``. ``Rejected`` is the family of reasons a send
+command is refused before it is stored: the API answers 422 with it, the Kafka path stores the
+command as ``failed`` with the same code and message (see ``outbox.intake``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from switchboard.errors import Conflict, NotFound, Unprocessable
+
+__all__ = [
+    "ChannelDisabled",
+    "ContentNotSupported",
+    "IdempotencyConflict",
+    "InvalidCommand",
+    "InvalidState",
+    "MessageNotFound",
+    "Rejected",
+    "UnknownChannel",
+    "WindowClosed",
+]
+
+
+class Rejected(Unprocessable):
+    """A well-formed command that cannot be sent as asked; nothing is sent half-right."""
+
+    code = "rejected"
+
+
+class InvalidCommand(Rejected):
+    code = "invalid_command"
+
+
+class UnknownChannel(Rejected):
+    """The body names a channel that does not exist (a body field, hence 422, not 404)."""
+
+    code = "unknown_channel"
+
+
+class ChannelDisabled(Rejected):
+    code = "channel_disabled"
+
+
+class ContentNotSupported(Rejected):
+    """The channel's platform cannot express the content (``Sender.validate``)."""
+
+    code = "unsupported_content"
+
+
+class WindowClosed(Rejected):
+    """WhatsApp: free-form message outside the 24-hour customer service window."""
+
+    code = "window_closed"
+
+
+class IdempotencyConflict(Conflict):
+    code = "idempotency_conflict"
+
+
+class MessageNotFound(NotFound):
+    code = "message_not_found"
+
+    def __init__(self, message: str = "message not found", *, details: Any = None) -> None:
+        super().__init__(message, details=details)
+
+
+class InvalidState(Conflict):
+    """The operation does not apply to the message's current state (``details.state``)."""
+
+    code = "invalid_state"

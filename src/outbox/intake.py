@@ -1,0 +1,378 @@
+"""Accepting a send command: idempotency, validation against the channel, storage.
+
+One function, ``accept``, serves both doors (``POST /v1/messages`` and the Kafka commands
+topic). It stages the row and its ``message.queued`` (or ``message.failed``) lifecycle event in
+the caller's transaction and never commits: the edge commits before it acknowledges.
+
+Idempotency: ``command_id`` is unique in ``outbox_messages``. ``request_hash`` is the SHA-256 of
+the canonical JSON of the command without its id (keys sorted, ``not_after`` in UTC), so a
+replay of the same command answers with the stored message and a different body under the same
+id is ``IdempotencyConflict``. Rows are kept, so the key is honoured as long as the row lives
+(at least 24 h). A replay is answered before validation: a channel disabled since the first
+request does not turn a replay into an error.
+
+Refusals (``outbox.errors.Rejected``): unknown or disabled channel, content the platform cannot
+express, a free-form WhatsApp message outside the 24-hour window, a ``not_after`` already past.
+The API raises them (422, nothing stored). Kafka commands are stored directly as ``failed`` with
+the reason in ``last_error`` and a ``message.failed`` event, except an unknown channel, which
+cannot be stored (the row references its channel) and is dead-lettered by the consumer.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+import orjson
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from outbox import events
+from outbox.contracts import LifecycleError, SendCommand
+from outbox.errors import (
+    ChannelDisabled,
+    ContentNotSupported,
+    IdempotencyConflict,
+    InvalidCommand,
+    InvalidState,
+    MessageNotFound,
+    Rejected,
+    UnknownChannel,
+    WindowClosed,
+)
+from outbox.models import ConversationWindow, OutboxAttempt, OutboxMessage
+from outbox.platforms import SENDERS, UnsupportedContent
+from switchboard.channels.models import Channel
+from switchboard.errors import BadRequest
+from switchboard.settings import Settings
+
+__all__ = [
+    "WHATSAPP_WINDOW",
+    "Accepted",
+    "Source",
+    "accept",
+    "check",
+    "conversation_key",
+    "needs_window",
+    "request_hash",
+    "resolve_channel",
+    "window_key",
+]
+
+Source = Literal["api", "kafka"]
+
+WHATSAPP_WINDOW = timedelta(hours=24)
+"""WhatsApp's customer service window: free-form messages only within 24 h of the last
+inbound message; outside it, only templates."""
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    message: OutboxMessage
+    replayed: bool
+    """True when the command id was already stored with the same body (nothing new staged)."""
+
+
+def request_hash(command: SendCommand) -> str:
+    """SHA-256 (hex) of the canonical JSON of the command, its id excluded."""
+    body = command.model_dump(mode="json", exclude={"id"})
+    if command.not_after is not None:
+        body["not_after"] = command.not_after.astimezone(UTC).isoformat()
+    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def conversation_key(channel_id: uuid.UUID | str, to: str) -> str:
+    """``channel_id:recipient``: the FIFO unit and the Kafka key of commands and events."""
+    return f"{channel_id}:{to}"
+
+
+def window_key(channel_id: uuid.UUID | str, platform: str, peer: str) -> str:
+    """Key of ``ConversationWindow``. WhatsApp peers are compared by digits only, so the
+    inbound ``wa_id`` (``393331234567``) matches an outbound ``to`` of ``+39 333 1234567``."""
+    if platform == "whatsapp":
+        peer = "".join(ch for ch in peer if ch.isdigit()) or peer
+    return f"{channel_id}:{peer}"
+
+
+def needs_window(platform: str, command: SendCommand) -> bool:
+    """Free-form WhatsApp messages (Cloud API, or Twilio ``whatsapp:`` addresses) need the
+    24-hour window; templates do not."""
+    if command.content.kind == "template":
+        return False
+    return platform == "whatsapp" or (platform == "twilio" and command.to.startswith("whatsapp:"))
+
+
+async def resolve_channel(session: AsyncSession, command: SendCommand) -> Channel:
+    try:
+        channel_id = uuid.UUID(command.channel_id)
+    except ValueError:
+        raise UnknownChannel(f"channel_id {command.channel_id!r} is not a channel id") from None
+    channel = await session.get(Channel, channel_id)
+    if channel is None:
+        raise UnknownChannel(f"channel {command.channel_id} does not exist")
+    return channel
+
+
+async def check(
+    session: AsyncSession,
+    settings: Settings,
+    command: SendCommand,
+    channel: Channel,
+    now: datetime,
+) -> None:
+    """Raise a ``Rejected`` subclass if the command must not be sent on this channel."""
+    if not channel.enabled:
+        raise ChannelDisabled(f"channel {channel.id} is disabled")
+    if command.not_after is not None and command.not_after <= now:
+        raise InvalidCommand("not_after is already past: the message would never be sent")
+    sender = SENDERS.get(channel.platform)
+    if sender is None:
+        raise ContentNotSupported(f"no sender for platform {channel.platform!r}")
+    try:
+        sender.validate(command)
+    except UnsupportedContent as exc:
+        raise ContentNotSupported(str(exc)) from None
+    if settings.outbox_whatsapp_window_check and needs_window(channel.platform, command):
+        key = window_key(channel.id, channel.platform, command.to)
+        window = await session.get(ConversationWindow, key)
+        if window is None:
+            raise WindowClosed(
+                "no inbound WhatsApp message from this recipient: outside the 24-hour customer "
+                "service window only a template message can be sent"
+            )
+        if window.last_inbound_at < now - WHATSAPP_WINDOW:
+            raise WindowClosed(
+                "the 24-hour customer service window closed (last inbound message at "
+                f"{window.last_inbound_at.astimezone(UTC).isoformat()}): send a template message"
+            )
+
+
+async def find_by_command_id(session: AsyncSession, command_id: str) -> OutboxMessage | None:
+    result: OutboxMessage | None = await session.scalar(
+        select(OutboxMessage).where(OutboxMessage.command_id == command_id)
+    )
+    return result
+
+
+def _replay(existing: OutboxMessage, digest: str) -> Accepted:
+    if existing.request_hash != digest:
+        raise IdempotencyConflict(
+            f"command id {existing.command_id!r} was already used for a different message "
+            "(same Idempotency-Key, different body): use a new key for a new message",
+            details={"message_id": str(existing.id)},
+        )
+    return Accepted(existing, replayed=True)
+
+
+async def accept(
+    session: AsyncSession,
+    settings: Settings,
+    command: SendCommand,
+    *,
+    source: Source,
+    now: datetime | None = None,
+) -> Accepted:
+    """Stage the command (or find its earlier copy) in the caller's transaction.
+
+    Raises ``IdempotencyConflict``; ``Rejected`` for API commands (and for Kafka commands to an
+    unknown channel). Kafka commands refused for any other reason are staged as ``failed``.
+    """
+    now = now or datetime.now(UTC)
+    digest = request_hash(command)
+    existing = await find_by_command_id(session, command.id)
+    if existing is not None:
+        return _replay(existing, digest)
+    channel = await resolve_channel(session, command)
+    refusal: Rejected | None = None
+    try:
+        await check(session, settings, command, channel, now)
+    except Rejected as exc:
+        if source == "api":
+            raise
+        refusal = exc
+    values = {
+        "id": uuid.uuid4(),
+        "command_id": command.id,
+        "request_hash": digest,
+        "source": source,
+        "channel_id": channel.id,
+        "platform": channel.platform,
+        "recipient": command.to,
+        "conversation_key": conversation_key(channel.id, command.to),
+        "content": command.content.model_dump(mode="json", exclude_none=True),
+        "reply_to": command.reply_to,
+        "message_metadata": dict(command.metadata),
+        "state": "queued" if refusal is None else "failed",
+        "next_attempt_at": now,
+        "not_after": command.not_after
+        or now + timedelta(seconds=settings.outbox_default_ttl_seconds),
+        "last_error": None,
+        "finished_at": None,
+    }
+    error: LifecycleError | None = None
+    if refusal is not None:
+        error = LifecycleError(code=refusal.code, title=refusal.message, retryable=False)
+        values["last_error"] = error.model_dump(mode="json")
+        values["finished_at"] = now
+    stmt = (
+        pg_insert(OutboxMessage)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=["command_id"])
+        .returning(OutboxMessage)
+    )
+    message = (await session.scalars(stmt)).one_or_none()
+    if message is None:  # a concurrent request with the same id won the insert
+        existing = await find_by_command_id(session, command.id)
+        if existing is None:  # pragma: no cover - the winner's row is committed and unique
+            raise IdempotencyConflict(f"command id {command.id!r} is being accepted concurrently")
+        return _replay(existing, digest)
+    events.emit(
+        session,
+        settings,
+        message,
+        "message.queued" if refusal is None else "message.failed",
+        error=error,
+    )
+    return Accepted(message, replayed=False)
+
+
+def command_from_row(message: OutboxMessage) -> SendCommand:
+    """The command as accepted (for senders and the API): ``not_after`` is the effective one."""
+    return SendCommand.model_validate(
+        {
+            "id": message.command_id,
+            "channel_id": str(message.channel_id),
+            "to": message.recipient,
+            "content": message.content,
+            "reply_to": message.reply_to,
+            "metadata": message.message_metadata or {},
+            "not_after": message.not_after,
+        }
+    )
+
+
+# ---- operator actions and queries (the messages API) -----------------------------------------
+
+
+async def get_message(
+    session: AsyncSession, message_id: uuid.UUID, *, for_update: bool = False
+) -> OutboxMessage:
+    query = select(OutboxMessage).where(OutboxMessage.id == message_id)
+    if for_update:
+        query = query.with_for_update()
+    message: OutboxMessage | None = await session.scalar(query)
+    if message is None:
+        raise MessageNotFound()
+    return message
+
+
+async def attempt_history(session: AsyncSession, message_id: uuid.UUID) -> list[OutboxAttempt]:
+    rows = await session.scalars(
+        select(OutboxAttempt)
+        .where(OutboxAttempt.message_id == message_id)
+        .order_by(OutboxAttempt.attempt, OutboxAttempt.id)
+    )
+    return list(rows)
+
+
+CANCELLABLE = frozenset({"queued", "retrying"})
+
+
+async def cancel(
+    session: AsyncSession, settings: Settings, message_id: uuid.UUID, *, now: datetime | None = None
+) -> OutboxMessage:
+    """queued/retrying → cancelled with a ``message.cancelled`` event. Cancelling a cancelled
+    message changes nothing (idempotent); any other state is ``InvalidState``: a message being
+    sent (``sending``) may already be at the platform."""
+    message = await get_message(session, message_id, for_update=True)
+    if message.state == "cancelled":
+        return message
+    if message.state not in CANCELLABLE:
+        raise InvalidState(
+            f"message is {message.state}: only a queued or retrying message can be cancelled",
+            details={"state": message.state},
+        )
+    message.state = "cancelled"
+    message.finished_at = now or datetime.now(UTC)
+    message.lease_owner = None
+    message.lease_expires_at = None
+    events.emit(session, settings, message, "message.cancelled")
+    await session.flush()
+    await session.refresh(message)  # server-side updated_at
+    return message
+
+
+async def redrive(
+    session: AsyncSession, settings: Settings, message_id: uuid.UUID, *, now: datetime | None = None
+) -> OutboxMessage:
+    """dead → queued, due now, with a fresh ``not_after`` (now + the default TTL); attempts and
+    their history are kept. Any other state is ``InvalidState``."""
+    now = now or datetime.now(UTC)
+    message = await get_message(session, message_id, for_update=True)
+    if message.state != "dead":
+        raise InvalidState(
+            f"message is {message.state}: only a dead message can be retried",
+            details={"state": message.state},
+        )
+    message.state = "queued"
+    message.next_attempt_at = now
+    message.not_after = now + timedelta(seconds=settings.outbox_default_ttl_seconds)
+    message.finished_at = None
+    message.lease_owner = None
+    message.lease_expires_at = None
+    events.emit(session, settings, message, "message.queued")
+    await session.flush()
+    await session.refresh(message)  # server-side updated_at
+    return message
+
+
+@dataclass(frozen=True, slots=True)
+class MessageFilter:
+    channel_id: uuid.UUID | None = None
+    to: str | None = None
+    states: tuple[str, ...] = ()
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+
+def encode_cursor(seq: int) -> str:
+    return base64.urlsafe_b64encode(f"s:{seq}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        prefix, _, value = raw.partition(":")
+        if prefix != "s":
+            raise ValueError(cursor)
+        return int(value)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("invalid cursor: pass the next_cursor of a previous page") from None
+
+
+async def list_messages(
+    session: AsyncSession, filters: MessageFilter, *, cursor: str | None, limit: int
+) -> tuple[list[OutboxMessage], str | None]:
+    """Newest first (by acceptance order, ``seq``); the cursor is opaque to clients."""
+    query = select(OutboxMessage).order_by(OutboxMessage.seq.desc()).limit(limit + 1)
+    if filters.channel_id is not None:
+        query = query.where(OutboxMessage.channel_id == filters.channel_id)
+    if filters.to is not None:
+        query = query.where(OutboxMessage.recipient == filters.to)
+    if filters.states:
+        query = query.where(OutboxMessage.state.in_(filters.states))
+    if filters.created_after is not None:
+        query = query.where(OutboxMessage.created_at >= filters.created_after)
+    if filters.created_before is not None:
+        query = query.where(OutboxMessage.created_at < filters.created_before)
+    if cursor is not None:
+        query = query.where(OutboxMessage.seq < decode_cursor(cursor))
+    rows = list(await session.scalars(query))
+    if len(rows) > limit:
+        return rows[:limit], encode_cursor(rows[limit - 1].seq)
+    return rows, None
