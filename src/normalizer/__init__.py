@@ -47,6 +47,8 @@ Mapping decisions (where §4 leaves room)
   phone is given), Meta PSID/IGSID (for echoes the recipient), Telegram ``chat.id``, Twilio
   ``From`` inbound / ``To`` in status callbacks. Events not about one conversation (template
   updates, account alerts) have an empty peer, which keeps them ordered per account.
+  Treat it as an opaque key: Twilio addresses keep their ``whatsapp:`` prefix, so the
+  Twilio form is ``twilio:whatsapp:+1415…:whatsapp:+1650…``.
 * ``data.message.kind`` is null only for ``message.deleted``. ``reply`` carries
   button/list/postback/quick-reply/callback payloads (``reply.id`` = payload, ``title`` =
   visible text when known). Reaction removal → ``emoji: ""``. A message with several media
@@ -140,7 +142,9 @@ def normalize(
 def _parse_json(body: bytes | bytearray | memoryview) -> Any:
     from pydantic_core import from_json
 
-    return from_json(bytes(body) if type(body) is memoryview else body, allow_inf_nan=False)
+    return from_json(
+        bytes(body) if type(body) is memoryview else body, allow_inf_nan=False, cache_strings="keys"
+    )
 
 
 def dump_event(event: InboundEvent) -> bytes:

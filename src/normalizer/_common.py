@@ -262,6 +262,11 @@ _VALIDATE_CONVERSATION = ConversationEvent.__pydantic_validator__.validate_pytho
 _VALIDATE_UNSUPPORTED = UnsupportedEvent.__pydantic_validator__.validate_python
 
 
+#: (platform, channel_id) → (CloudEvents source, sha1 state over namespace + id prefix).
+_CHANNELS: dict[tuple[str, str], tuple[str, Any]] = {}
+_VARIANT: Final = {h: "89ab"[int(h, 16) & 3] for h in "0123456789abcdef"}
+
+
 class Emitter:
     """Collects the events of one webhook for one platform and channel."""
 
@@ -288,20 +293,29 @@ class Emitter:
         self.account_id = account_id
         self.received_at = received_at
         self._received: str | None = None
-        self.source = f"/switchboard/{platform}/{channel_id}"
-        prefix = f"{platform}\n{channel_id}\n".encode("utf-8", "surrogatepass")
-        self._id_hash = hashlib.sha1(_NS_BYTES + prefix, usedforsecurity=False)
+        cached = _CHANNELS.get((platform, channel_id))
+        if cached is None:
+            prefix = f"{platform}\n{channel_id}\n".encode("utf-8", "surrogatepass")
+            cached = (
+                f"/switchboard/{platform}/{channel_id}",
+                hashlib.sha1(_NS_BYTES + prefix, usedforsecurity=False),
+            )
+            if len(_CHANNELS) >= 4096:
+                _CHANNELS.clear()
+            _CHANNELS[(platform, channel_id)] = cached
+        self.source, self._id_hash = cached
         self.events: list[InboundEvent] = []
 
     def event_id(self, key: str) -> str:
         """uuid5(NAMESPACE, f"{platform}\\n{channel_id}\\n{key}") as a string."""
         h = self._id_hash.copy()
-        h.update(key.encode("utf-8", "surrogatepass"))
-        b = bytearray(h.digest()[:16])
-        b[6] = (b[6] & 0x0F) | 0x50
-        b[8] = (b[8] & 0x3F) | 0x80
-        x = b.hex()
-        return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
+        try:
+            h.update(key.encode())
+        except UnicodeEncodeError:  # pragma: no cover - keys come from decoded JSON/forms
+            h.update(key.encode("utf-8", "surrogatepass"))
+        x = h.hexdigest()
+        # RFC 4122 version 5: version nibble 5, variant bits 10.
+        return f"{x[:8]}-{x[8:12]}-5{x[13:16]}-{_VARIANT[x[16]]}{x[17:20]}-{x[20:32]}"
 
     def _time(self, time: str | None) -> str | None:
         if time is not None:
