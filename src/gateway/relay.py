@@ -65,13 +65,13 @@ async def run_relay(gateway: Gateway, stop: asyncio.Event) -> None:
     settings = gateway.settings
     while not stop.is_set():
         relayed = 0
+        gateway.spool_written.clear()  # a spool write during this round wakes the next one
         try:
             relayed = await relay_once(gateway)
         except RELAY_ERRORS as exc:
             log.warning("gateway.relay_failed", error=type(exc).__name__)
         if relayed == settings.gateway_relay_batch_size:
             continue  # more waiting
-        gateway.spool_written.clear()
         wake = asyncio.ensure_future(gateway.spool_written.wait())
         stopping = asyncio.ensure_future(stop.wait())
         try:

@@ -1,0 +1,191 @@
+"""Broker and database outages: spool, relay, per-conversation order, 503 only when nothing
+durable could be written. Each test runs its own broker so it can stop it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import asyncpg
+import prometheus_client
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+import normalizer
+from gateway.app import component
+from switchboard import kafka
+from switchboard.embedded import EmbeddedBroker
+from switchboard.settings import Settings
+from tests.integration.gateway.conftest import (
+    ACCOUNTS,
+    Ingress,
+    has,
+    read_topic,
+    whatsapp_payload,
+)
+from tests.support import running_app
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def own_broker() -> Iterator[EmbeddedBroker]:
+    with EmbeddedBroker() as broker:
+        yield broker
+
+
+@pytest.fixture
+async def outage_ingress(
+    settings: Settings, engine: AsyncEngine, own_broker: EmbeddedBroker
+) -> AsyncIterator[Ingress]:
+    outage_settings = settings.model_copy(
+        update={
+            "kafka_bootstrap_servers": own_broker.bootstrap_servers,
+            "kafka_request_timeout_ms": 1500,
+            "gateway_publish_timeout_seconds": 1.0,
+            "gateway_broker_backoff_seconds": 3600.0,
+            "gateway_relay_interval_seconds": 3600.0,  # the relay runs when woken (spool writes)
+        }
+    )
+    async with running_app(outage_settings, [component(outage_settings)]) as app:
+        yield Ingress(app, {})
+
+
+def event_id(ingress: Ingress, body: bytes) -> str:
+    events = normalizer.normalize(
+        "whatsapp", body, channel_id=ingress.channels["whatsapp"], account_id=ACCOUNTS["whatsapp"]
+    )
+    return events[0].id
+
+
+def spooled_total() -> float:
+    value = prometheus_client.REGISTRY.get_sample_value(
+        "switchboard_gateway_events_total", {"platform": "whatsapp", "outcome": "spooled"}
+    )
+    return value or 0.0
+
+
+async def scalar(sm: async_sessionmaker[AsyncSession], query: str) -> Any:
+    async with sm() as session:
+        return (await session.execute(text(query))).scalar_one()
+
+
+async def until(predicate: Any, limit_s: float = 20.0) -> None:
+    async with asyncio.timeout(limit_s):
+        while not await predicate():  # noqa: ASYNC110 - polling another process's state
+            await asyncio.sleep(0.05)
+
+
+async def test_broker_outage_spools_then_relays_once_in_order(
+    outage_ingress: Ingress,
+    own_broker: EmbeddedBroker,
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    ingress = outage_ingress
+    await ingress.create_channel("whatsapp")
+    gateway = ingress.gateway
+    msg = {
+        name: whatsapp_payload((f"wamid.{name}", peer, name))
+        for name, peer in [
+            ("A1", "100"),
+            ("B1", "200"),
+            ("A2", "100"),
+            ("A3", "100"),
+            ("A4", "100"),
+            ("B2", "200"),
+            ("C1", "300"),
+        ]
+    }
+
+    own_broker.stop()
+    for n, name in enumerate(["A1", "B1", "A2", "A3"], start=1):
+        response = await ingress.post_meta("whatsapp", msg[name])
+        assert response.status_code == 200, response.text
+        # durable when answered: the spool row is committed and visible to others
+        assert await scalar(sessionmaker, "SELECT count(*) FROM gateway_spool") == n
+
+    # Let every timed-out send fail for good before the broker returns (else the producer
+    # could still deliver it late: a duplicate with the same id, which consumers can drop).
+    async def settled() -> bool:
+        return not gateway.unresolved_sends
+
+    await until(settled)
+    own_broker.start()
+    await kafka.ensure_topics(ingress.app.settings)  # the embedded broker keeps topics in memory
+    gateway.broker_down_until = 0.0  # the backoff is over: new webhooks try the broker again
+
+    # Conversations with spooled events keep going through the spool (order), others do not.
+    spooled_before = spooled_total()
+    assert (await ingress.post_meta("whatsapp", msg["A4"])).status_code == 200
+    assert (await ingress.post_meta("whatsapp", msg["B2"])).status_code == 200
+    assert spooled_total() - spooled_before == 2
+
+    async def drained() -> bool:
+        return bool(await scalar(sessionmaker, "SELECT count(*) FROM gateway_spool") == 0)
+
+    await until(drained)
+    assert (await ingress.post_meta("whatsapp", msg["C1"])).status_code == 200
+    assert spooled_total() - spooled_before == 2, "C1 was published directly"
+
+    # Markers on each conversation: everything published before them is on the topic.
+    markers = {
+        peer: whatsapp_payload((f"wamid.M{peer}", peer, f"M{peer}"))
+        for peer in ("100", "200", "300")
+    }
+    for body in markers.values():
+        assert (await ingress.post_meta("whatsapp", body)).status_code == 200
+    records = await read_topic(
+        ingress.app.settings, has(*(event_id(ingress, b) for b in markers.values()))
+    )
+    texts = [r["event"]["data"]["message"]["text"] for r in records]
+    assert len(texts) == len(set(texts)) == 10, texts
+    by_peer: dict[str, list[str]] = {}
+    for record in records:
+        peer = record["event"]["subject"].rsplit(":", 1)[1]
+        by_peer.setdefault(peer, []).append(record["event"]["data"]["message"]["text"])
+    assert by_peer == {
+        "100": ["A1", "A2", "A3", "A4", "M100"],
+        "200": ["B1", "B2", "M200"],
+        "300": ["C1", "M300"],
+    }
+    exposition = (await ingress.client.get("/metrics")).text
+    assert 'switchboard_gateway_events_total{outcome="relayed",platform="whatsapp"}' in exposition
+    assert 'switchboard_gateway_events_total{outcome="spooled",platform="whatsapp"}' in exposition
+
+
+async def test_503_only_when_neither_database_nor_broker(
+    outage_ingress: Ingress, own_broker: EmbeddedBroker
+) -> None:
+    ingress = outage_ingress
+    await ingress.create_channel("whatsapp")
+    gateway = ingress.gateway
+    warm = whatsapp_payload(("wamid.W0", "1", "warm the channel cache"))
+    assert (await ingress.post_meta("whatsapp", warm)).status_code == 200
+
+    dead = await asyncpg.create_pool(
+        "postgresql://postgres@127.0.0.1:1/none", min_size=0, max_size=1, timeout=1
+    )
+    real_pool, gateway.pool = gateway.pool, dead
+    try:
+        # PostgreSQL down, broker up: published without dedup, still 200.
+        only_kafka = whatsapp_payload(("wamid.W1", "1", "no database"))
+        response = await ingress.post_meta("whatsapp", only_kafka)
+        assert response.status_code == 200
+        records = await read_topic(ingress.app.settings, has(event_id(ingress, only_kafka)))
+        assert event_id(ingress, only_kafka) in {r["event"]["id"] for r in records}
+        # Both down: 503, so the platform retries.
+        own_broker.stop()
+        response = await ingress.post_meta("whatsapp", whatsapp_payload(("wamid.W2", "1", "x")))
+        assert response.status_code == 503
+        assert response.json()["error"]["code"] == "service_unavailable"
+    finally:
+        gateway.pool = real_pool
+        await dead.close()
+
+    async def settled() -> bool:
+        return not gateway.unresolved_sends
+
+    await until(settled)
+    own_broker.start()
