@@ -303,7 +303,8 @@ class Emitter:
             if len(_CHANNELS) >= 4096:
                 _CHANNELS.clear()
             _CHANNELS[(platform, channel_id)] = cached
-        self.source, self._id_hash = cached
+        self.source: str = cached[0]
+        self._id_hash: Any = cached[1]
         self.events: list[InboundEvent] = []
 
     def event_id(self, key: str) -> str:
