@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -49,5 +50,32 @@ def component(settings: Settings) -> Component:
 
 
 async def run_worker(resources: Resources, stop: asyncio.Event) -> None:
-    """Deliver queued messages until ``stop`` is set."""
-    await stop.wait()
+    """The worker process: delivery, the command and receipts consumers, the lifecycle relay.
+
+    On ``stop`` the consumers and delivery stop (delivery drains within
+    ``outbox_shutdown_deadline``); the relay runs until delivery is done, then publishes what
+    the drain staged, so a clean stop leaves no unpublished lifecycle event behind.
+    """
+    from outbox.consumer import run_command_consumer, run_receipts_consumer
+    from outbox.events import relay_once, run_relay
+    from outbox.worker import DeliveryWorker
+
+    relay_stop = asyncio.Event()
+
+    async def deliver() -> None:
+        try:
+            await DeliveryWorker(resources).run(stop)
+        finally:
+            relay_stop.set()
+
+    async def relay() -> None:
+        await run_relay(resources, relay_stop)
+        with contextlib.suppress(Exception):  # left for the next relay if the broker is away
+            while await relay_once(resources):
+                pass
+
+    async with asyncio.TaskGroup() as group:
+        group.create_task(deliver(), name="outbox-delivery")
+        group.create_task(relay(), name="outbox-relay")
+        group.create_task(run_command_consumer(resources, stop), name="outbox-commands")
+        group.create_task(run_receipts_consumer(resources, stop), name="outbox-receipts")

@@ -80,6 +80,57 @@ class Settings(BaseSettings):
     )
     # end Outbox intake
 
+    # Outbox delivery (the delivery worker, src/outbox/worker.py; docs/outbox-delivery.md)
+    outbox_worker_id: str | None = Field(
+        default=None, description="Lease owner name; default host:pid:random (unique per process)"
+    )
+    outbox_max_in_flight: int = Field(
+        default=256, ge=1, description="Claimed messages held by one process (waiting or sending)"
+    )
+    outbox_claim_batch: int = Field(default=256, ge=1, description="Rows claimed per round trip")
+    outbox_http_timeout: float = Field(default=10.0, gt=0, description="Whole send exchange")
+    outbox_message_lease: float = Field(
+        default=30.0,
+        gt=0,
+        description="A claimed message's lease; longer than http_timeout + claim_lookahead + 5 s",
+    )
+    outbox_channel_lease: float = Field(
+        default=15.0, gt=0, description="Channel ownership lease (fail-over time of a dead owner)"
+    )
+    outbox_channel_renew_interval: float = Field(default=3.0, gt=0)
+    outbox_handover_gap: float = Field(
+        default=1.0, ge=0, description="A released channel is taken over after this (rate window)"
+    )
+    outbox_claim_lookahead: float = Field(
+        default=2.0, gt=0, description="Seconds of a channel's rate claimed ahead of the pacer"
+    )
+    outbox_poll_interval: float = Field(default=0.1, gt=0, description="Idle claim polling")
+    outbox_flush_interval: float = Field(
+        default=0.005, ge=0, description="Outcome batching: longest wait before a write"
+    )
+    outbox_maintenance_interval: float = Field(
+        default=2.0, gt=0, description="Expired message leases and not_after sweeps"
+    )
+    outbox_retry_schedule: tuple[float, ...] = Field(
+        default=(5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0, 7200.0),
+        min_length=1,
+        description="Seconds after attempt 1, 2, ...; the last repeats until not_after (JSON)",
+    )
+    outbox_retry_jitter: float = Field(default=0.2, ge=0, lt=1)
+    outbox_shutdown_deadline: float = Field(
+        default=10.0, ge=0, description="Stop: in-flight sends may finish within this"
+    )
+    outbox_pacing_enabled: bool = Field(
+        default=True, description="Off only for benchmarks: no rate limit at all"
+    )
+    outbox_pacing_margin: float = Field(
+        default=0.01, ge=0, lt=0.5, description="Pace this fraction below the rate (jitter room)"
+    )
+    outbox_whatsapp_pair_interval: float | None = Field(
+        default=None, gt=0, description="Seconds between sends to one WhatsApp user (off: None)"
+    )
+    # end Outbox delivery
+
     # Security
     admin_api_key: SecretStr | None = Field(
         default=None, description="Bootstrap admin API key; accepted with every scope"

@@ -1,0 +1,210 @@
+"""The pure part of delivery: what an attempt's outcome does to a message, and pacing limits.
+
+No I/O here: the worker (``outbox.worker``) claims rows, sends, and writes what ``decide``
+returns. Times are passed in, so the rules are unit-tested exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from outbox.contracts import LifecycleError, LifecycleEventType, SendCommand
+from outbox.models import OutboxMessage
+from outbox.platforms.base import EXCERPT_LIMIT, SendResult
+from outbox.ratelimit import CHANNEL_RATES, Limit, Rate, limits_for
+from outbox.retry import RetryPolicy
+
+__all__ = [
+    "ClaimedMessage",
+    "Decision",
+    "channel_rate",
+    "decide",
+    "expired_decision",
+    "interrupted_result",
+    "paced_limits",
+]
+
+
+@dataclass(slots=True)
+class ClaimedMessage:
+    """A row this worker claimed (``state='sending'``), as the claim query returned it."""
+
+    id: uuid.UUID
+    seq: int
+    command_id: str
+    channel_id: uuid.UUID
+    platform: str
+    recipient: str
+    conversation_key: str
+    content: dict[str, Any]
+    reply_to: str | None
+    metadata: dict[str, Any]
+    attempts: int
+    not_after: datetime
+    claimed_from: str
+    """``queued`` or ``retrying``: where an unsent claim goes back to."""
+    platform_message_id: str | None = None
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> ClaimedMessage:
+        return cls(
+            id=row["id"],
+            seq=row["seq"],
+            command_id=row["command_id"],
+            channel_id=row["channel_id"],
+            platform=row["platform"],
+            recipient=row["recipient"],
+            conversation_key=row["conversation_key"],
+            content=row["content"],
+            reply_to=row["reply_to"],
+            metadata=row["metadata"] or {},
+            attempts=row["attempts"],
+            not_after=row["not_after"],
+            claimed_from=row["claimed_from"],
+            platform_message_id=row["platform_message_id"],
+        )
+
+    def command(self) -> SendCommand:
+        """The send command as accepted (raises pydantic's ValidationError if the row is bad)."""
+        return SendCommand.model_validate(
+            {
+                "id": self.command_id,
+                "channel_id": str(self.channel_id),
+                "to": self.recipient,
+                "content": self.content,
+                "reply_to": self.reply_to,
+                "metadata": self.metadata,
+                "not_after": self.not_after,
+            }
+        )
+
+    def media_kind(self) -> str | None:
+        media = self.content.get("media") if self.content.get("kind") == "media" else None
+        kind = media.get("kind") if isinstance(media, dict) else None
+        return kind if isinstance(kind, str) else None
+
+    def as_orm(self, state: str) -> OutboxMessage:
+        """A detached ORM view, for ``outbox.events.build_event``."""
+        return OutboxMessage(
+            id=self.id,
+            command_id=self.command_id,
+            channel_id=self.channel_id,
+            platform=self.platform,
+            recipient=self.recipient,
+            conversation_key=self.conversation_key,
+            platform_message_id=self.platform_message_id,
+            attempts=self.attempts,
+            message_metadata=self.metadata,
+            state=state,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The row's next state after an attempt, and the lifecycle event that says so."""
+
+    state: str
+    event: LifecycleEventType
+    next_attempt_at: datetime | None = None
+    error: LifecycleError | None = None
+    platform_message_id: str | None = None
+
+
+def lifecycle_error(result: SendResult) -> LifecycleError:
+    code = result.error_code or (f"http_{result.http_status}" if result.http_status else "error")
+    title = (result.error_title or code)[:EXCERPT_LIMIT]
+    return LifecycleError(code=code, title=title, retryable=result.outcome == "retryable")
+
+
+def decide(
+    result: SendResult,
+    *,
+    attempt: int,
+    now: datetime,
+    not_after: datetime,
+    policy: RetryPolicy,
+) -> Decision:
+    """``sent`` → sent; ``permanent`` → failed; ``retryable`` → retrying when the next attempt
+    (schedule with jitter, the platform's Retry-After as a floor) lands before ``not_after``,
+    else dead."""
+    if result.outcome == "sent":
+        return Decision("sent", "message.sent", platform_message_id=result.platform_message_id)
+    error = lifecycle_error(result)
+    if result.outcome == "permanent":
+        return Decision("failed", "message.failed", error=error)
+    delay = policy.next_delay(attempt, result.retry_after)
+    next_at = now + timedelta(seconds=delay)
+    if next_at >= not_after:
+        return Decision("dead", "message.dead", error=error)
+    return Decision("retrying", "message.retrying", next_attempt_at=next_at, error=error)
+
+
+EXPIRED = LifecycleError(
+    code="expired", title="not_after passed before the message could be sent", retryable=False
+)
+LEASE_EXPIRED = LifecycleError(
+    code="lease_expired",
+    title="the worker sending this message stopped before recording an outcome; "
+    "the platform may have received it",
+    retryable=True,
+)
+
+
+def expired_decision() -> Decision:
+    return Decision("dead", "message.dead", error=EXPIRED)
+
+
+def interrupted_result(duration_ms: float) -> SendResult:
+    """A send cut at the shutdown deadline: outcome unknown, so retried (at-least-once)."""
+    return SendResult(
+        outcome="retryable",
+        platform_message_id=None,
+        http_status=None,
+        error_code="interrupted",
+        error_title="the worker stopped before the platform answered",
+        retry_after=None,
+        throttled=False,
+        response_excerpt=None,
+        duration_ms=duration_ms,
+    )
+
+
+def _with_margin(rate: Rate, margin: float) -> Rate:
+    return Rate(rate.count, rate.per * (1.0 + margin)) if margin else rate
+
+
+def channel_rate(platform: str, per_second: float | None) -> Rate:
+    """The channel's configured rate (``send_rate_per_second``) or the platform default."""
+    if per_second is None or per_second <= 0:
+        return CHANNEL_RATES[platform]
+    if per_second >= 1:
+        count = math.floor(per_second)
+        return Rate(count, count / per_second)
+    return Rate(1, 1.0 / per_second)
+
+
+def paced_limits(
+    message: ClaimedMessage,
+    rate: Rate,
+    *,
+    margin: float,
+    whatsapp_pair_interval: float | None,
+) -> tuple[Limit, ...]:
+    """Every limit a send of ``message`` passes (channel first), each ``margin`` slower than
+    configured so that network jitter between our grant and the platform's clock never packs
+    more than the rate into one of the platform's windows."""
+    pair = Rate(1, whatsapp_pair_interval) if whatsapp_pair_interval else None
+    limits = limits_for(
+        message.platform,
+        str(message.channel_id),
+        message.recipient,
+        channel_rate=rate,
+        media_kind=message.media_kind(),
+        whatsapp_pair=pair,
+    )
+    return tuple(Limit(limit.key, _with_margin(limit.rate, margin)) for limit in limits)

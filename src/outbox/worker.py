@@ -1,0 +1,721 @@
+"""The delivery worker: claim due messages of the channels this process owns, pace, send,
+record every outcome with its lifecycle event. docs/outbox-delivery.md tells the whole story.
+
+One ``DeliveryWorker`` per process, four loops on one event loop:
+
+* **ownership** (every ``outbox_channel_renew_interval``): take or renew the lease of every
+  channel with due work, release idle ones. Only the owner sends on a channel, so the
+  in-process ``Pacer`` is a global limiter.
+* **claim**: for each owned channel, claim up to "what the pacer will grant within
+  ``outbox_claim_lookahead``" due conversation heads in one statement (bounded by
+  ``outbox_max_in_flight``); each claim becomes a task that waits for the pacer, then sends
+  through the one pooled HTTP client.
+* **writer**: outcomes are batched (``outbox_flush_interval``) and written in one transaction
+  per batch: row states, attempts, lifecycle events (transactional outbox) and channel
+  throttles. A claim counts against the in-flight bound until its outcome is committed.
+* **maintenance** (every ``outbox_maintenance_interval``): expired message leases (a dead
+  worker's claims) back to ``retrying``; waiting rows past ``not_after`` to ``dead``.
+
+On ``stop``: claiming stops, claims still waiting for the pacer are released (back to their
+state, due now), sends already on the wire get ``outbox_shutdown_deadline`` to finish (those
+cut are recorded as an ``interrupted`` attempt and retried), outcomes are flushed, channel
+leases released.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import secrets
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import httpx
+import orjson
+from pydantic import ValidationError
+from sqlalchemy import insert
+from sqlalchemy.exc import SQLAlchemyError
+
+from outbox import leases
+from outbox.delivery import (
+    EXPIRED,
+    LEASE_EXPIRED,
+    ClaimedMessage,
+    Decision,
+    channel_rate,
+    decide,
+    expired_decision,
+    interrupted_result,
+    paced_limits,
+)
+from outbox.events import build_event
+from outbox.models import TERMINAL_STATES, OutboxAttempt, OutboxEvent
+from outbox.platforms import SENDERS, ChannelConfig, SendResult, UnsupportedContent
+from outbox.platforms.base import make_http_client
+from outbox.ratelimit import Limit, Pacer, Rate, channel_key, recipient_key
+from outbox.retry import RetryPolicy
+from switchboard.channels.service import load_with_secrets
+from switchboard.logging import get_logger
+from switchboard.resources import Resources
+
+__all__ = ["DeliveryWorker", "WorkerStats", "default_owner"]
+
+log = get_logger(__name__)
+
+_SAFETY = 1.0
+"""Seconds: no send starts later than this before its message or channel lease ends."""
+_CHANNEL_REFRESH = 30.0
+"""Seconds: how often an owned channel's settings (rate, credentials, base URL) are re-read."""
+_DEFAULT_THROTTLE_PAUSE = 1.0
+_MAINTENANCE_BATCH = 500
+_DB_ERRORS = (SQLAlchemyError, OSError)
+
+OutcomeKind = Literal["result", "release", "expired"]
+
+
+def default_owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+@dataclass(slots=True)
+class WorkerStats:
+    claimed: int = 0
+    sent: int = 0
+    retried: int = 0
+    failed: int = 0
+    dead: int = 0
+    released: int = 0
+    recovered: int = 0
+    """Other workers' expired claims this worker put back (possible duplicates)."""
+    swept: int = 0
+    """Rows that expired (``not_after``) while waiting."""
+    stale: int = 0
+    """Outcomes not written because the row's lease had been taken away meanwhile."""
+
+
+@dataclass(slots=True)
+class _Channel:
+    config: ChannelConfig
+    rate: Rate
+    limit: Limit
+    per_second: float
+    valid_until: float
+    loaded_at: float
+    waiting: int = 0
+    """Claims not yet granted by the pacer (they count against the claim budget)."""
+
+
+@dataclass(slots=True, eq=False)
+class _Claim:
+    message: ClaimedMessage
+    deadline: float
+    """Monotonic: no send of this claim starts after this (its lease would be too short)."""
+    sending: bool = False
+    finished: bool = False
+    task: asyncio.Task[None] | None = None
+
+
+@dataclass(slots=True)
+class _Outcome:
+    kind: OutcomeKind
+    claim: _Claim
+    result: SendResult | None = None
+    started_at: datetime | None = None
+
+
+@dataclass(slots=True)
+class _Transition:
+    message: ClaimedMessage
+    decision: Decision
+    attempt: int
+
+
+class DeliveryWorker:
+    """Deliver queued messages until ``stop`` is set; see the module docstring."""
+
+    def __init__(
+        self,
+        resources: Resources,
+        *,
+        client: httpx.AsyncClient | None = None,
+        owner: str | None = None,
+        policy: RetryPolicy | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        s = resources.settings
+        self._resources = resources
+        self._settings = s
+        self.owner = owner or s.outbox_worker_id or default_owner()
+        self._client = client
+        self._http: httpx.AsyncClient | None = client
+        self._policy = policy or RetryPolicy(
+            schedule=tuple(s.outbox_retry_schedule), jitter=s.outbox_retry_jitter
+        )
+        self._clock = clock
+        self._pacer = Pacer(clock)
+        self._pacing = s.outbox_pacing_enabled
+        self._max_in_flight = s.outbox_max_in_flight
+        self._claim_batch = s.outbox_claim_batch
+        self._timeout = s.outbox_http_timeout
+        self._lease = max(s.outbox_message_lease, s.outbox_http_timeout + 2 * _SAFETY)
+        self._events_topic = s.topic("outbound.events.v1")
+        self._claims: dict[uuid.UUID, _Claim] = {}
+        self._channels: dict[uuid.UUID, _Channel] = {}
+        self._throttles: dict[uuid.UUID, float] = {}
+        self._outcomes: asyncio.Queue[_Outcome | None] = asyncio.Queue()
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self.stats = WorkerStats()
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        if self._lease != self._settings.outbox_message_lease:
+            log.warning("outbox.lease_raised", lease=self._lease, timeout=self._timeout)
+        if self._http is None:
+            self._http = make_http_client(self._timeout, max_connections=self._max_in_flight)
+        log.info("outbox.worker_started", owner=self.owner, pacing=self._pacing)
+        writer = asyncio.create_task(self._writer_loop(), name="outbox-writer")
+        background = [
+            asyncio.create_task(self._ownership_loop(stop), name="outbox-ownership"),
+            asyncio.create_task(self._maintenance_loop(stop), name="outbox-maintenance"),
+        ]
+        try:
+            await self._claim_loop(stop)
+        finally:
+            self._stopping = True
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            await self._drain()
+            self._outcomes.put_nowait(None)
+            await writer
+            await self._release_channels(list(self._channels))
+            self._channels.clear()
+            if self._client is None:
+                await self._http.aclose()
+            log.info("outbox.worker_stopped", owner=self.owner, **asdict(self.stats))
+
+    async def _drain(self) -> None:
+        """Release claims waiting for the pacer; give sends on the wire the deadline."""
+        claims = list(self._claims.values())
+        for claim in claims:
+            if not claim.sending and claim.task is not None:
+                claim.task.cancel()
+        tasks = [c.task for c in claims if c.task is not None]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=self._settings.outbox_shutdown_deadline)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for claim in claims:  # tasks cancelled before they ever ran
+            if not claim.finished:
+                if claim.sending:
+                    self._finish(claim, "result", interrupted_result(0.0), datetime.now(UTC))
+                else:
+                    self._finish(claim, "release")
+
+    # ---- channel ownership -------------------------------------------------------------------
+
+    async def _ownership_loop(self, stop: asyncio.Event) -> None:
+        interval = self._settings.outbox_channel_renew_interval
+        while not stop.is_set():
+            try:
+                await self._refresh_ownership()
+            except _DB_ERRORS as exc:
+                log.warning("outbox.ownership_failed", error=type(exc).__name__)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+
+    async def _refresh_ownership(self) -> None:
+        s = self._settings
+        started = self._clock()
+        busy = {c.message.channel_id for c in self._claims.values()}
+        async with self._resources.sessionmaker() as session, session.begin():
+            candidates = await leases.candidate_channels(session, s.outbox_channel_renew_interval)
+            wanted = candidates | busy
+            grants = await leases.acquire_channels(
+                session, self.owner, sorted(wanted), s.outbox_channel_lease
+            )
+            idle = [cid for cid in self._channels if cid not in wanted]
+            await leases.release_channels(session, self.owner, idle, s.outbox_handover_gap)
+        granted = {g.channel_id: g for g in grants}
+        for cid in list(self._channels):
+            if cid not in granted:
+                if cid not in idle:
+                    log.warning("outbox.channel_lost", channel_id=str(cid), owner=self.owner)
+                del self._channels[cid]
+        new = False
+        for grant in grants:
+            channel = self._channels.get(grant.channel_id)
+            if channel is None or started - channel.loaded_at > _CHANNEL_REFRESH:
+                loaded = await self._load_channel(grant.channel_id, started)
+                if loaded is None:
+                    continue
+                if channel is None:
+                    channel = self._channels[grant.channel_id] = loaded
+                    new = True
+                    if grant.throttled_for > 0 and self._pacing:
+                        self._pacer.penalize(channel.limit.key, retry_after=grant.throttled_for)
+                    log.info("outbox.channel_acquired", channel_id=str(grant.channel_id))
+                else:  # in place: claim tasks hold a reference
+                    channel.config = loaded.config
+                    channel.rate = loaded.rate
+                    channel.limit = loaded.limit
+                    channel.per_second = loaded.per_second
+                    channel.loaded_at = started
+            channel.valid_until = started + s.outbox_channel_lease
+        if new:
+            self._wake.set()
+
+    async def _load_channel(self, channel_id: uuid.UUID, now: float) -> _Channel | None:
+        async with self._resources.sessionmaker() as session:
+            row = await load_with_secrets(session, self._resources.secret_box, channel_id)
+        if row is None or not row.enabled:
+            return None
+        rate = channel_rate(row.platform, row.send_rate_per_second)
+        margin = self._settings.outbox_pacing_margin
+        paced = Rate(rate.count, rate.per * (1.0 + margin))
+        return _Channel(
+            config=ChannelConfig(
+                id=str(row.id),
+                platform=row.platform,
+                account_id=row.account_id,
+                credentials=row.credentials,
+                api_base_url=row.api_base_url,
+            ),
+            rate=rate,
+            limit=Limit(channel_key(str(row.id)), paced),
+            per_second=rate.count / rate.per,
+            valid_until=now,
+            loaded_at=now,
+        )
+
+    async def _release_channels(self, ids: list[uuid.UUID]) -> None:
+        if not ids:
+            return
+        try:
+            async with self._resources.sessionmaker() as session, session.begin():
+                await leases.release_channels(
+                    session, self.owner, ids, self._settings.outbox_handover_gap
+                )
+        except _DB_ERRORS as exc:  # the leases expire on their own
+            log.warning("outbox.release_failed", error=type(exc).__name__)
+
+    # ---- claiming ----------------------------------------------------------------------------
+
+    def _budgets(self) -> dict[uuid.UUID, int]:
+        free = self._max_in_flight - len(self._claims)
+        now = self._clock()
+        budgets: dict[uuid.UUID, int] = {}
+        lookahead = self._settings.outbox_claim_lookahead
+        for cid, channel in self._channels.items():
+            if free <= 0:
+                break
+            if channel.valid_until - _SAFETY <= now:
+                continue
+            if self._pacing:
+                if self._pacer.peek_delay(channel.limit, now) > lookahead:
+                    continue  # throttled: claim nothing that would only wait
+                want = max(1, math.ceil(channel.per_second * lookahead)) - channel.waiting
+            else:
+                want = self._claim_batch
+            n = min(want, free, self._claim_batch)
+            if n > 0:
+                budgets[cid] = n
+                free -= n
+        return budgets
+
+    async def _claim_loop(self, stop: asyncio.Event) -> None:
+        async def forward_stop() -> None:
+            await stop.wait()
+            self._wake.set()
+
+        forwarder = asyncio.create_task(forward_stop())
+        poll = self._settings.outbox_poll_interval
+        try:
+            while not stop.is_set():
+                self._wake.clear()
+                budgets = self._budgets()
+                claimed = 0
+                if budgets:
+                    try:
+                        claimed = await self._claim(budgets)
+                    except _DB_ERRORS as exc:
+                        log.warning("outbox.claim_failed", error=type(exc).__name__)
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(stop.wait(), poll * 10)
+                        continue
+                if claimed and claimed >= sum(budgets.values()):
+                    continue  # there may be more
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), poll)
+        finally:
+            forwarder.cancel()
+
+    async def _claim(self, budgets: dict[uuid.UUID, int]) -> int:
+        async with self._resources.sessionmaker() as session, session.begin():
+            rows = await leases.claim_messages(session, self.owner, budgets, self._lease)
+        deadline = self._clock() + self._lease - self._timeout - _SAFETY
+        for row in rows:
+            message = ClaimedMessage.from_row(row)
+            claim = _Claim(message, deadline)
+            self._claims[message.id] = claim
+            channel = self._channels.get(message.channel_id)
+            if channel is not None:
+                channel.waiting += 1
+            claim.task = asyncio.create_task(self._deliver(claim, channel))
+        self.stats.claimed += len(rows)
+        return len(rows)
+
+    # ---- sending -----------------------------------------------------------------------------
+
+    async def _deliver(self, claim: _Claim, channel: _Channel | None) -> None:
+        message = claim.message
+        waiting = channel is not None
+        try:
+            if channel is None:
+                self._finish(claim, "release")
+                return
+            if self._pacing:
+                limits = paced_limits(
+                    message,
+                    channel.rate,
+                    margin=self._settings.outbox_pacing_margin,
+                    whatsapp_pair_interval=self._settings.outbox_whatsapp_pair_interval,
+                )
+                budget = claim.deadline - self._clock()
+                try:
+                    async with asyncio.timeout(max(budget, 0.0)):
+                        await self._pacer.acquire(limits)
+                except TimeoutError:
+                    self._finish(claim, "release")
+                    return
+            channel.waiting -= 1
+            waiting = False
+            now = self._clock()
+            if (
+                self._stopping
+                or now > claim.deadline
+                or now > channel.valid_until - _SAFETY
+                or self._channels.get(message.channel_id) is not channel
+            ):
+                self._finish(claim, "release")
+                return
+            if datetime.now(UTC) >= message.not_after:
+                self._finish(claim, "expired")
+                return
+            claim.sending = True
+            started_at = datetime.now(UTC)
+            started = time.perf_counter()
+            try:
+                result = await self._send(channel, message)
+            except asyncio.CancelledError:
+                elapsed = (time.perf_counter() - started) * 1000.0
+                self._finish(claim, "result", interrupted_result(elapsed), started_at)
+                raise
+            self._note_throttle(message, result)
+            self._finish(claim, "result", result, started_at)
+        except asyncio.CancelledError:
+            if not claim.finished:
+                self._finish(claim, "release")
+            raise
+        finally:
+            if waiting and channel is not None:
+                channel.waiting -= 1
+
+    async def _send(self, channel: _Channel, message: ClaimedMessage) -> SendResult:
+        sender = SENDERS.get(message.platform)
+        if sender is None:
+            return _local_failure("unknown_platform", f"no sender for {message.platform!r}")
+        try:
+            command = message.command()
+        except ValidationError as exc:
+            return _local_failure(
+                "invalid_command", f"the stored command is invalid ({exc.error_count()} errors)"
+            )
+        assert self._http is not None
+        try:
+            return await sender.send(self._http, channel.config, command, timeout=self._timeout)
+        except UnsupportedContent as exc:
+            return _local_failure("unsupported_content", str(exc))
+        except Exception as exc:  # a sender bug must not kill the worker: count an attempt
+            log.exception("outbox.sender_crashed", platform=message.platform)
+            return _local_failure("worker_error", type(exc).__name__, retryable=True)
+
+    def _note_throttle(self, message: ClaimedMessage, result: SendResult) -> None:
+        if result.throttled:
+            pause = result.retry_after or _DEFAULT_THROTTLE_PAUSE
+            self._throttles[message.channel_id] = max(
+                pause, self._throttles.get(message.channel_id, 0.0)
+            )
+            if self._pacing:
+                self._pacer.penalize(
+                    channel_key(str(message.channel_id)), retry_after=result.retry_after
+                )
+            log.info(
+                "outbox.channel_throttled",
+                channel_id=str(message.channel_id),
+                retry_after=result.retry_after,
+            )
+        if result.recipient_throttled and self._pacing:
+            self._pacer.penalize(
+                recipient_key(str(message.channel_id), message.recipient),
+                retry_after=result.retry_after,
+            )
+
+    def _finish(
+        self,
+        claim: _Claim,
+        kind: OutcomeKind,
+        result: SendResult | None = None,
+        started_at: datetime | None = None,
+    ) -> None:
+        if claim.finished:
+            return
+        claim.finished = True
+        self._outcomes.put_nowait(_Outcome(kind, claim, result, started_at))
+
+    # ---- writing outcomes --------------------------------------------------------------------
+
+    async def _writer_loop(self) -> None:
+        flush = self._settings.outbox_flush_interval
+        while True:
+            first = await self._outcomes.get()
+            if first is None:
+                return
+            if flush and self._outcomes.qsize() < self._claim_batch:
+                await asyncio.sleep(flush)
+            batch = [first]
+            done = False
+            while len(batch) < self._claim_batch * 2:
+                try:
+                    item = self._outcomes.get_nowait()
+                except asyncio.QueueEmpty:
+                    break
+                if item is None:
+                    done = True
+                    break
+                batch.append(item)
+            await self._write_with_retry(batch)
+            for outcome in batch:
+                self._claims.pop(outcome.claim.message.id, None)
+            self._wake.set()
+            if done:
+                return
+
+    async def _write_with_retry(self, batch: list[_Outcome]) -> None:
+        backoff = 0.05
+        give_up = None
+        while True:
+            try:
+                await self._write(batch)
+                return
+            except _DB_ERRORS as exc:
+                log.warning("outbox.write_failed", error=type(exc).__name__, rows=len(batch))
+            if self._stopping:
+                now = self._clock()
+                give_up = give_up or now + self._settings.outbox_shutdown_deadline
+                if now >= give_up:  # the rows keep their leases: recovered after expiry
+                    log.error("outbox.outcomes_lost", rows=len(batch))
+                    return
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
+
+    async def _write(self, batch: list[_Outcome]) -> None:
+        now = datetime.now(UTC)
+        updates: list[leases.RowUpdate] = []
+        attempts: list[dict[str, Any]] = []
+        transitions: dict[uuid.UUID, _Transition] = {}
+        for outcome in batch:
+            message = outcome.claim.message
+            if outcome.kind == "release":
+                updates.append(
+                    leases.RowUpdate(
+                        message.id, message.claimed_from, message.attempts, next_attempt_at=now
+                    )
+                )
+                continue
+            if outcome.kind == "expired":
+                attempt = message.attempts
+                decision = expired_decision()
+            else:
+                assert outcome.result is not None
+                result = outcome.result
+                attempt = message.attempts + 1
+                decision = decide(
+                    result, attempt=attempt, now=now, not_after=message.not_after,
+                    policy=self._policy,
+                )  # fmt: skip
+                attempts.append(
+                    {
+                        "message_id": message.id,
+                        "attempt": attempt,
+                        "worker": self.owner,
+                        "started_at": outcome.started_at or now,
+                        "duration_ms": result.duration_ms,
+                        "outcome": result.outcome,
+                        "http_status": result.http_status,
+                        "error_code": result.error_code,
+                        "error_title": result.error_title,
+                        "retry_after": result.retry_after,
+                        "response_excerpt": result.response_excerpt,
+                    }
+                )
+            error_json = None
+            if decision.error is not None:
+                error = decision.error.model_dump(mode="json")
+                error["attempt"] = attempt
+                if outcome.result is not None:
+                    error["http_status"] = outcome.result.http_status
+                error_json = orjson.dumps(error).decode()
+            updates.append(
+                leases.RowUpdate(
+                    message.id,
+                    decision.state,
+                    attempt,
+                    next_attempt_at=decision.next_attempt_at,
+                    platform_message_id=decision.platform_message_id,
+                    last_error=error_json,
+                    sent_at=now if decision.state == "sent" else None,
+                    finished_at=now if decision.state in TERMINAL_STATES else None,
+                )
+            )
+            transitions[message.id] = _Transition(message, decision, attempt)
+        throttles, self._throttles = self._throttles, {}
+        try:
+            async with self._resources.sessionmaker() as session, session.begin():
+                changed = await leases.apply_outcomes(session, self.owner, updates)
+                if attempts:
+                    await session.execute(insert(OutboxAttempt), attempts)
+                events = []
+                for message_id, t in transitions.items():
+                    if message_id not in changed:
+                        continue
+                    t.message.attempts = t.attempt
+                    if t.decision.platform_message_id is not None:
+                        t.message.platform_message_id = t.decision.platform_message_id
+                    events.append(self._event_row(t.message, t.decision, now))
+                if events:
+                    await session.execute(insert(OutboxEvent), events)
+                if throttles:
+                    await leases.throttle_channels(session, throttles)
+        except BaseException:
+            for cid, pause in throttles.items():
+                self._throttles[cid] = max(pause, self._throttles.get(cid, 0.0))
+            raise
+        self._count(batch, transitions, changed)
+
+    def _event_row(
+        self, message: ClaimedMessage, decision: Decision, now: datetime
+    ) -> dict[str, Any]:
+        orm = message.as_orm(decision.state)
+        return {
+            "topic": self._events_topic,
+            "key": message.conversation_key,
+            "value": build_event(orm, decision.event, error=decision.error, now=now),
+        }
+
+    def _count(
+        self,
+        batch: list[_Outcome],
+        transitions: dict[uuid.UUID, _Transition],
+        changed: set[uuid.UUID],
+    ) -> None:
+        stats = self.stats
+        for outcome in batch:
+            message_id = outcome.claim.message.id
+            if message_id not in changed:
+                stats.stale += 1
+                log.warning("outbox.outcome_stale", message_id=str(message_id))
+                continue
+            if outcome.kind == "release":
+                stats.released += 1
+                continue
+            state = transitions[message_id].decision.state
+            if state == "sent":
+                stats.sent += 1
+            elif state == "retrying":
+                stats.retried += 1
+            elif state == "failed":
+                stats.failed += 1
+            else:
+                stats.dead += 1
+
+    # ---- maintenance -------------------------------------------------------------------------
+
+    async def _maintenance_loop(self, stop: asyncio.Event) -> None:
+        interval = self._settings.outbox_maintenance_interval
+        while not stop.is_set():
+            try:
+                await self.maintain()
+            except _DB_ERRORS as exc:
+                log.warning("outbox.maintenance_failed", error=type(exc).__name__)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+
+    async def maintain(self) -> tuple[int, int]:
+        """Recover expired claims and sweep expired waiting rows; returns (recovered, swept)."""
+        now = datetime.now(UTC)
+        lease_error = orjson.dumps(LEASE_EXPIRED.model_dump(mode="json")).decode()
+        expired_error = orjson.dumps(EXPIRED.model_dump(mode="json")).decode()
+        async with self._resources.sessionmaker() as session, session.begin():
+            lost = await leases.recover_expired(session, lease_error, _MAINTENANCE_BATCH)
+            swept = await leases.sweep_expired(session, expired_error, _MAINTENANCE_BATCH)
+            events = []
+            attempts = []
+            for row in lost:
+                message = ClaimedMessage.from_row(row)
+                dead = row["state"] == "dead"
+                decision = Decision(
+                    row["state"],
+                    "message.dead" if dead else "message.retrying",
+                    error=LEASE_EXPIRED,
+                )
+                events.append(self._event_row(message, decision, now))
+                attempts.append(
+                    {
+                        "message_id": message.id,
+                        "attempt": message.attempts,
+                        "worker": self.owner,
+                        "started_at": now,
+                        "duration_ms": 0.0,
+                        "outcome": "lost",
+                        "error_code": LEASE_EXPIRED.code,
+                        "error_title": LEASE_EXPIRED.title,
+                    }
+                )
+            for row in swept:
+                message = ClaimedMessage.from_row(row)
+                events.append(self._event_row(message, expired_decision(), now))
+            if attempts:
+                await session.execute(insert(OutboxAttempt), attempts)
+            if events:
+                await session.execute(insert(OutboxEvent), events)
+        if lost:
+            log.warning("outbox.claims_recovered", count=len(lost))
+            self.stats.recovered += len(lost)
+            self._wake.set()
+        self.stats.swept += len(swept)
+        return len(lost), len(swept)
+
+
+def _local_failure(code: str, title: str, *, retryable: bool = False) -> SendResult:
+    return SendResult(
+        outcome="retryable" if retryable else "permanent",
+        platform_message_id=None,
+        http_status=None,
+        error_code=code,
+        error_title=title,
+        retry_after=None,
+        throttled=False,
+        response_excerpt=None,
+        duration_ms=0.0,
+    )

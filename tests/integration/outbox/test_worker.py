@@ -1,0 +1,521 @@
+"""The delivery worker against real PostgreSQL, the real broker and the fake platform servers.
+
+Test data goes straight into the tables (a channel row with encrypted credentials, queued
+``outbox_messages`` rows), so these tests do not depend on the intake. Schedules and leases are
+tiny (see ``worker_settings``); nothing here asserts on speed (bench/outbox.py does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import os
+import signal
+import sys
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from fake_platforms.server import FakePlatformServer, Fault, RecordedRequest
+from outbox.app import run_worker
+from outbox.models import ChannelLease, OutboxAttempt, OutboxEvent, OutboxMessage
+from outbox.worker import DeliveryWorker
+from switchboard import kafka
+from switchboard.app import open_resources
+from switchboard.channels.models import Channel
+from switchboard.resources import Resources
+from switchboard.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+DONE = frozenset({"sent", "failed", "dead", "cancelled"})
+
+
+# ---- harness -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakePlatformServer]:
+    async with FakePlatformServer() as server:
+        yield server
+
+
+def tune(settings: Settings, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "outbox_retry_schedule": (0.05, 0.1, 0.2),
+        "outbox_retry_jitter": 0.0,
+        "outbox_http_timeout": 1.0,
+        "outbox_message_lease": 4.0,
+        "outbox_channel_lease": 3.0,
+        "outbox_channel_renew_interval": 0.1,
+        "outbox_poll_interval": 0.02,
+        "outbox_maintenance_interval": 0.2,
+        "outbox_shutdown_deadline": 3.0,
+        "outbox_handover_gap": 1.0,
+        "outbox_flush_interval": 0.002,
+    }
+    values.update(overrides)
+    return settings.model_copy(update=values)
+
+
+@pytest.fixture
+async def resources(settings: Settings, engine: AsyncEngine) -> AsyncIterator[Resources]:
+    async with open_resources(tune(settings)) as res:
+        yield res
+
+
+async def make_channel(
+    res: Resources, fake: FakePlatformServer, *, rate: float | None = None
+) -> uuid.UUID:
+    async with res.sessionmaker() as session, session.begin():
+        channel = Channel(
+            platform="whatsapp",
+            name="test",
+            account_id=f"1065{uuid.uuid4().int % 10**8:08d}",
+            secrets=res.secret_box.encrypt_json(
+                {"access_token": "EAAtest", "app_secret": "s", "verify_token": "v"}
+            ),
+            api_base_url=fake.base_url,
+            send_rate_per_second=rate,
+        )
+        session.add(channel)
+        await session.flush()
+        return channel.id
+
+
+async def enqueue(
+    res: Resources,
+    channel_id: uuid.UUID,
+    recipients: Sequence[str],
+    *,
+    not_after: timedelta = timedelta(hours=1),
+    tag: str = "m",
+) -> list[uuid.UUID]:
+    """One queued text message per recipient entry, in order (``seq`` follows the list)."""
+    now = datetime.now(UTC)
+    ids = []
+    async with res.sessionmaker() as session, session.begin():
+        for i, to in enumerate(recipients):
+            message = OutboxMessage(
+                command_id=f"cmd-{uuid.uuid4().hex}",
+                request_hash="0" * 64,
+                source="api",
+                channel_id=channel_id,
+                platform="whatsapp",
+                recipient=to,
+                conversation_key=f"{channel_id}:{to}",
+                content={"kind": "text", "text": f"{tag}{i}"},
+                message_metadata={"i": i},
+                state="queued",
+                next_attempt_at=now,
+                not_after=now + not_after,
+            )
+            session.add(message)
+            await session.flush()
+            ids.append(message.id)
+    return ids
+
+
+async def states(res: Resources, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, OutboxMessage]:
+    async with res.sessionmaker() as session:
+        rows = await session.scalars(select(OutboxMessage).where(OutboxMessage.id.in_(ids)))
+        return {m.id: m for m in rows}
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], limit: float = 20.0) -> None:
+    """Poll until ``check`` holds; the limit only guards against a hang."""
+    async with asyncio.timeout(limit):
+        while not await check():  # noqa: ASYNC110 - polling another process's state
+            await asyncio.sleep(0.05)
+
+
+async def all_done(res: Resources, ids: Sequence[uuid.UUID]) -> None:
+    async def check() -> bool:
+        rows = await states(res, ids)
+        return all(m.state in DONE for m in rows.values())
+
+    await eventually(check)
+
+
+@contextlib.asynccontextmanager
+async def running(res: Resources, owner: str = "w1") -> AsyncIterator[DeliveryWorker]:
+    stop = asyncio.Event()
+    worker = DeliveryWorker(res, owner=owner)
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        yield worker
+    finally:
+        stop.set()
+        await task
+
+
+async def attempts_of(res: Resources, message_id: uuid.UUID) -> list[OutboxAttempt]:
+    async with res.sessionmaker() as session:
+        rows = await session.scalars(
+            select(OutboxAttempt)
+            .where(OutboxAttempt.message_id == message_id)
+            .order_by(OutboxAttempt.attempt, OutboxAttempt.id)
+        )
+        return list(rows)
+
+
+async def staged_events(res: Resources) -> list[dict[str, Any]]:
+    async with res.sessionmaker() as session:
+        rows = await session.scalars(select(OutboxEvent).order_by(OutboxEvent.id))
+        return [orjson.loads(r.value) for r in rows]
+
+
+def text_of(request: RecordedRequest) -> str:
+    return str(request.json["text"]["body"])
+
+
+def max_in_window(times: Sequence[float], per: float = 1.0) -> int:
+    """Most arrivals in any half-open window [t, t + per)."""
+    ordered = sorted(times)
+    return max((bisect.bisect_left(ordered, t + per) - i for i, t in enumerate(ordered)), default=0)
+
+
+# ---- outcomes ----------------------------------------------------------------------------------
+
+
+async def test_sends_records_the_attempt_and_stages_the_event(
+    resources: Resources, fake: FakePlatformServer
+) -> None:
+    channel = await make_channel(resources, fake)
+    ids = await enqueue(resources, channel, ["15550001", "15550002", "15550003"])
+    async with running(resources) as worker:
+        await all_done(resources, ids)
+    rows = await states(resources, ids)
+    assert {m.state for m in rows.values()} == {"sent"}
+    assert all(
+        m.platform_message_id and m.platform_message_id.startswith("wamid.") for m in rows.values()
+    )
+    assert all(m.attempts == 1 and m.sent_at and m.lease_owner is None for m in rows.values())
+    assert sorted(r.recipient or "" for r in fake.requests) == ["15550001", "15550002", "15550003"]
+    history = await attempts_of(resources, ids[0])
+    assert [(a.attempt, a.outcome, a.http_status, a.worker) for a in history] == [
+        (1, "sent", 200, "w1")
+    ]
+    events = await staged_events(resources)
+    assert sorted((e["data"]["message_id"], e["type"]) for e in events) == sorted(
+        (str(i), "message.sent") for i in ids
+    )
+    sent = next(e for e in events if e["data"]["message_id"] == str(ids[0]))
+    assert sent["data"]["platform_message_id"] == rows[ids[0]].platform_message_id
+    assert sent["data"]["attempt"] == 1
+    assert sent["data"]["metadata"] == {"i": 0}
+    assert worker.stats.sent == 3
+
+
+async def test_429_5xx_and_timeouts_are_retried_on_schedule_then_delivered(
+    resources: Resources, fake: FakePlatformServer
+) -> None:
+    channel = await make_channel(resources, fake)
+    fake.inject(Fault.rate_limited(retry_after=0.3, recipient="1555000429"))
+    fake.inject(Fault.server_error(503, recipient="1555000503"))
+    fake.inject(Fault.hang_up(recipient="1555000408"))
+    ids = await enqueue(resources, channel, ["1555000429", "1555000503", "1555000408"])
+    async with running(resources):
+        await all_done(resources, ids)
+    rows = await states(resources, ids)
+    assert [rows[i].state for i in ids] == ["sent", "sent", "sent"]
+    assert [rows[i].attempts for i in ids] == [2, 2, 2]
+
+    throttled, failed_5xx, timed_out = [await attempts_of(resources, i) for i in ids]
+    assert [(a.outcome, a.http_status, a.retry_after) for a in throttled] == [
+        ("retryable", 429, 0.3),
+        ("sent", 200, None),
+    ]
+    assert [(a.outcome, a.http_status) for a in failed_5xx] == [("retryable", 503), ("sent", 200)]
+    assert [(a.outcome, a.error_code) for a in timed_out] == [
+        ("retryable", "timeout"),
+        (
+            "sent",
+            None,
+        ),
+    ]
+    # Retry-After is a floor on the next attempt (the schedule alone says 0.05 s).
+    arrivals = [r.arrived_at for r in fake.requests if r.recipient == "1555000429"]
+    assert len(arrivals) == 2
+    assert arrivals[1] - arrivals[0] >= 0.3 - 0.01
+    # The throttle was persisted on the channel lease for whoever owns the channel next.
+    async with resources.sessionmaker() as session:
+        lease = await session.get(ChannelLease, channel)
+    assert lease is not None
+    assert lease.throttled_until is not None
+
+    events = await staged_events(resources)
+    retrying = [e for e in events if e["type"] == "message.retrying"]
+    assert len(retrying) == 3
+    assert {e["data"]["error"]["code"] for e in retrying} >= {"timeout"}
+    assert all(e["data"]["error"]["retryable"] for e in retrying)
+
+
+async def test_permanent_error_fails_at_once(
+    resources: Resources, fake: FakePlatformServer
+) -> None:
+    channel = await make_channel(resources, fake)
+    fake.inject(Fault.platform_error(131026, "Message undeliverable", times=None))
+    (mid,) = await enqueue(resources, channel, ["15550009"])
+    async with running(resources):
+        await all_done(resources, [mid])
+    row = (await states(resources, [mid]))[mid]
+    assert (row.state, row.attempts) == ("failed", 1)
+    assert row.finished_at is not None
+    assert row.last_error is not None
+    assert row.last_error["code"] == "131026"
+    assert len(fake.requests) == 1
+    assert [e["type"] for e in await staged_events(resources)] == ["message.failed"]
+
+
+async def test_exhausted_before_not_after_is_dead_and_expired_rows_are_never_sent(
+    resources: Resources, fake: FakePlatformServer
+) -> None:
+    channel = await make_channel(resources, fake)
+    fake.inject(Fault.server_error(500, recipient="15550500", times=None))
+    (failing,) = await enqueue(
+        resources, channel, ["15550500"], not_after=timedelta(seconds=0.6), tag="f"
+    )
+    (expired,) = await enqueue(
+        resources, channel, ["15550600"], not_after=timedelta(seconds=-1), tag="x"
+    )
+    async with running(resources):
+        await all_done(resources, [failing, expired])
+    rows = await states(resources, [failing, expired])
+    assert rows[failing].state == "dead"
+    assert rows[failing].attempts >= 2
+    assert len(await attempts_of(resources, failing)) == rows[failing].attempts
+    assert rows[expired].state == "dead"
+    assert rows[expired].attempts == 0
+    assert (rows[expired].last_error or {}).get("code") == "expired"
+    assert not [r for r in fake.requests if r.recipient == "15550600"]
+    types = Counter(e["type"] for e in await staged_events(resources))
+    assert types["message.dead"] == 2
+    assert types["message.retrying"] == rows[failing].attempts - 1
+
+
+async def test_conversation_order_holds_under_retries(
+    resources: Resources, fake: FakePlatformServer
+) -> None:
+    channel = await make_channel(resources, fake)
+    fake.inject(Fault.server_error(503, path_contains="/messages", recipient="15557777", times=2))
+    ids = await enqueue(resources, channel, ["15557777"] * 6 + ["15558888"] * 3)
+    async with running(resources):
+        await all_done(resources, ids)
+    rows = await states(resources, ids)
+    assert {m.state for m in rows.values()} == {"sent"}
+    first = [r for r in fake.requests if r.recipient == "15557777"]
+    assert [(text_of(r), r.status) for r in first] == [
+        ("m0", 503),
+        ("m0", 503),
+        ("m0", 200),
+        ("m1", 200),
+        ("m2", 200),
+        ("m3", 200),
+        ("m4", 200),
+        ("m5", 200),
+    ]
+    other = [text_of(r) for r in fake.requests if r.recipient == "15558888"]
+    assert other == ["m6", "m7", "m8"]
+    # the other conversation did not wait for the retries of the first one
+    other_sent, first_sent = rows[ids[6]].sent_at, rows[ids[0]].sent_at
+    assert other_sent is not None
+    assert first_sent is not None
+    assert other_sent < first_sent
+
+
+# ---- events on the topic -----------------------------------------------------------------------
+
+
+async def test_every_transition_reaches_the_topic_once(
+    resources: Resources, fake: FakePlatformServer
+) -> None:
+    channel = await make_channel(resources, fake)
+    fake.inject(Fault.server_error(502, recipient="15550001", times=1))
+    fake.inject(Fault.platform_error(131026, recipient="15550002", times=1))
+    ids = await enqueue(resources, channel, ["15550001", "15550002", "15550003"])
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_worker(resources, stop))
+    try:
+        await all_done(resources, ids)
+    finally:
+        stop.set()
+        await task
+    expected = [
+        (str(ids[0]), "message.retrying", 1),
+        (str(ids[0]), "message.sent", 2),
+        (str(ids[1]), "message.failed", 1),
+        (str(ids[2]), "message.sent", 1),
+    ]
+    consumer = kafka.create_consumer(
+        resources.settings,
+        resources.settings.topic("outbound.events.v1"),
+        group_id=f"t-{uuid.uuid4().hex}",
+    )
+    await consumer.start()
+    got: list[dict[str, Any]] = []
+    try:
+        async with asyncio.timeout(15):
+            while len(got) < len(expected):
+                batch = await consumer.getmany(timeout_ms=300)
+                got += [orjson.loads(r.value) for rs in batch.values() for r in rs]
+        got += [  # anything beyond the expected ones would be a duplicate
+            orjson.loads(r.value)
+            for rs in (await consumer.getmany(timeout_ms=500)).values()
+            for r in rs
+        ]
+    finally:
+        await consumer.stop()
+    seen = [(e["data"]["message_id"], e["type"], e["data"]["attempt"]) for e in got]
+    assert sorted(seen) == sorted(expected)
+    assert len({e["id"] for e in got}) == len(got)
+    async with resources.sessionmaker() as session:
+        unpublished = await session.scalar(
+            select(func.count()).select_from(OutboxEvent).where(OutboxEvent.published_at.is_(None))
+        )
+    assert unpublished == 0
+
+
+# ---- shutdown ----------------------------------------------------------------------------------
+
+
+async def test_stop_lets_in_flight_sends_finish_and_releases_the_rest(
+    resources: Resources, fake: FakePlatformServer
+) -> None:
+    channel = await make_channel(resources, fake, rate=2)  # most claims wait for the pacer
+    fake.inject(Fault.slow(0.5, times=None))
+    ids = await enqueue(resources, channel, [f"1555100{i:02d}" for i in range(8)])
+    stop = asyncio.Event()
+    worker = DeliveryWorker(resources, owner="w1")
+    task = asyncio.create_task(worker.run(stop))
+    await eventually(lambda: asyncio.sleep(0, len(fake.requests) >= 1))
+    stop.set()
+    await task
+    rows = await states(resources, ids)
+    by_state = Counter(m.state for m in rows.values())
+    assert by_state["sending"] == 0
+    assert by_state["sent"] == len(fake.requests) >= 1, "what went on the wire was recorded"
+    assert by_state["sent"] + by_state["queued"] == len(ids)
+    assert all(m.lease_owner is None for m in rows.values())
+    assert all(m.attempts == 0 for m in rows.values() if m.state == "queued")
+    assert worker.stats.released == worker.stats.claimed - by_state["sent"] > 0
+    async with resources.sessionmaker() as session:
+        lease = await session.get(ChannelLease, channel)
+        db_now = await session.scalar(select(func.now()))
+    assert lease is not None
+    assert lease.expires_at <= db_now + timedelta(seconds=1.5)
+
+    # a second worker picks the released messages up after the handover gap
+    async with running(resources, owner="w2"):
+        await all_done(resources, ids)
+    assert {m.state for m in (await states(resources, ids)).values()} == {"sent"}
+    assert Counter(text_of(r) for r in fake.requests).most_common(1)[0][1] == 1
+
+
+# ---- replicas ----------------------------------------------------------------------------------
+
+
+async def test_two_workers_never_exceed_the_channel_rate_together(
+    resources: Resources, fake: FakePlatformServer
+) -> None:
+    rate = 5
+    channel = await make_channel(resources, fake, rate=rate)
+    ids = await enqueue(resources, channel, [f"1555200{i:02d}" for i in range(20)])
+    stop_a, stop_b = asyncio.Event(), asyncio.Event()
+    a = DeliveryWorker(resources, owner="a")
+    b = DeliveryWorker(resources, owner="b")
+    task_a = asyncio.create_task(a.run(stop_a))
+    task_b = asyncio.create_task(b.run(stop_b))
+    try:
+        # hand the channel over mid-way: stop whichever owns it, the other one takes over
+        await eventually(lambda: asyncio.sleep(0, len(fake.requests) >= 7))
+        owner_stop = stop_a if a.stats.claimed else stop_b
+        owner_stop.set()
+        await all_done(resources, ids)
+    finally:
+        stop_a.set()
+        stop_b.set()
+        await asyncio.gather(task_a, task_b)
+    assert a.stats.sent > 0, "both workers sent on the channel"
+    assert b.stats.sent > 0, "both workers sent on the channel"
+    assert a.stats.sent + b.stats.sent == len(ids)
+    assert len(fake.requests) == len(ids)
+    assert max_in_window([r.arrived_at for r in fake.requests]) <= rate
+
+
+def _worker_env(settings: Settings, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")}
+    env.update(
+        {
+            "SWITCHBOARD_DATABASE_URL": settings.database_url.get_secret_value(),
+            "SWITCHBOARD_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+            "SWITCHBOARD_KAFKA_TOPIC_PREFIX": settings.kafka_topic_prefix,
+            "SWITCHBOARD_KAFKA_ENABLE_IDEMPOTENCE": "false",
+            "SWITCHBOARD_KAFKA_CONSUMER_GROUP": f"crash-{uuid.uuid4().hex[:8]}",
+            "SWITCHBOARD_ENCRYPTION_KEYS": settings.encryption_keys.get_secret_value()
+            if settings.encryption_keys
+            else "",
+            "SWITCHBOARD_LOG_LEVEL": "WARNING",
+            **extra,
+        }
+    )
+    return env
+
+
+async def test_a_worker_killed_mid_batch_loses_nothing_and_duplicates_are_bounded(
+    resources: Resources, fake: FakePlatformServer, tmp_path: Path
+) -> None:
+    in_flight = 6
+    channel = await make_channel(resources, fake)
+    fake.inject(Fault.slow(0.6, times=None))
+    ids = await enqueue(resources, channel, [f"1555300{i:02d}" for i in range(30)])
+    env = _worker_env(
+        resources.settings,
+        SWITCHBOARD_OUTBOX_MAX_IN_FLIGHT=str(in_flight),
+        SWITCHBOARD_OUTBOX_HTTP_TIMEOUT="2",
+        SWITCHBOARD_OUTBOX_MESSAGE_LEASE="4",
+        SWITCHBOARD_OUTBOX_CHANNEL_LEASE="2",
+        SWITCHBOARD_OUTBOX_CHANNEL_RENEW_INTERVAL="0.2",
+        SWITCHBOARD_OUTBOX_POLL_INTERVAL="0.02",
+    )
+    log = tmp_path / "worker.log"
+    with log.open("wb") as sink:
+        proc = await asyncio.create_subprocess_exec(
+            str(Path(sys.executable).with_name("switchboard")),
+            "outbox",
+            env=env,
+            cwd=tmp_path,
+            stdout=sink,
+            stderr=sink,
+        )
+        try:
+            # killed while sends are on the wire and more claims wait (after one batch at least)
+            await eventually(lambda: asyncio.sleep(0, len(fake.requests) >= in_flight + 2))
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            await proc.wait()
+    killed_at = len(fake.requests)
+    stuck = Counter(m.state for m in (await states(resources, ids)).values())
+    assert stuck["sending"] >= 1, "the dead worker left claimed rows behind"
+
+    async with running(resources, owner="survivor") as survivor:
+        await all_done(resources, ids)
+    rows = await states(resources, ids)
+    assert {m.state for m in rows.values()} == {"sent"}
+    per_message = Counter(text_of(r) for r in fake.requests)
+    assert set(per_message) == {f"m{i}" for i in range(len(ids))}
+    duplicates = sum(n - 1 for n in per_message.values())
+    assert duplicates <= in_flight, "only what was in flight at the kill may be sent twice"
+    assert survivor.stats.recovered == stuck["sending"]
+    assert killed_at >= in_flight
+    lost = [a for i in ids for a in await attempts_of(resources, i) if a.outcome == "lost"]
+    assert len(lost) == stuck["sending"]
