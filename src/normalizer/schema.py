@@ -24,7 +24,8 @@ def json_schema() -> dict[str, Any]:
 
 
 def render() -> str:
-    return json.dumps(json_schema(), indent=2, ensure_ascii=False, sort_keys=True) + "\n"
+    # Same formatting as switchboard.openapi, so both generators write identical bytes.
+    return json.dumps(json_schema(), indent=2, ensure_ascii=False) + "\n"
 
 
 if __name__ == "__main__":
