@@ -1333,6 +1333,62 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
             )
         ],
     ),
+    # ---------------------------------------------------------------- more branches
+    (
+        "whatsapp",
+        "flow_completion.json",
+        [
+            wa_msg(
+                "unsupported",
+                **{
+                    "data.message.text": "Sent",
+                    "data.message.reply_to": "wamid.FLOW_MESSAGE=",
+                    "data.raw.interactive.type": "nfm_reply",
+                },
+            )
+        ],
+    ),
+    (
+        "messenger",
+        "standby.json",
+        [ms_msg("text", mid="m_STANDBY", **{"data.message.text": "seen by the secondary app"})],
+    ),
+    (
+        "telegram",
+        "business_message.json",
+        [tg_msg("text", **{"data.message.text": "Hi from a business chat"})],
+    ),
+    (
+        "telegram",
+        "deleted_business_messages.json",
+        [
+            {
+                "type": "message.deleted",
+                "subject": TG,
+                "time": RECEIVED,
+                "data.message.id": "591",
+                "data.message.kind": None,
+            },
+            {"type": "message.deleted", "subject": TG, "data.message.id": "592"},
+        ],
+    ),
+    (
+        "telegram",
+        "my_chat_member_group_left.json",
+        [
+            {
+                "type": "conversation.updated",
+                "subject": "telegram:7000000001:-1001234567890",
+                "data.conversation.blocked": True,
+                "data.contact.id": "1760450482",
+            }
+        ],
+    ),
+    (
+        "twilio",
+        "status_canceled.txt",
+        [tw_status("failed", **{"data.status.error": None, "data.raw.MessageStatus": "canceled"})],
+    ),
 ]
 
 
