@@ -67,6 +67,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Final
 
+from pydantic_core import from_json
+
 from . import _common, meta, telegram, twilio, whatsapp
 from .errors import NormalizeError
 from .models import (
@@ -140,8 +142,6 @@ def normalize(
 
 
 def _parse_json(body: bytes | bytearray | memoryview) -> Any:
-    from pydantic_core import from_json
-
     return from_json(
         bytes(body) if type(body) is memoryview else body, allow_inf_nan=False, cache_strings="keys"
     )
