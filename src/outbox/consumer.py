@@ -316,6 +316,15 @@ async def _supervise(
             backoff = min(backoff * 2, _RESTART_BACKOFF[1])
 
 
+def _consumer_options(settings: Settings) -> dict[str, object]:
+    session = settings.outbox_consumer_session_timeout_ms
+    return {
+        "max_poll_records": settings.outbox_consumer_batch_size,
+        "session_timeout_ms": session,
+        "heartbeat_interval_ms": max(session // 3, 300),
+    }
+
+
 async def run_command_consumer(resources: Resources, stop: asyncio.Event) -> None:
     """Consume ``outbound.commands.v1`` until ``stop`` is set (then finish the batch, commit)."""
     settings = resources.settings
@@ -327,7 +336,7 @@ async def run_command_consumer(resources: Resources, stop: asyncio.Event) -> Non
             settings,
             settings.topic("outbound.commands.v1"),
             group_id=settings.kafka_consumer_group,
-            max_poll_records=settings.outbox_consumer_batch_size,
+            **_consumer_options(settings),
         ),
         _per_record(handle_command),
     )
@@ -385,7 +394,7 @@ async def run_receipts_consumer(resources: Resources, stop: asyncio.Event) -> No
             settings,
             settings.topic("inbound.v1"),
             group_id=receipts_group(settings),
-            max_poll_records=settings.outbox_consumer_batch_size,
+            **_consumer_options(settings),
         ),
         handle_inbound,
     )

@@ -78,6 +78,11 @@ class Settings(BaseSettings):
         default=None,
         description="Group of the receipts consumer; default <kafka_consumer_group>-receipts",
     )
+    outbox_consumer_session_timeout_ms: int = Field(
+        default=10_000,
+        ge=1_000,
+        description="Consumer session: how soon a dead process's partitions go to another one",
+    )
     # end Outbox intake
 
     # Outbox delivery (the delivery worker, src/outbox/worker.py; docs/outbox-delivery.md)

@@ -1,0 +1,256 @@
+"""The send-command consumer on the real broker and PostgreSQL: stored before the offset commit,
+idempotent on redelivery, poison records dead-lettered with a reason, refusals stored as failed."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from outbox import consumer as consumer_module
+from outbox.app import component
+from outbox.models import OutboxEvent, OutboxMessage
+from switchboard import kafka
+from switchboard.app import open_resources
+from switchboard.channels.models import Channel
+from switchboard.kafka import CE_HEADERS
+from switchboard.resources import Resources
+from switchboard.settings import Settings
+from tests.support import running_app
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def kafka_settings(settings: Settings) -> Settings:
+    return settings.model_copy(
+        update={
+            "kafka_consumer_group": f"outbox-{uuid.uuid4().hex[:8]}",
+            "outbox_consumer_batch_size": 50,
+            "outbox_consumer_session_timeout_ms": 3000,
+        }
+    )
+
+
+async def add_channel(resources: Resources, platform: str, account_id: str) -> str:
+    credentials = {
+        "telegram": {"bot_token": "123456:AAAA", "secret_token": "s"},
+        "twilio": {"account_sid": "AC" + "0" * 32, "auth_token": "t"},
+        "whatsapp": {"access_token": "t", "app_secret": "s", "verify_token": "v"},
+    }[platform]
+    async with resources.sessionmaker() as session, session.begin():
+        channel = Channel(
+            platform=platform,
+            name=platform,
+            account_id=account_id,
+            secrets=resources.secret_box.encrypt_json(credentials),
+        )
+        session.add(channel)
+        await session.flush()
+        return str(channel.id)
+
+
+def command(command_id: str, channel_id: str, to: str = "777", **content: Any) -> dict[str, Any]:
+    return {
+        "id": command_id,
+        "channel_id": channel_id,
+        "to": to,
+        "content": content or {"kind": "text", "text": f"hello {command_id}"},
+        "metadata": {"ticket": command_id},
+    }
+
+
+def cloudevent(data: dict[str, Any], event_type: str = "message.send") -> dict[str, Any]:
+    return {
+        "specversion": "1.0",
+        "id": str(uuid.uuid4()),
+        "source": "/crm",
+        "type": event_type,
+        "datacontenttype": "application/json",
+        "data": data,
+    }
+
+
+async def produce(resources: Resources, records: list[tuple[str, bytes]]) -> None:
+    topic = resources.settings.topic("outbound.commands.v1")
+    for key, value in records:
+        await resources.producer.send_and_wait(topic, value, key=key.encode(), headers=CE_HEADERS)
+
+
+async def consume(settings: Settings, topic: str, count: int) -> list[Any]:
+    """Read ``count`` records from the start of ``topic`` (a fresh group)."""
+    reader = kafka.create_consumer(settings, settings.topic(topic), group_id=f"r-{uuid.uuid4()}")
+    await reader.start()
+    out: list[Any] = []
+    try:
+        async with asyncio.timeout(30):
+            while len(out) < count:
+                for records in (await reader.getmany(timeout_ms=300)).values():
+                    out += records
+    finally:
+        await reader.stop()
+    return out
+
+
+async def wait_committed(settings: Settings) -> None:
+    """Until the command group's committed offsets reach the end of every partition."""
+    topic = settings.topic("outbound.commands.v1")
+    probe = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        group_id=settings.kafka_consumer_group,
+        enable_auto_commit=False,
+    )
+    await probe.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in range(settings.kafka_topic_partitions)]
+        ends = await probe.end_offsets(partitions)
+        async with asyncio.timeout(30):
+            while True:
+                committed = {tp: await probe.committed(tp) for tp in partitions}
+                if all((committed[tp] or 0) >= ends[tp] for tp in partitions):
+                    return
+                await asyncio.sleep(0.1)
+    finally:
+        await probe.stop()
+
+
+async def wait_rows(sessionmaker: async_sessionmaker[AsyncSession], count: int) -> None:
+    async with asyncio.timeout(30):
+        while True:
+            async with sessionmaker() as session:
+                if await session.scalar(select(func.count()).select_from(OutboxMessage)) >= count:
+                    return
+            await asyncio.sleep(0.05)
+
+
+async def test_commands_stored_refused_and_dead_lettered(
+    kafka_settings: Settings,
+    engine: AsyncEngine,
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    settings = kafka_settings.model_copy(update={"outbox_api_runs_consumers": True})
+    async with running_app(settings, [component(settings)]) as app:
+        res = app.resources
+        tg = await add_channel(res, "telegram", "123456")
+        sms = await add_channel(res, "twilio", "+15551234567")
+        wa = await add_channel(res, "whatsapp", "106540352242922")
+        buttons = {
+            "kind": "interactive",
+            "interactive": {"body": "Pick", "buttons": [{"id": "a", "title": "A"}]},
+        }
+        c1 = command("c1", tg)
+        await produce(
+            res,
+            [
+                (f"{tg}:777", orjson.dumps(cloudevent(c1))),
+                (f"{tg}:777", orjson.dumps(command("c2", tg))),  # bare command
+                ("k-json", b"not json {"),
+                ("k-type", orjson.dumps(cloudevent(command("c9", tg), "message.unknown"))),
+                ("k-invalid", orjson.dumps({"id": "c8", "channel_id": tg, "to": "1"})),
+                (f"{tg}:777", orjson.dumps(cloudevent(command("c1", tg, kind="text", text="x")))),
+                (f"{tg}:777", orjson.dumps(cloudevent(c1))),  # same command again: nothing
+                ("k-unknown", orjson.dumps(command("c7", str(uuid.uuid4())))),
+                (f"{sms}:+1555", orjson.dumps(command("c3", sms, "+15557654321", **buttons))),
+                (f"{wa}:39333", orjson.dumps(command("c4", wa, "393331234567"))),  # window
+            ],
+        )
+        letters = await consume(settings, "deadletter.v1", 5)
+        await wait_rows(sessionmaker, 4)
+        await wait_committed(settings)
+        events = await consume(settings, "outbound.events.v1", 4)
+
+    reasons = {}
+    for record in letters:
+        value = orjson.loads(record.value)
+        assert value["type"] == "switchboard.deadletter"
+        assert value["subject"] == record.key.decode()
+        assert value["data"]["original"]["topic"] == settings.topic("outbound.commands.v1")
+        reasons[record.key.decode()] = value["data"]
+    assert {k: v["reason"] for k, v in reasons.items()} == {
+        "k-json": "not_json",
+        "k-type": "invalid_command",
+        "k-invalid": "invalid_command",
+        f"{tg}:777": "conflict",
+        "k-unknown": "unknown_channel",
+    }
+    assert reasons["k-json"]["original"]["value"] == "not json {"
+    assert reasons["k-json"]["original"]["value_encoding"] == "utf-8"
+    assert "message.unknown" in reasons["k-type"]["detail"]
+    assert "content" in reasons["k-invalid"]["detail"]
+    assert "different body" in reasons[f"{tg}:777"]["detail"]
+
+    async with sessionmaker() as session:
+        rows = {m.command_id: m for m in await session.scalars(select(OutboxMessage))}
+    assert set(rows) == {"c1", "c2", "c3", "c4"}
+    assert rows["c1"].state == rows["c2"].state == "queued"
+    assert rows["c1"].source == "kafka"
+    assert rows["c1"].seq < rows["c2"].seq  # one key, one partition: acceptance in order
+    assert rows["c3"].state == "failed"
+    assert rows["c3"].last_error is not None
+    assert rows["c3"].last_error["code"] == "unsupported_content"
+    assert rows["c4"].state == "failed"
+    assert rows["c4"].last_error is not None
+    assert rows["c4"].last_error["code"] == "window_closed"
+
+    summary = sorted(
+        (orjson.loads(e.value)["data"]["command_id"], orjson.loads(e.value)["type"]) for e in events
+    )
+    assert summary == [
+        ("c1", "message.queued"),
+        ("c2", "message.queued"),
+        ("c3", "message.failed"),
+        ("c4", "message.failed"),
+    ]
+    failed = next(
+        orjson.loads(e.value) for e in events if orjson.loads(e.value)["data"]["command_id"] == "c3"
+    )
+    assert failed["data"]["error"]["code"] == "unsupported_content"
+    assert failed["data"]["error"]["retryable"] is False
+    assert failed["data"]["metadata"] == {"ticket": "c3"}
+
+
+@pytest.fixture
+async def resources(kafka_settings: Settings, engine: AsyncEngine) -> AsyncIterator[Resources]:
+    async with open_resources(kafka_settings) as res:
+        yield res
+
+
+async def test_crash_before_offset_commit_redelivers_without_duplicate(
+    resources: Resources,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = resources.settings
+    tg = await add_channel(resources, "telegram", "123456")
+    real_commit = consumer_module._commit
+    crashes: list[int] = []
+
+    async def commit_or_die(consumer: Any, offsets: dict[TopicPartition, int]) -> None:
+        async with sessionmaker() as session:
+            stored = await session.scalar(select(func.count()).select_from(OutboxMessage))
+        assert stored == 1, "the command must be stored before its offset is committed"
+        if not crashes:
+            crashes.append(1)
+            raise RuntimeError("killed between the database commit and the offset commit")
+        await real_commit(consumer, offsets)
+
+    monkeypatch.setattr(consumer_module, "_commit", commit_or_die)
+    await produce(resources, [(f"{tg}:777", orjson.dumps(cloudevent(command("once", tg))))])
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer_module.run_command_consumer(resources, stop))
+    try:
+        await wait_committed(settings)
+    finally:
+        stop.set()
+        await task
+    assert crashes == [1]
+    async with sessionmaker() as session:
+        assert await session.scalar(select(func.count()).select_from(OutboxMessage)) == 1
+        assert await session.scalar(select(func.count()).select_from(OutboxEvent)) == 1

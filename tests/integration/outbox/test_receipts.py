@@ -1,0 +1,195 @@
+"""Receipts from the inbound topic: states only move forward whatever the order, one event per
+transition; inbound messages open the WhatsApp window."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from outbox.consumer import run_receipts_consumer
+from outbox.models import ConversationWindow, OutboxEvent, OutboxMessage
+from switchboard.app import open_resources
+from switchboard.channels.models import Channel
+from switchboard.resources import Resources
+from switchboard.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+ACCOUNT = "106540352242922"
+USER = "393331234567"
+
+
+def rfc3339(when: datetime) -> str:
+    return when.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def inbound(
+    channel_id: str,
+    event_type: str,
+    *,
+    contact: str = USER,
+    status: dict[str, Any] | None = None,
+    message: dict[str, Any] | None = None,
+    when: datetime | None = None,
+) -> bytes:
+    conversation = f"whatsapp:{ACCOUNT}:{contact}"
+    return orjson.dumps(
+        {
+            "specversion": "1.0",
+            "id": str(uuid.uuid4()),
+            "source": f"/switchboard/whatsapp/{channel_id}",
+            "type": event_type,
+            "time": rfc3339(when or datetime.now(UTC)),
+            "subject": conversation,
+            "datacontenttype": "application/json",
+            "data": {
+                "platform": "whatsapp",
+                "channel_id": channel_id,
+                "account_id": ACCOUNT,
+                "conversation_id": conversation,
+                "contact": {"id": contact, "name": None, "phone": None, "username": None},
+                "message": message,
+                "status": status,
+                "raw": None,
+            },
+        }
+    )
+
+
+def status(channel_id: str, wamid: str, state: str, **error: str) -> bytes:
+    body: dict[str, Any] = {"message_id": wamid, "state": state, "recipient_id": USER}
+    body["error"] = error or None
+    return inbound(channel_id, "message.status", status=body)
+
+
+def received(channel_id: str, contact: str, when: datetime, *, echo: bool = False) -> bytes:
+    message = {"id": f"wamid.in.{uuid.uuid4().hex}", "kind": "text", "text": "hi", "echo": echo}
+    return inbound(channel_id, "message.received", contact=contact, message=message, when=when)
+
+
+@pytest.fixture
+async def resources(settings: Settings, engine: AsyncEngine) -> AsyncIterator[Resources]:
+    settings = settings.model_copy(update={"kafka_consumer_group": f"o-{uuid.uuid4().hex[:8]}"})
+    async with open_resources(settings) as res:
+        yield res
+
+
+async def seed(res: Resources) -> tuple[str, dict[str, uuid.UUID]]:
+    now = datetime.now(UTC)
+    async with res.sessionmaker() as session, session.begin():
+        channel = Channel(
+            platform="whatsapp",
+            name="wa",
+            account_id=ACCOUNT,
+            secrets=res.secret_box.encrypt_json({"access_token": "t"}),
+        )
+        session.add(channel)
+        await session.flush()
+        ids: dict[str, uuid.UUID] = {}
+        for name, state, wamid in [
+            ("read_first", "sent", "wamid.1"),
+            ("fails", "sent", "wamid.2"),
+            ("pending", "retrying", None),
+        ]:
+            message = OutboxMessage(
+                command_id=name,
+                request_hash="0" * 64,
+                source="api",
+                channel_id=channel.id,
+                platform="whatsapp",
+                recipient=USER,
+                conversation_key=f"{channel.id}:{USER}",
+                content={"kind": "text", "text": "x"},
+                message_metadata={"n": name},
+                state=state,
+                attempts=1,
+                next_attempt_at=now,
+                not_after=now + timedelta(hours=1),
+                platform_message_id=wamid,
+            )
+            session.add(message)
+            await session.flush()
+            ids[name] = message.id
+        return str(channel.id), ids
+
+
+async def test_receipts_move_forward_only_and_windows_open(resources: Resources) -> None:
+    res = resources
+    channel_id, _ = await seed(res)
+    other_channel = str(uuid.uuid4())
+    now = datetime.now(UTC)
+    topic = res.settings.topic("inbound.v1")
+    records = [
+        status(channel_id, "wamid.1", "read"),  # overtakes its delivered
+        status(channel_id, "wamid.1", "delivered"),  # after read: nothing
+        status(channel_id, "wamid.1", "failed", code="131000", title="late"),  # after read
+        status(channel_id, "wamid.2", "delivered"),
+        status(channel_id, "wamid.2", "delivered"),  # duplicate: nothing
+        status(other_channel, "wamid.2", "read"),  # another channel's id: not ours
+        status(channel_id, "wamid.2", "failed", code="131026", title="Message undeliverable"),
+        status(channel_id, "wamid.2", "read"),  # after failed: nothing
+        status(channel_id, "wamid.unknown", "delivered"),  # unmatched: logged, skipped
+        b"definitely not a canonical event",
+        received(channel_id, USER, now - timedelta(hours=2)),
+        received(channel_id, USER, now - timedelta(hours=5)),  # older: never moves back
+        received(channel_id, "393330000000", now, echo=True),  # our own echo: no window
+        received(channel_id, "sentinel", now),
+    ]
+    for value in records:  # one key, one partition: the order above is the order consumed
+        await res.producer.send_and_wait(topic, value, key=b"whatsapp:conversation")
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_receipts_consumer(res, stop))
+    try:
+        async with asyncio.timeout(30):
+            while True:
+                async with res.sessionmaker() as session:
+                    done = await session.get(ConversationWindow, f"{channel_id}:sentinel")
+                if done is not None:
+                    break
+                await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await task
+
+    async with res.sessionmaker() as session:
+        rows = {
+            m.command_id: m
+            for m in await session.scalars(select(OutboxMessage).order_by(OutboxMessage.seq))
+        }
+        events = [
+            orjson.loads(e.value)
+            for e in await session.scalars(select(OutboxEvent).order_by(OutboxEvent.id))
+        ]
+        windows = {
+            w.conversation_key: w.last_inbound_at
+            for w in await session.scalars(select(ConversationWindow))
+        }
+    assert rows["read_first"].state == "read"
+    assert rows["fails"].state == "failed"
+    assert rows["fails"].last_error is not None
+    assert rows["fails"].last_error["code"] == "131026"
+    assert rows["fails"].finished_at is not None
+    assert rows["pending"].state == "retrying"
+    assert [(e["data"]["command_id"], e["type"]) for e in events] == [
+        ("read_first", "message.read"),
+        ("fails", "message.delivered"),
+        ("fails", "message.failed"),
+    ]
+    assert events[2]["data"]["error"] == {
+        "code": "131026",
+        "title": "Message undeliverable",
+        "retryable": False,
+    }
+    assert events[0]["data"]["platform_message_id"] == "wamid.1"
+    assert events[0]["data"]["metadata"] == {"n": "read_first"}
+    assert abs(windows[f"{channel_id}:{USER}"] - (now - timedelta(hours=2))) < timedelta(seconds=1)
+    assert f"{channel_id}:393330000000" not in windows
