@@ -87,6 +87,12 @@ async def claim(
     return Claim(frozenset(row["new_ids"]), frozenset(row["spooled"]))
 
 
+async def spool_durably(conn: asyncpg.Connection, rows: Sequence[SpoolRow]) -> None:
+    """Spool rows, and make this transaction's COMMIT wait for the WAL flush."""
+    await conn.execute("SET LOCAL synchronous_commit TO on")
+    await spool(conn, rows)
+
+
 async def spool(conn: asyncpg.Connection, rows: Sequence[SpoolRow]) -> None:
     await conn.execute(
         _SPOOL,

@@ -12,6 +12,13 @@ Durability and dedup, per webhook (``Gateway.accept``)
    webhook), are written to ``gateway_spool`` in the same transaction instead.
 3. COMMIT, and only then the endpoint answers 200.
 
+Commit cost: the gateway's connections run with ``synchronous_commit = off``, so a commit
+holding only dedup and archive rows does not wait for the WAL flush. Those events are already
+durable on Kafka (acks=all); a PostgreSQL crash within the flush delay (about 3 x wal_writer_delay)
+can only lose dedup rows (→ a later redelivery is published again, same ids) and archive rows
+(the archive is best effort). A transaction that writes spool rows switches back to
+``synchronous_commit = on`` before committing: there PostgreSQL is the only copy.
+
 The dedup rows stay uncommitted (row-locked) while we publish, so:
 
 * a crash or a failed COMMIT after the broker acknowledged leaves no dedup row; the platform,
@@ -125,6 +132,8 @@ class Gateway:
             max_size=settings.gateway_db_pool_size,
             timeout=settings.gateway_db_timeout_seconds,
             command_timeout=max(10.0, settings.gateway_publish_timeout_seconds * 3),
+            # Commits do not wait for the WAL flush unless a spool row is in them (see accept).
+            server_settings={"synchronous_commit": "off"},
         )
         try:
             yield cls(resources, pool)
@@ -249,7 +258,7 @@ class Gateway:
                         published += 1
                 if spooled:
                     stage = "spool"
-                    await repo.spool(
+                    await repo.spool_durably(
                         conn,
                         [
                             repo.SpoolRow(e.id, platform, self.topic, e.subject, r.value)
