@@ -10,12 +10,14 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from pydantic import SecretStr, ValidationError
 
-from switchboard.app import Component
 from switchboard.settings import Settings
+
+if TYPE_CHECKING:
+    from switchboard.app import Component
 
 EXIT_USAGE = 2
 
