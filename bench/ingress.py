@@ -44,8 +44,7 @@ PHONE_NUMBER_ID = "106540352242922"
 LUA = r"""
 local d = tonumber(os.getenv("WRK_DELAY_MS") or "0")
 local prefix = os.getenv("WRK_BODIES")
-local tid = 0
-local counter = 0
+local counter = 0  -- (tid is a per-thread global set by setup(); never shadow it here)
 function setup(thread)
   thread:set("tid", counter)
   counter = counter + 1
