@@ -28,12 +28,12 @@ def cmd_replay(args: argparse.Namespace) -> None:
     from gateway import replay
     from gateway.service import Gateway
     from switchboard.app import open_resources
-    from switchboard.cli import _require_keys, _settings
+    from switchboard.entrypoint import load_settings, require_encryption_keys
     from switchboard.errors import SwitchboardError
     from switchboard.logging import configure_logging
 
-    settings = _settings()
-    _require_keys(settings)
+    settings = load_settings()
+    require_encryption_keys(settings)
     configure_logging(settings)
 
     async def main() -> replay.ReplayResult:

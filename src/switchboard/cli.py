@@ -10,33 +10,15 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING
 
-from pydantic import SecretStr, ValidationError
+from pydantic import SecretStr
 
+from switchboard.entrypoint import fail, load_settings, require_encryption_keys
 from switchboard.settings import Settings
 
 if TYPE_CHECKING:
     from switchboard.app import Component
-
-EXIT_USAGE = 2
-
-
-def _fail(message: str) -> NoReturn:
-    print(f"switchboard: {message}", file=sys.stderr)
-    raise SystemExit(EXIT_USAGE)
-
-
-def _settings(**overrides: object) -> Settings:
-    try:
-        settings = Settings()
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"SWITCHBOARD_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
-            for e in exc.errors()
-        )
-        _fail(f"invalid settings: {problems}")
-    return settings.model_copy(update=overrides) if overrides else settings
 
 
 def _components(settings: Settings) -> list[Component]:
@@ -44,11 +26,6 @@ def _components(settings: Settings) -> list[Component]:
     from outbox.app import component as outbox_component
 
     return [gateway_component(settings), outbox_component(settings)]
-
-
-def _require_keys(settings: Settings) -> None:
-    if settings.encryption_keys is None:
-        _fail("SWITCHBOARD_ENCRYPTION_KEYS is not set (create one with `switchboard keygen`)")
 
 
 # ---- commands ---------------------------------------------------------------------------------
@@ -59,8 +36,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from switchboard.logging import configure_logging
     from switchboard.runner import bind_socket, run, stop_on_signals
 
-    settings = _settings()
-    _require_keys(settings)
+    settings = load_settings()
+    require_encryption_keys(settings)
     configure_logging(settings)
     sock = bind_socket(settings.http_host, settings.http_port)
     port = sock.getsockname()[1]
@@ -86,8 +63,8 @@ def cmd_outbox(args: argparse.Namespace) -> None:
     from switchboard.logging import configure_logging
     from switchboard.runner import run, stop_on_signals
 
-    settings = _settings()
-    _require_keys(settings)
+    settings = load_settings()
+    require_encryption_keys(settings)
     configure_logging(settings)
 
     async def main() -> None:
@@ -100,7 +77,7 @@ def cmd_outbox(args: argparse.Namespace) -> None:
 def cmd_migrate(args: argparse.Namespace) -> None:
     from switchboard import migrate
 
-    settings = _settings()
+    settings = load_settings()
     if args.downgrade:
         migrate.downgrade(settings, args.downgrade)
     else:
@@ -118,15 +95,15 @@ def cmd_normalize(args: argparse.Namespace) -> None:
     import normalizer
 
     if args.platform not in normalizer.PLATFORMS:
-        _fail(f"unknown platform {args.platform!r}; one of: {', '.join(normalizer.PLATFORMS)}")
+        fail(f"unknown platform {args.platform!r}; one of: {', '.join(normalizer.PLATFORMS)}")
     try:
         body = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
     except OSError as exc:
-        _fail(f"cannot read {args.file}: {exc.strerror}")
+        fail(f"cannot read {args.file}: {exc.strerror}")
     try:
         events = normalizer.normalize(args.platform, body, channel_id=args.channel_id)
     except normalizer.NormalizeError as exc:
-        _fail(str(exc).splitlines()[0] if str(exc) else "malformed input")
+        fail(str(exc).splitlines()[0] if str(exc) else "malformed input")
     out = sys.stdout.buffer
     for event in events:
         out.write(normalizer.dump_event(event) + b"\n")
@@ -149,14 +126,14 @@ def cmd_openapi(args: argparse.Namespace) -> None:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(content)
     if args.check and stale:
-        _fail(f"generated documents are out of date: {', '.join(stale)}; run `switchboard openapi`")
+        fail(f"generated documents are out of date: {', '.join(stale)}; run `switchboard openapi`")
     print(json.dumps({"written" if not args.check else "checked": sorted(files)}))
 
 
 def cmd_dev(args: argparse.Namespace) -> None:
     from switchboard.dev import run_dev
 
-    run_dev(_settings(), data_dir=args.data_dir)
+    run_dev(load_settings(), data_dir=args.data_dir)
 
 
 def build_parser() -> argparse.ArgumentParser:
