@@ -32,8 +32,9 @@ import secrets
 import socket
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -98,6 +99,8 @@ class WorkerStats:
     """Rows that expired (``not_after``) while waiting."""
     stale: int = 0
     """Outcomes not written because the row's lease had been taken away meanwhile."""
+    claim_queries: int = 0
+    write_batches: int = 0
 
 
 @dataclass(slots=True)
@@ -108,8 +111,10 @@ class _Channel:
     per_second: float
     valid_until: float
     loaded_at: float
-    waiting: int = 0
-    """Claims not yet granted by the pacer (they count against the claim budget)."""
+    queue: deque[_Claim] = field(default_factory=deque)
+    """Claims waiting for the pacer, in claim order (they count against the claim budget)."""
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    dispatcher: asyncio.Task[None] | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -117,6 +122,7 @@ class _Claim:
     message: ClaimedMessage
     deadline: float
     """Monotonic: no send of this claim starts after this (its lease would be too short)."""
+    limits: tuple[Limit, ...] = ()
     sending: bool = False
     finished: bool = False
     task: asyncio.Task[None] | None = None
@@ -164,6 +170,7 @@ class DeliveryWorker:
         self._max_in_flight = s.outbox_max_in_flight
         self._claim_batch = s.outbox_claim_batch
         self._timeout = s.outbox_http_timeout
+        self._min_claim = max(1, min(self._claim_batch, self._max_in_flight) // 8)
         self._lease = max(s.outbox_message_lease, s.outbox_http_timeout + 2 * _SAFETY)
         self._events_topic = s.topic("outbound.events.v1")
         self._claims: dict[uuid.UUID, _Claim] = {}
@@ -205,10 +212,13 @@ class DeliveryWorker:
 
     async def _drain(self) -> None:
         """Release claims waiting for the pacer; give sends on the wire the deadline."""
+        dispatchers = [c.dispatcher for c in self._channels.values() if c.dispatcher is not None]
+        for task in dispatchers:
+            task.cancel()
+        await asyncio.gather(*dispatchers, return_exceptions=True)
+        for channel in self._channels.values():
+            self._release_queue(channel)
         claims = list(self._claims.values())
-        for claim in claims:
-            if not claim.sending and claim.task is not None:
-                claim.task.cancel()
         tasks = [c.task for c in claims if c.task is not None]
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=self._settings.outbox_shutdown_deadline)
@@ -221,6 +231,10 @@ class DeliveryWorker:
                     self._finish(claim, "result", interrupted_result(0.0), datetime.now(UTC))
                 else:
                     self._finish(claim, "release")
+
+    def _release_queue(self, channel: _Channel) -> None:
+        while channel.queue:
+            self._finish(channel.queue.popleft(), "release")
 
     # ---- channel ownership -------------------------------------------------------------------
 
@@ -313,6 +327,8 @@ class DeliveryWorker:
 
     def _budgets(self) -> dict[uuid.UUID, int]:
         free = self._max_in_flight - len(self._claims)
+        if self._claims and free < self._min_claim:
+            return {}  # wait for a worthwhile batch: the round trip costs as much as 50 rows
         now = self._clock()
         budgets: dict[uuid.UUID, int] = {}
         lookahead = self._settings.outbox_claim_lookahead
@@ -324,7 +340,7 @@ class DeliveryWorker:
             if self._pacing:
                 if self._pacer.peek_delay(channel.limit, now) > lookahead:
                     continue  # throttled: claim nothing that would only wait
-                want = max(1, math.ceil(channel.per_second * lookahead)) - channel.waiting
+                want = max(1, math.ceil(channel.per_second * lookahead)) - len(channel.queue)
             else:
                 want = self._claim_batch
             n = min(want, free, self._claim_batch)
@@ -364,42 +380,85 @@ class DeliveryWorker:
         async with self._resources.sessionmaker() as session, session.begin():
             rows = await leases.claim_messages(session, self.owner, budgets, self._lease)
         deadline = self._clock() + self._lease - self._timeout - _SAFETY
+        margin = self._settings.outbox_pacing_margin
+        pair = self._settings.outbox_whatsapp_pair_interval
         for row in rows:
             message = ClaimedMessage.from_row(row)
             claim = _Claim(message, deadline)
             self._claims[message.id] = claim
             channel = self._channels.get(message.channel_id)
-            if channel is not None:
-                channel.waiting += 1
-            claim.task = asyncio.create_task(self._deliver(claim, channel))
+            if channel is None:  # lost while the claim was in flight
+                self._finish(claim, "release")
+            elif not self._pacing:
+                claim.task = asyncio.create_task(self._deliver(claim, channel))
+            else:
+                claim.limits = paced_limits(
+                    message, channel.rate, margin=margin, whatsapp_pair_interval=pair
+                )
+                channel.queue.append(claim)
+                channel.arrived.set()
+                if channel.dispatcher is None:
+                    channel.dispatcher = asyncio.create_task(
+                        self._dispatch(channel), name=f"outbox-pace-{message.channel_id}"
+                    )
         self.stats.claimed += len(rows)
+        self.stats.claim_queries += 1
         return len(rows)
 
-    # ---- sending -----------------------------------------------------------------------------
+    # ---- pacing and sending ------------------------------------------------------------------
 
-    async def _deliver(self, claim: _Claim, channel: _Channel | None) -> None:
-        message = claim.message
-        waiting = channel is not None
+    async def _dispatch(self, channel: _Channel) -> None:
+        """One pacer loop per owned channel: grant its queued claims in claim order (a claim
+        whose conversation limit is not ready lets the next one go first), start a send task
+        per grant. No task exists per waiting claim, so a grant is followed by its send
+        without a burst of other work in between."""
+        pacer = self._pacer
         try:
-            if channel is None:
-                self._finish(claim, "release")
-                return
-            if self._pacing:
-                limits = paced_limits(
-                    message,
-                    channel.rate,
-                    margin=self._settings.outbox_pacing_margin,
-                    whatsapp_pair_interval=self._settings.outbox_whatsapp_pair_interval,
-                )
-                budget = claim.deadline - self._clock()
-                try:
-                    async with asyncio.timeout(max(budget, 0.0)):
-                        await self._pacer.acquire(limits)
-                except TimeoutError:
-                    self._finish(claim, "release")
+            while channel.queue:
+                now = self._clock()
+                if (
+                    self._stopping
+                    or now > channel.valid_until - _SAFETY
+                    or self._channels.get(uuid.UUID(channel.config.id)) is not channel
+                ):
+                    self._release_queue(channel)
                     return
-            channel.waiting -= 1
-            waiting = False
+                pick: _Claim | None = None
+                soonest = math.inf
+                expired: list[_Claim] = []
+                for claim in channel.queue:
+                    if now > claim.deadline:
+                        expired.append(claim)
+                        continue
+                    wait = pacer.peek_delay(claim.limits[1:], now) if len(claim.limits) > 1 else 0.0
+                    if wait <= 0:
+                        pick = claim
+                        break
+                    soonest = min(soonest, wait)
+                for claim in expired:
+                    channel.queue.remove(claim)
+                    self._finish(claim, "release")
+                if pick is None:
+                    if channel.queue:
+                        channel.arrived.clear()
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(channel.arrived.wait(), soonest)
+                    continue
+                delay = pacer.acquire_delay(pick.limits, now)
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                    continue
+                if channel.queue[0] is pick:
+                    channel.queue.popleft()
+                else:
+                    channel.queue.remove(pick)
+                pick.task = asyncio.create_task(self._deliver(pick, channel))
+        finally:
+            channel.dispatcher = None
+
+    async def _deliver(self, claim: _Claim, channel: _Channel) -> None:
+        message = claim.message
+        try:
             now = self._clock()
             if (
                 self._stopping
@@ -427,9 +486,6 @@ class DeliveryWorker:
             if not claim.finished:
                 self._finish(claim, "release")
             raise
-        finally:
-            if waiting and channel is not None:
-                channel.waiting -= 1
 
     async def _send(self, channel: _Channel, message: ClaimedMessage) -> SendResult:
         sender = SENDERS.get(message.platform)
@@ -611,16 +667,18 @@ class DeliveryWorker:
             for cid, pause in throttles.items():
                 self._throttles[cid] = max(pause, self._throttles.get(cid, 0.0))
             raise
+        self.stats.write_batches += 1
         self._count(batch, transitions, changed)
 
     def _event_row(
         self, message: ClaimedMessage, decision: Decision, now: datetime
     ) -> dict[str, Any]:
-        orm = message.as_orm(decision.state)
         return {
             "topic": self._events_topic,
             "key": message.conversation_key,
-            "value": build_event(orm, decision.event, error=decision.error, now=now),
+            "value": build_event(
+                message.event_view(), decision.event, error=decision.error, now=now
+            ),
         }
 
     def _count(

@@ -111,7 +111,7 @@ class Settings(BaseSettings):
     )
     outbox_poll_interval: float = Field(default=0.1, gt=0, description="Idle claim polling")
     outbox_flush_interval: float = Field(
-        default=0.005, ge=0, description="Outcome batching: longest wait before a write"
+        default=0.02, ge=0, description="Outcome batching: longest wait before a write"
     )
     outbox_maintenance_interval: float = Field(
         default=2.0, gt=0, description="Expired message leases and not_after sweeps"
@@ -165,6 +165,17 @@ class Settings(BaseSettings):
     gateway_purge_interval_seconds: float = Field(default=300.0, gt=0)
     gateway_relay_interval_seconds: float = Field(default=0.5, gt=0)
     gateway_relay_batch_size: int = Field(default=500, ge=1)
+    gateway_batch_max_size: int = Field(
+        default=128, ge=1, description="Webhooks claimed and committed together (group commit)"
+    )
+    gateway_batch_max_delay_seconds: float = Field(
+        default=0.002,
+        ge=0,
+        description="A forming batch waits at most this for the previous batch's claim",
+    )
+    gateway_batch_max_in_flight: int = Field(
+        default=16, ge=1, description="Batches in flight at once (each holds a DB connection)"
+    )
     # /Gateway
 
     @field_validator("kafka_topic_prefix")

@@ -283,7 +283,7 @@ async def test_exhausted_before_not_after_is_dead_and_expired_rows_are_never_sen
     channel = await make_channel(resources, fake)
     fake.inject(Fault.server_error(500, recipient="15550500", times=None))
     (failing,) = await enqueue(
-        resources, channel, ["15550500"], not_after=timedelta(seconds=0.6), tag="f"
+        resources, channel, ["15550500"], not_after=timedelta(seconds=2), tag="f"
     )
     (expired,) = await enqueue(
         resources, channel, ["15550600"], not_after=timedelta(seconds=-1), tag="x"
