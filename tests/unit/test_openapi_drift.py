@@ -23,3 +23,19 @@ def test_committed_documents_match_the_code() -> None:
         if not (ROOT / name).exists() or (ROOT / name).read_text() != content
     ]
     assert not stale, f"regenerate with `switchboard openapi`: {stale}"
+
+
+def test_asyncapi_names_every_contract_topic_and_an_existing_schema() -> None:
+    import json
+
+    document = json.loads((ROOT / "asyncapi.json").read_text())
+    addresses = {c["address"] for c in document["channels"].values()}
+    assert addresses == {
+        "switchboard.inbound.v1",
+        "switchboard.outbound.commands.v1",
+        "switchboard.outbound.events.v1",
+        "switchboard.deadletter.v1",
+    }
+    for channel in document["channels"].values():
+        for message in channel["messages"].values():
+            assert (ROOT / message["payload"]["$ref"]).is_file()
