@@ -60,6 +60,29 @@ from switchboard.embedded import EmbeddedBroker, EmbeddedPostgres
 from switchboard.resources import Resources
 from switchboard.settings import Settings
 
+
+async def _lag_monitor(lags: list[float], tick: float = 0.005) -> None:
+    """Event-loop stalls: how late a ``tick``-second sleep wakes up."""
+    loop = asyncio.get_running_loop()
+    watchdog = os.environ.get("BENCH_STALLS") is not None
+    while True:
+        if watchdog:
+            import faulthandler
+
+            faulthandler.cancel_dump_traceback_later()
+            faulthandler.dump_traceback_later(0.08)
+        start = loop.time()
+        await asyncio.sleep(tick)
+        lags.append(loop.time() - start - tick)
+
+
+def _lag_summary(lags: list[float]) -> str:
+    if not lags:
+        return "no samples"
+    over = sum(1 for lag in lags if lag > 0.02)
+    return f"max {max(lags) * 1000:.0f} ms, {over} stalls > 20 ms"
+
+
 # ---- the recording fake server (a child process) ------------------------------------------------
 
 
@@ -69,9 +92,14 @@ async def _serve_recording(out: Path) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
+    lags: list[float] = []
+    monitor = asyncio.create_task(_lag_monitor(lags))
     async with FakePlatformServer(record=True) as server:
         print(f"listening: {server.base_url}", flush=True)
         await stop.wait()
+        monitor.cancel()
+        if os.environ.get("BENCH_DEBUG"):
+            print(f"  fake server loop: {_lag_summary(lags)}", file=sys.stderr, flush=True)
         out.write_text(json.dumps([r.arrived_at for r in server.requests]))  # noqa: ASYNC240
 
 
@@ -195,6 +223,8 @@ async def deliver_all(
     stop, relay_stop = asyncio.Event(), asyncio.Event()
     worker = DeliveryWorker(res)
     wall0, cpu0 = time.perf_counter(), time.process_time()
+    lags: list[float] = []
+    monitor = asyncio.create_task(_lag_monitor(lags))
     task = asyncio.create_task(worker.run(stop))
     relaying = asyncio.create_task(run_relay(res, relay_stop)) if relay else None
     while worker.stats.sent + worker.stats.failed + worker.stats.dead < n:  # noqa: ASYNC110
@@ -202,6 +232,9 @@ async def deliver_all(
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     stop.set()
     await task
+    monitor.cancel()
+    if os.environ.get("BENCH_DEBUG"):
+        print(f"  worker loop: {_lag_summary(lags)}", flush=True)
     relay_stop.set()
     if relaying is not None:
         await relaying

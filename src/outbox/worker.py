@@ -444,7 +444,7 @@ class DeliveryWorker:
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(channel.arrived.wait(), soonest)
                     continue
-                delay = pacer.acquire_delay(pick.limits, now)
+                delay = pacer.peek_delay(pick.limits, now)
                 if delay > 0:
                     await asyncio.sleep(delay)
                     continue
@@ -452,13 +452,34 @@ class DeliveryWorker:
                     channel.queue.popleft()
                 else:
                     channel.queue.remove(pick)
-                pick.task = asyncio.create_task(self._deliver(pick, channel))
+                granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                pick.task = asyncio.create_task(self._deliver(pick, channel, granted))
+                await granted  # one grant at a time, taken by the send task itself
         finally:
             channel.dispatcher = None
 
-    async def _deliver(self, claim: _Claim, channel: _Channel) -> None:
+    async def _take_slot(self, claim: _Claim) -> bool:
+        """Record the pacer grant in the step that starts the request: the time the pacer
+        counts is then the time the request leaves (the event loop cannot stall between)."""
+        while (delay := self._pacer.acquire_delay(claim.limits)) > 0:
+            if self._clock() + delay > claim.deadline:
+                return False
+            await asyncio.sleep(delay)
+        return True
+
+    async def _deliver(
+        self, claim: _Claim, channel: _Channel, granted: asyncio.Future[None] | None = None
+    ) -> None:
         message = claim.message
         try:
+            if granted is not None:
+                try:
+                    if not await self._take_slot(claim):
+                        self._finish(claim, "release")
+                        return
+                finally:
+                    if not granted.done():
+                        granted.set_result(None)
             now = self._clock()
             if (
                 self._stopping

@@ -129,7 +129,7 @@ class Settings(BaseSettings):
         default=True, description="Off only for benchmarks: no rate limit at all"
     )
     outbox_pacing_margin: float = Field(
-        default=0.01, ge=0, lt=0.5, description="Pace this fraction below the rate (jitter room)"
+        default=0.015, ge=0, lt=0.5, description="Pace this fraction below the rate (jitter room)"
     )
     outbox_whatsapp_pair_interval: float | None = Field(
         default=None, gt=0, description="Seconds between sends to one WhatsApp user (off: None)"
