@@ -47,7 +47,7 @@ from gateway.errors import (
     WebhookRejected,
     WrongContentType,
 )
-from gateway.metrics import LATENCY, WEBHOOKS
+from gateway.metrics import latency_histogram, webhooks_counter
 from gateway.service import DB_ERRORS, Gateway, received_now
 from gateway.verifiers import REGISTRY, Verifier, WebhookRequest
 from switchboard.auth.dependencies import RequireAdmin
@@ -152,7 +152,7 @@ async def handshake(platform: str, channel_id: str, request: Request) -> Respons
         if challenge is None:
             raise HandshakeRefused
     except WebhookRejected as exc:
-        WEBHOOKS.labels(_label(platform), "rejected", exc.reason).inc()
+        webhooks_counter(_label(platform), "rejected", exc.reason).inc()
         log.info("gateway.handshake_refused", platform=_label(platform), reason=exc.reason)
         raise
     log.info("gateway.handshake", platform=platform, channel_id=channel_id)
@@ -181,11 +181,11 @@ async def webhook(platform: str, channel_id: str, request: Request) -> Response:
     try:
         response = await _handle(platform, channel_id, request)
     except WebhookRejected as exc:
-        WEBHOOKS.labels(label, "rejected", exc.reason).inc()
+        webhooks_counter(label, "rejected", exc.reason).inc()
         log.info("gateway.rejected", platform=label, reason=exc.reason, status=exc.status_code)
         raise
     finally:
-        LATENCY.labels(label).observe(time.perf_counter() - started)
+        latency_histogram(label).observe(time.perf_counter() - started)
     return response
 
 
@@ -230,7 +230,7 @@ async def _handle(platform: str, channel_id: str, request: Request) -> Response:
     else:
         outcome = "empty"
         summary = {"events": 0, "new": 0, "duplicates": 0}
-    WEBHOOKS.labels(platform, outcome, "").inc()
+    webhooks_counter(platform, outcome).inc()
     if platform == "twilio":
         return Response(_TWIML, media_type="application/xml")
     return Response(orjson.dumps(summary), media_type="application/json")

@@ -16,6 +16,8 @@ unbounded label sets.
 
 from __future__ import annotations
 
+import functools
+
 from prometheus_client import Counter, Histogram
 
 WEBHOOKS = Counter(
@@ -34,3 +36,22 @@ LATENCY = Histogram(
     ["platform"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
+
+
+# ``.labels()`` validates and locks on every call; the hot path uses these cached children
+# (bounded: platform is a known id or "unknown", outcome and reason come from fixed sets).
+
+
+@functools.cache
+def webhooks_counter(platform: str, outcome: str, reason: str = "") -> Counter:
+    return WEBHOOKS.labels(platform, outcome, reason)
+
+
+@functools.cache
+def events_counter(platform: str, outcome: str) -> Counter:
+    return EVENTS.labels(platform, outcome)
+
+
+@functools.cache
+def latency_histogram(platform: str) -> Histogram:
+    return LATENCY.labels(platform)

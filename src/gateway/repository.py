@@ -1,9 +1,12 @@
 """SQL of the gateway, on raw asyncpg connections (the hot path skips the ORM).
 
-``claim`` is the only statement a normal webhook costs: in one round trip it records the
-webhook's event ids for dedup (``INSERT … ON CONFLICT DO NOTHING RETURNING``), archives the raw
-body when anything is new, and reports which of the webhook's conversations still have events
-waiting in the spool (those must go through the spool too, to keep per-conversation order).
+``claim_batch`` is the only statement a batch of concurrent webhooks costs (group commit, see
+``gateway.service``): in one round trip it records the batch's event ids for dedup
+(``INSERT … ON CONFLICT DO NOTHING RETURNING``, ids inserted in sorted order so concurrent
+batches of several replicas lock overlapping ids in the same order), archives the raw body of
+every webhook that owns a new id, and reports which of the batch's conversations still have
+events waiting in the spool (those must go through the spool too, to keep per-conversation
+order). ``claim`` is the single-webhook form of the same statement.
 """
 
 from __future__ import annotations
@@ -34,6 +37,34 @@ SELECT
        FROM gateway_spool WHERE conversation_id = ANY($2::text[])) AS spooled
 """
 
+_CLAIM_BATCH = """
+WITH new AS (
+    INSERT INTO gateway_dedup (event_id)
+    SELECT id FROM unnest($1::uuid[]) AS t(id) ORDER BY id
+    ON CONFLICT (event_id) DO NOTHING
+    RETURNING event_id
+), winners AS (
+    SELECT DISTINCT o.member
+    FROM unnest($1::uuid[], $2::int[]) AS o(id, member)
+    JOIN new ON new.event_id = o.id
+), archived AS (
+    INSERT INTO gateway_archive
+        (channel_id, platform, account_id, content_type, headers, body, event_count)
+    SELECT a.channel_id, a.platform, a.account_id, a.content_type, a.headers::jsonb, a.body,
+           a.event_count
+    FROM unnest($3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[], $8::bytea[],
+                $9::int[])
+         WITH ORDINALITY AS a(channel_id, platform, account_id, content_type, headers, body,
+                              event_count, n)
+    WHERE a.n - 1 IN (SELECT member FROM winners)
+    ORDER BY a.n
+)
+SELECT
+    (SELECT coalesce(array_agg(event_id::text), '{}') FROM new) AS new_ids,
+    (SELECT coalesce(array_agg(DISTINCT conversation_id), '{}')
+       FROM gateway_spool WHERE conversation_id = ANY($10::text[])) AS spooled
+"""
+
 _SPOOL = """
 INSERT INTO gateway_spool (event_id, platform, topic, conversation_id, value)
 SELECT e, p, t, c, v
@@ -49,6 +80,17 @@ RELAY_LOCK_KEY = 0x5B_6761_7465  # pg advisory lock id of the spool relay ("[gat
 class Claim:
     new_ids: frozenset[str]
     spooled_conversations: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveRow:
+    channel_id: uuid.UUID
+    platform: str
+    account_id: str
+    content_type: str | None
+    headers: dict[str, str]
+    body: bytes
+    event_count: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +124,37 @@ async def claim(
         content_type,
         orjson.dumps(headers).decode(),
         body,
+    )
+    assert row is not None
+    return Claim(frozenset(row["new_ids"]), frozenset(row["spooled"]))
+
+
+async def claim_batch(
+    conn: asyncpg.Connection,
+    *,
+    owners: dict[str, int],
+    archive: Sequence[ArchiveRow],
+    conversations: Sequence[str],
+) -> Claim:
+    """Claim the ids of a batch of webhooks in one statement.
+
+    ``owners`` maps each event id to the index (in ``archive``) of the first webhook of the
+    batch that carries it; ``archive`` has one row per webhook, written only for webhooks that
+    own at least one id that is new.
+    """
+    event_ids = sorted(owners)
+    row = await conn.fetchrow(
+        _CLAIM_BATCH,
+        event_ids,
+        [owners[e] for e in event_ids],
+        [a.channel_id for a in archive],
+        [a.platform for a in archive],
+        [a.account_id for a in archive],
+        [a.content_type for a in archive],
+        [orjson.dumps(a.headers).decode() for a in archive],
+        [a.body for a in archive],
+        [a.event_count for a in archive],
+        sorted(set(conversations)),
     )
     assert row is not None
     return Claim(frozenset(row["new_ids"]), frozenset(row["spooled"]))

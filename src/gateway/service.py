@@ -1,16 +1,27 @@
 """The ingress service: turn a verified webhook's events into durable, deduplicated records.
 
-Durability and dedup, per webhook (``Gateway.accept``)
------------------------------------------------------
-1. One PostgreSQL round trip inside a transaction (``repository.claim``): insert the event ids
-   into ``gateway_dedup`` (``ON CONFLICT DO NOTHING RETURNING``: only new ids come back),
-   archive the raw body if anything is new, and learn which of the webhook's conversations
-   still have events in the spool.
-2. New events are published to ``inbound.v1`` (acks=all, key = conversation id) and awaited,
-   within ``gateway_publish_timeout_seconds``. Events of a conversation that has spooled
-   events, or that failed/timed out (and the later events of the same conversation in this
-   webhook), are written to ``gateway_spool`` in the same transaction instead.
-3. COMMIT, and only then the endpoint answers 200.
+Durability and dedup (``Gateway.accept``, group commit)
+-------------------------------------------------------
+Concurrent webhooks are grouped into batches (``gateway.batcher.GroupCommit``); per batch, on
+one pooled connection, in one transaction:
+
+1. One PostgreSQL round trip (``repository.claim_batch``): insert the batch's event ids into
+   ``gateway_dedup`` (sorted; ``ON CONFLICT DO NOTHING RETURNING``: only new ids come back),
+   archive the raw body of every webhook owning a new id (an id carried by several webhooks
+   of the batch belongs to the first), and learn which conversations still have events in the
+   spool.
+2. The new events of the whole batch are published to ``inbound.v1`` (acks=all, key =
+   conversation id) and awaited, within ``gateway_publish_timeout_seconds``. Per webhook, as
+   before: events of a conversation that has spooled events, or that failed/timed out (and
+   the webhook's later events of the same conversation), go to ``gateway_spool`` instead, in
+   one statement for the batch.
+3. COMMIT, and only then every member's endpoint answers 200 (``BatchPlan.accepted``).
+
+If the spool write or COMMIT fails, a member is still durable when none of its events was
+headed for the spool (they are on Kafka): 200 without dedup; the others get 503
+(``BatchPlan.after_failed_commit``). A failed claim sends the whole batch down the
+"PostgreSQL down" path; a deadlock/serialization failure in the claim is retried once. A slow
+publish holds its batch-mates for at most the publish timeout.
 
 Commit cost: the gateway's connections run with ``synchronous_commit = off``, so a commit
 holding only dedup and archive rows does not wait for the WAL flush. Those events are already
@@ -19,7 +30,7 @@ can only lose dedup rows (→ a later redelivery is published again, same ids) a
 (the archive is best effort). A transaction that writes spool rows switches back to
 ``synchronous_commit = on`` before committing: there PostgreSQL is the only copy.
 
-The dedup rows stay uncommitted (row-locked) while we publish, so:
+The dedup rows stay uncommitted (row-locked) while the batch publishes, so:
 
 * a crash or a failed COMMIT after the broker acknowledged leaves no dedup row; the platform,
   which got no 200, retries and we publish again with the **same deterministic ids**: delivery
@@ -52,7 +63,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -62,9 +73,10 @@ from sqlalchemy.engine import make_url
 
 import normalizer
 from gateway import repository as repo
+from gateway.batcher import GroupCommit
 from gateway.cache import ChannelCache
 from gateway.errors import NotDurable
-from gateway.metrics import EVENTS
+from gateway.metrics import events_counter
 from switchboard.channels.service import ChannelWithSecrets
 from switchboard.kafka import CE_HEADERS
 from switchboard.logging import get_logger
@@ -79,6 +91,10 @@ DB_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.InterfaceError,
 )
 RELAY_ERRORS: tuple[type[BaseException], ...] = (*DB_ERRORS, ConnectionError)
+RETRYABLE: tuple[type[BaseException], ...] = (
+    asyncpg.DeadlockDetectedError,
+    asyncpg.SerializationError,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +137,19 @@ class Gateway:
         """Set when this process spooled something: wakes the relay."""
         self.unresolved_sends: set[asyncio.Future[Any]] = set()
         """Sends that timed out but may still reach the broker (then: a duplicate, same id)."""
+        self.batcher: GroupCommit[Webhook, Accepted] = GroupCommit(
+            self._run_batch,
+            max_size=self.settings.gateway_batch_max_size,
+            max_delay=self.settings.gateway_batch_max_delay_seconds,
+            # Each batch in flight holds a connection; leave two for the relay and purger.
+            max_in_flight=max(
+                1,
+                min(
+                    self.settings.gateway_batch_max_in_flight,
+                    self.settings.gateway_db_pool_size - 2,
+                ),
+            ),
+        )
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -136,7 +165,11 @@ class Gateway:
             server_settings={"synchronous_commit": "off"},
         )
         try:
-            yield cls(resources, pool)
+            gateway = cls(resources, pool)
+            try:
+                yield gateway
+            finally:
+                await gateway.batcher.close()
         finally:
             await pool.close()
 
@@ -208,94 +241,228 @@ class Gateway:
         content_type: str | None,
         archive_headers: dict[str, str],
     ) -> Accepted:
+        """Make one webhook's events durable (group commit with concurrent webhooks)."""
         unique: dict[str, normalizer.InboundEvent] = {}
         for event in events:
             unique.setdefault(event.id, event)
-        batch = list(unique.values())
+        webhook = Webhook(
+            platform,
+            channel,
+            list(unique.values()),
+            len(events),
+            body,
+            content_type,
+            archive_headers,
+        )
+        return await self.batcher.submit(webhook)
+
+    async def _run_batch(
+        self, webhooks: Sequence[Webhook], claimed: Callable[[], None]
+    ) -> list[Accepted | BaseException]:
+        owners: dict[str, int] = {}
+        for index, webhook in enumerate(webhooks):
+            for event in webhook.events:
+                owners.setdefault(event.id, index)
         try:
             acquire = self.pool.acquire(timeout=self.settings.gateway_db_timeout_seconds)
             conn = await acquire.__aenter__()
         except DB_ERRORS as exc:
             log.warning("gateway.database_unavailable", error=type(exc).__name__)
-            return await self._accept_without_database(platform, batch, len(events))
-        stage = "claim"
-        published = 0
-        spooled: list[normalizer.InboundEvent] = []
+            claimed()
+            return await self._without_database(webhooks, owners)
         try:
-            async with conn.transaction():
-                claim = await repo.claim(
-                    conn,
-                    event_ids=list(unique),
-                    conversations=sorted({e.subject for e in batch}),
-                    channel_id=channel.id,
-                    platform=platform,
-                    account_id=channel.account_id,
-                    content_type=content_type,
-                    headers=archive_headers,
-                    body=body,
-                )
-                new = [e for e in batch if e.id in claim.new_ids]
-                if not new:
-                    EVENTS.labels(platform, "duplicate").inc(len(events))
-                    return Accepted(len(events), 0, len(events), 0, 0)
-                stage = "publish"
-                blocked = set(claim.spooled_conversations)
-                if self.broker_suspect():
-                    blocked.update(e.subject for e in new)
-                direct = [e for e in new if e.subject not in blocked]
-                ok = dict(
-                    zip(
-                        (e.id for e in direct),
-                        await self.publish([self.record(e) for e in direct]),
-                        strict=True,
-                    )
-                )
-                for event in new:
-                    if event.subject in blocked or not ok.get(event.id, False):
-                        blocked.add(event.subject)
-                        spooled.append(event)
-                    else:
-                        published += 1
-                if spooled:
-                    stage = "spool"
-                    await repo.spool_durably(
-                        conn,
-                        [
-                            repo.SpoolRow(e.id, platform, self.topic, e.subject, r.value)
-                            for e in spooled
-                            for r in (self.record(e),)
-                        ],
-                    )
-                stage = "commit"
-        except DB_ERRORS as exc:
-            log.warning("gateway.database_failed", stage=stage, error=type(exc).__name__)
-            if stage == "claim":
-                return await self._accept_without_database(platform, batch, len(events))
-            if stage == "commit" and not spooled:
-                # Everything is on Kafka already: durable. The dedup rows are lost, so a
-                # redelivery would publish the same ids again (at-least-once, stable ids).
-                EVENTS.labels(platform, "undeduplicated").inc(published)
-                return Accepted(len(events), published, 0, published, 0, deduplicated=False)
-            raise NotDurable from None
+            return await self._batch_in_transaction(conn, webhooks, owners, claimed)
         finally:
             await acquire.__aexit__(None, None, None)
-        duplicates = len(events) - len(new)
-        if spooled:
-            self.spool_written.set()
-            EVENTS.labels(platform, "spooled").inc(len(spooled))
-        EVENTS.labels(platform, "published").inc(published)
-        if duplicates:
-            EVENTS.labels(platform, "duplicate").inc(duplicates)
-        return Accepted(len(events), len(new), duplicates, published, len(spooled))
 
-    async def _accept_without_database(
-        self, platform: str, batch: list[normalizer.InboundEvent], count: int
-    ) -> Accepted:
-        results = await self.publish([self.record(e) for e in batch])
-        if not all(results):
-            raise NotDurable
-        EVENTS.labels(platform, "undeduplicated").inc(len(batch))
-        return Accepted(count, len(batch), count - len(batch), len(batch), 0, deduplicated=False)
+    async def _batch_in_transaction(
+        self,
+        conn: asyncpg.Connection,
+        webhooks: Sequence[Webhook],
+        owners: dict[str, int],
+        claimed: Callable[[], None],
+    ) -> list[Accepted | BaseException]:
+        archive = [
+            repo.ArchiveRow(
+                w.channel.id,
+                w.platform,
+                w.channel.account_id,
+                w.content_type,
+                w.headers,
+                w.body,
+                len(w.events),
+            )
+            for w in webhooks
+        ]
+        conversations = [e.subject for w in webhooks for e in w.events]
+        for attempt in (1, 2):
+            stage = "claim"
+            plan: BatchPlan | None = None
+            try:
+                async with conn.transaction():
+                    claim = await repo.claim_batch(
+                        conn, owners=owners, archive=archive, conversations=conversations
+                    )
+                    claimed()
+                    stage = "publish"
+                    plan = BatchPlan(
+                        webhooks,
+                        owners,
+                        claim.new_ids,
+                        claim.spooled_conversations,
+                        broker_suspect=self.broker_suspect(),
+                    )
+                    direct = plan.direct()
+                    plan.settle(await self.publish([self.record(e) for e in direct]))
+                    if plan.spool:
+                        stage = "spool"
+                        await repo.spool_durably(
+                            conn,
+                            [
+                                repo.SpoolRow(e.id, p, self.topic, e.subject, r.value)
+                                for p, e in plan.spool
+                                for r in (self.record(e),)
+                            ],
+                        )
+                    stage = "commit"
+            except DB_ERRORS as exc:
+                if stage == "claim" and attempt == 1 and isinstance(exc, RETRYABLE):
+                    log.info("gateway.batch_retry", error=type(exc).__name__)
+                    continue
+                log.warning("gateway.database_failed", stage=stage, error=type(exc).__name__)
+                if plan is None:
+                    claimed()
+                    return await self._without_database(webhooks, owners)
+                return plan.after_failed_commit()
+            if plan.spool:
+                self.spool_written.set()
+            return plan.accepted()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _without_database(
+        self, webhooks: Sequence[Webhook], owners: dict[str, int]
+    ) -> list[Accepted | BaseException]:
+        """PostgreSQL unavailable: publish without dedup; 200 only if all reached Kafka."""
+        events = {e.id: e for w in webhooks for e in w.events}
+        ok = dict(
+            zip(events, await self.publish([self.record(e) for e in events.values()]), strict=True)
+        )
+        results: list[Accepted | BaseException] = []
+        for webhook in webhooks:
+            if all(ok[e.id] for e in webhook.events):
+                n = len(webhook.events)
+                events_counter(webhook.platform, "undeduplicated").inc(n)
+                results.append(Accepted(webhook.count, n, webhook.count - n, n, 0, False))
+            else:
+                results.append(NotDurable())
+        return results
+
+
+@dataclass(slots=True)
+class Webhook:
+    """One verified webhook waiting for its batch."""
+
+    platform: str
+    channel: ChannelWithSecrets
+    events: list[normalizer.InboundEvent]
+    """Distinct events, in the webhook's order."""
+    count: int
+    """Events in the webhook, repeats included."""
+    body: bytes
+    content_type: str | None
+    headers: dict[str, str]
+
+
+class BatchPlan:
+    """What happens to each event of a claimed batch (pure: no I/O, unit-testable).
+
+    A webhook *owns* the new ids it was the first of its batch to carry; an id not new was
+    committed by an earlier transaction (``ON CONFLICT`` waits for the holder to finish).
+    Per webhook, as for a lone webhook: events of a conversation with spooled events (or all
+    events, while the broker is suspect) go to the spool; the others are published, and a
+    failed publish sends that event and the webhook's later events of its conversation to
+    the spool.
+    """
+
+    def __init__(
+        self,
+        webhooks: Sequence[Webhook],
+        owners: dict[str, int],
+        new_ids: frozenset[str],
+        spooled_conversations: frozenset[str],
+        *,
+        broker_suspect: bool,
+    ) -> None:
+        self.webhooks = webhooks
+        self.new: list[list[normalizer.InboundEvent]] = [
+            [e for e in w.events if e.id in new_ids and owners[e.id] == index]
+            for index, w in enumerate(webhooks)
+        ]
+        self.blocked: list[set[str]] = [
+            {e.subject for e in new if broker_suspect or e.subject in spooled_conversations}
+            for new in self.new
+        ]
+        self.published = [0] * len(webhooks)
+        self.spooled = [0] * len(webhooks)
+        self.spool: list[tuple[str, normalizer.InboundEvent]] = []
+        """(platform, event) to write to the spool, in order."""
+        self.spooled_ids: set[str] = set()
+
+    def direct(self) -> list[normalizer.InboundEvent]:
+        """The events to publish now, webhook after webhook."""
+        return [
+            e
+            for new, blocked in zip(self.new, self.blocked, strict=True)
+            for e in new
+            if e.subject not in blocked
+        ]
+
+    def settle(self, ok: Sequence[bool]) -> None:
+        """Record the publish outcome of ``direct()`` (same order)."""
+        published = dict(zip((e.id for e in self.direct()), ok, strict=True))
+        for index, (webhook, new) in enumerate(zip(self.webhooks, self.new, strict=True)):
+            blocked = self.blocked[index]
+            for event in new:
+                if event.subject in blocked or not published.get(event.id, False):
+                    blocked.add(event.subject)
+                    self.spool.append((webhook.platform, event))
+                    self.spooled_ids.add(event.id)
+                    self.spooled[index] += 1
+                else:
+                    self.published[index] += 1
+
+    def accepted(self) -> list[Accepted | BaseException]:
+        """The batch committed: every webhook is durable."""
+        results: list[Accepted | BaseException] = []
+        for index, webhook in enumerate(self.webhooks):
+            new = len(self.new[index])
+            duplicates = webhook.count - new
+            if self.spooled[index]:
+                events_counter(webhook.platform, "spooled").inc(self.spooled[index])
+            events_counter(webhook.platform, "published").inc(self.published[index])
+            if duplicates:
+                events_counter(webhook.platform, "duplicate").inc(duplicates)
+            results.append(
+                Accepted(webhook.count, new, duplicates, self.published[index], self.spooled[index])
+            )
+        return results
+
+    def after_failed_commit(self) -> list[Accepted | BaseException]:
+        """The spool write or COMMIT failed: no dedup, archive or spool row was kept.
+
+        A webhook is still durable if none of its events was headed for the spool: each one
+        was published (by it or a batch-mate, acks=all) or committed before this batch. Then
+        200 without dedup (a redelivery publishes the same ids again); otherwise 503.
+        """
+        results: list[Accepted | BaseException] = []
+        for index, webhook in enumerate(self.webhooks):
+            if any(e.id in self.spooled_ids for e in webhook.events):
+                results.append(NotDurable())
+                continue
+            published = self.published[index]
+            events_counter(webhook.platform, "undeduplicated").inc(published)
+            results.append(Accepted(webhook.count, published, 0, published, 0, False))
+        return results
 
 
 def received_now() -> datetime:
