@@ -519,3 +519,48 @@ async def test_a_worker_killed_mid_batch_loses_nothing_and_duplicates_are_bounde
     assert killed_at >= in_flight
     lost = [a for i in ids for a in await attempts_of(resources, i) if a.outcome == "lost"]
     assert len(lost) == stuck["sending"]
+
+
+async def test_sigterm_drains_and_the_process_exits_0(
+    resources: Resources, fake: FakePlatformServer, tmp_path: Path
+) -> None:
+    channel = await make_channel(resources, fake, rate=2)  # most claims wait for the pacer
+    fake.inject(Fault.slow(0.8, times=None))
+    ids = await enqueue(resources, channel, [f"1555400{i:02d}" for i in range(8)])
+    env = _worker_env(
+        resources.settings,
+        SWITCHBOARD_OUTBOX_CHANNEL_RENEW_INTERVAL="0.2",
+        SWITCHBOARD_OUTBOX_POLL_INTERVAL="0.02",
+    )
+    log = tmp_path / "worker.log"
+    with log.open("wb") as sink:
+        proc = await asyncio.create_subprocess_exec(
+            str(Path(sys.executable).with_name("switchboard")),
+            "outbox",
+            env=env,
+            cwd=tmp_path,
+            stdout=sink,
+            stderr=sink,
+        )
+        try:
+            await eventually(lambda: asyncio.sleep(0, len(fake.requests) >= 1))
+            proc.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(20):
+                code = await proc.wait()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    assert code == 0, log.read_text()[-2000:]
+    rows = await states(resources, ids)
+    by_state = Counter(m.state for m in rows.values())
+    assert by_state["sending"] == 0
+    assert by_state["sent"] == len(fake.requests), "every request on the wire was recorded"
+    assert by_state["sent"] + by_state["queued"] == len(ids)
+    assert by_state["queued"] > 0
+    assert all(m.lease_owner is None for m in rows.values())
+    async with resources.sessionmaker() as session:
+        unpublished = await session.scalar(
+            select(func.count()).select_from(OutboxEvent).where(OutboxEvent.published_at.is_(None))
+        )
+    assert unpublished == 0, "the relay published what the drain staged before exiting"
