@@ -245,6 +245,8 @@ class DeliveryWorker:
                 await self._refresh_ownership()
             except _DB_ERRORS as exc:
                 log.warning("outbox.ownership_failed", error=type(exc).__name__)
+            except Exception:
+                log.exception("outbox.ownership_crashed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval)
 
@@ -445,8 +447,9 @@ class DeliveryWorker:
                             await asyncio.wait_for(channel.arrived.wait(), soonest)
                     continue
                 delay = pacer.peek_delay(pick.limits, now)
-                if delay > 0:
-                    await asyncio.sleep(delay)
+                if delay > 0:  # wake for the earliest claim deadline too (a long throttle)
+                    first_deadline = min(claim.deadline for claim in channel.queue)
+                    await asyncio.sleep(max(0.0, min(delay, first_deadline - now + 0.001)))
                     continue
                 if channel.queue[0] is pick:
                     channel.queue.popleft()
@@ -597,6 +600,8 @@ class DeliveryWorker:
                 return
             except _DB_ERRORS as exc:
                 log.warning("outbox.write_failed", error=type(exc).__name__, rows=len(batch))
+            except Exception:  # a bug: keep the batch, say so loudly, try again
+                log.exception("outbox.write_crashed", rows=len(batch))
             if self._stopping:
                 now = self._clock()
                 give_up = give_up or now + self._settings.outbox_shutdown_deadline
@@ -737,6 +742,8 @@ class DeliveryWorker:
                 await self.maintain()
             except _DB_ERRORS as exc:
                 log.warning("outbox.maintenance_failed", error=type(exc).__name__)
+            except Exception:
+                log.exception("outbox.maintenance_crashed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval)
 

@@ -260,6 +260,21 @@ async def test_429_5xx_and_timeouts_are_retried_on_schedule_then_delivered(
     assert all(e["data"]["error"]["retryable"] for e in retrying)
 
 
+async def test_a_throttle_pauses_the_whole_channel(
+    resources: Resources, fake: FakePlatformServer
+) -> None:
+    channel = await make_channel(resources, fake, rate=20)
+    fake.inject(Fault.rate_limited(retry_after=0.5, recipient="15556000"))
+    ids = await enqueue(resources, channel, [f"155560{i:02d}" for i in range(8)])
+    async with running(resources):
+        await all_done(resources, ids)
+    assert {m.state for m in (await states(resources, ids)).values()} == {"sent"}
+    (throttled_at,) = [r.arrived_at for r in fake.requests if r.status == 429]
+    # sends granted before the 429 came back may land just after it; nothing else does
+    paused = [r for r in fake.requests if throttled_at + 0.05 < r.arrived_at < throttled_at + 0.5]
+    assert paused == []
+
+
 async def test_permanent_error_fails_at_once(
     resources: Resources, fake: FakePlatformServer
 ) -> None:
