@@ -16,6 +16,10 @@ worker's alone (PostgreSQL, the broker and the fake server run in their own proc
 
 Targets (issue 5): >= 1,000 sends/s per core; achieved rate within 2 % of the configured one
 and never above it in any window.
+
+Diagnostics: ``BENCH_DEBUG=1`` prints event-loop stalls of the worker and the fake server and
+the first over-full window; ``BENCH_STALLS=1`` also dumps the worker's stack whenever its loop
+stalls for more than 80 ms; ``--profile FILE`` writes a cProfile of the first throughput run.
 """
 
 from __future__ import annotations
