@@ -8,7 +8,6 @@ prints one JSON line of counts. Times are RFC 3339 / ISO 8601 (a naive time is U
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 import uuid
@@ -28,7 +27,7 @@ def cmd_replay(args: argparse.Namespace) -> None:
     from gateway import replay
     from gateway.service import Gateway
     from switchboard.app import open_resources
-    from switchboard.entrypoint import load_settings, require_encryption_keys
+    from switchboard.entrypoint import load_settings, require_encryption_keys, run_async
     from switchboard.errors import SwitchboardError
     from switchboard.logging import configure_logging
 
@@ -48,7 +47,7 @@ def cmd_replay(args: argparse.Namespace) -> None:
             )
 
     try:
-        result = asyncio.run(main())
+        result = run_async(main())
     except SwitchboardError as exc:
         print(f"switchboard: {exc.message}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import secrets
 import signal
@@ -14,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import SecretStr
 
-from switchboard.entrypoint import fail, load_settings, require_encryption_keys
+from switchboard.entrypoint import fail, load_settings, require_encryption_keys, run_async
 from switchboard.settings import Settings
 
 if TYPE_CHECKING:
@@ -54,7 +53,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
                 log_level=settings.log_level,
             )
 
-    asyncio.run(main())
+    run_async(main())
 
 
 def cmd_outbox(args: argparse.Namespace) -> None:
@@ -71,7 +70,7 @@ def cmd_outbox(args: argparse.Namespace) -> None:
         async with stop_on_signals() as stop, open_resources(settings) as resources:
             await run(app=None, sock=None, stop=stop, workers=[lambda s: run_worker(resources, s)])
 
-    asyncio.run(main())
+    run_async(main())
 
 
 def cmd_migrate(args: argparse.Namespace) -> None:

@@ -7,7 +7,6 @@ Ctrl-C or SIGTERM stops all of it; the children also die with this process if it
 
 from __future__ import annotations
 
-import asyncio
 import os
 import secrets
 from pathlib import Path
@@ -17,6 +16,7 @@ from pydantic import SecretStr
 from switchboard import migrate
 from switchboard.crypto import generate_key
 from switchboard.embedded import EmbeddedBroker, EmbeddedPostgres
+from switchboard.entrypoint import run_async
 from switchboard.logging import configure_logging, get_logger
 from switchboard.settings import Settings
 
@@ -107,7 +107,7 @@ def run_dev(settings: Settings, data_dir: Path | None = None) -> None:
                     log_level=settings.log_level,
                 )
 
-        asyncio.run(main())
+        run_async(main())
     finally:
         broker.stop()
         postgres.stop()

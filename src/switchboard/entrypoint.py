@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
-from typing import NoReturn
+from collections.abc import Coroutine
+from typing import Any, NoReturn, TypeVar
 
 from pydantic import ValidationError
 
 from switchboard.settings import Settings
 
 EXIT_USAGE = 2
+T = TypeVar("T")
 
 
 def fail(message: str) -> NoReturn:
@@ -33,3 +36,14 @@ def load_settings(**overrides: object) -> Settings:
 def require_encryption_keys(settings: Settings) -> None:
     if settings.encryption_keys is None:
         fail("SWITCHBOARD_ENCRYPTION_KEYS is not set (create one with `switchboard keygen`)")
+
+
+def run_async(main: Coroutine[Any, Any, T]) -> T:
+    """Run a process's main coroutine on uvloop when it is installed (it comes with
+    ``uvicorn[standard]``): measurably cheaper per request and per send than asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - the standard loop works, only slower
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
