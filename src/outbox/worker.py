@@ -38,7 +38,6 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-import httpx
 import orjson
 from pydantic import ValidationError
 from sqlalchemy import insert
@@ -59,7 +58,7 @@ from outbox.delivery import (
 from outbox.events import build_event
 from outbox.models import TERMINAL_STATES, OutboxAttempt, OutboxEvent
 from outbox.platforms import SENDERS, ChannelConfig, SendResult, UnsupportedContent
-from outbox.platforms.base import make_http_client
+from outbox.platforms.base import HttpClient, make_http_client
 from outbox.ratelimit import Limit, Pacer, Rate, channel_key, recipient_key
 from outbox.retry import RetryPolicy
 from switchboard.channels.service import load_with_secrets
@@ -150,7 +149,7 @@ class DeliveryWorker:
         self,
         resources: Resources,
         *,
-        client: httpx.AsyncClient | None = None,
+        client: HttpClient | None = None,
         owner: str | None = None,
         policy: RetryPolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -160,7 +159,7 @@ class DeliveryWorker:
         self._settings = s
         self.owner = owner or s.outbox_worker_id or default_owner()
         self._client = client
-        self._http: httpx.AsyncClient | None = client
+        self._http: HttpClient | None = client
         self._policy = policy or RetryPolicy(
             schedule=tuple(s.outbox_retry_schedule), jitter=s.outbox_retry_jitter
         )
@@ -207,7 +206,7 @@ class DeliveryWorker:
             await self._release_channels(list(self._channels))
             self._channels.clear()
             if self._client is None:
-                await self._http.aclose()
+                await self._http.close()
             log.info("outbox.worker_stopped", owner=self.owner, **asdict(self.stats))
 
     async def _drain(self) -> None:

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import httpx
-
 from outbox.platforms.base import (
     ErrorRule,
     HttpExchange,
@@ -34,7 +32,7 @@ def graph_url(base_url: str | None, node_id: str) -> str:
     return f"{(base_url or GRAPH_BASE_URL).rstrip('/')}/{GRAPH_API_VERSION}/{node_id}/messages"
 
 
-def _usage_retry_after(headers: httpx.Headers) -> float | None:
+def _usage_retry_after(headers: Mapping[str, str]) -> float | None:
     """Seconds from ``X-Business-Use-Case-Usage``'s ``estimated_time_to_regain_access`` (minutes).
 
     https://developers.facebook.com/docs/graph-api/overview/rate-limiting/

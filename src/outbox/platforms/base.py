@@ -1,9 +1,10 @@
 """What every platform sender shares: the channel view, the result, the Protocol, HTTP plumbing.
 
 A sender is pure apart from the one HTTP exchange: it builds the platform request from a
-``SendCommand``, performs it through the worker's pooled ``httpx.AsyncClient`` and classifies
-the answer into a ``SendResult``. It never raises for platform or transport failures (those
-are outcomes), only ``UnsupportedContent`` for commands the platform cannot express.
+``SendCommand``, performs it through the worker's pooled ``HttpClient`` (an aiohttp session)
+and classifies the answer into a ``SendResult``. It never raises for platform or transport
+failures (those are outcomes), only ``UnsupportedContent`` for commands the platform cannot
+express.
 
 Secrets: credentials travel in headers (Meta, Twilio) or in the URL path (Telegram). Nothing
 a sender returns may contain them: every text taken from a response or an exception goes
@@ -13,14 +14,16 @@ through ``scrub`` first.
 from __future__ import annotations
 
 import asyncio
+import base64
 import email.utils
 import time
+import urllib.parse
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal, Protocol, runtime_checkable
 
-import httpx
+import aiohttp
 import orjson
 
 from outbox.contracts import SendCommand
@@ -29,6 +32,7 @@ __all__ = [
     "EXCERPT_LIMIT",
     "ChannelConfig",
     "ErrorRule",
+    "HttpClient",
     "HttpExchange",
     "Outcome",
     "SendResult",
@@ -40,6 +44,9 @@ __all__ = [
     "scrub",
     "status_outcome",
 ]
+
+HttpClient = aiohttp.ClientSession
+"""The pooled HTTP client senders use; built by ``make_http_client``."""
 
 Outcome = Literal["sent", "retryable", "permanent"]
 Throttle = Literal["channel", "recipient"]
@@ -123,7 +130,7 @@ class Sender(Protocol):
 
     async def send(
         self,
-        client: httpx.AsyncClient,
+        client: HttpClient,
         channel: ChannelConfig,
         command: SendCommand,
         *,
@@ -216,13 +223,14 @@ def result_from_rule(
 @dataclass(frozen=True, slots=True)
 class HttpExchange:
     status: int
-    headers: httpx.Headers
+    headers: Mapping[str, str]
+    """Case-insensitive (aiohttp's ``CIMultiDictProxy``)."""
     body: bytes
     duration_ms: float
 
 
 async def post(
-    client: httpx.AsyncClient,
+    client: HttpClient,
     url: str,
     *,
     timeout: float,  # noqa: ASYNC109 - a hard deadline applied with asyncio.timeout below
@@ -234,35 +242,46 @@ async def post(
 ) -> HttpExchange | SendResult:
     """POST once with a hard overall deadline; a transport failure comes back as a SendResult.
 
-    ``timeout`` bounds the whole exchange (httpx's own timeout is per phase, so a server that
-    trickles bytes could otherwise exceed it). A timeout is retryable, but the platform may
-    have accepted the message: delivery is at-least-once by design.
+    ``timeout`` bounds the whole exchange, body included. A timeout is retryable, but the
+    platform may have accepted the message: delivery is at-least-once by design.
     """
     request_headers = dict(headers or {})
     content: bytes | None = None
     if json_body is not None:
         content = orjson.dumps(json_body)
         request_headers["Content-Type"] = "application/json"
+    elif form is not None:
+        pairs = [
+            (key, item)
+            for key, value in form.items()
+            for item in (value if isinstance(value, list) else [value])
+        ]
+        content = urllib.parse.urlencode(pairs).encode()
+        request_headers["Content-Type"] = "application/x-www-form-urlencoded"
+    if auth is not None:
+        token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode("ascii")
+        request_headers["Authorization"] = f"Basic {token}"
     started = time.perf_counter()
     try:
-        async with asyncio.timeout(timeout):
-            response = await client.post(
+        async with (
+            asyncio.timeout(timeout),
+            client.post(
                 url,
-                content=content,
-                data=form,
+                data=content,
                 headers=request_headers,
-                auth=auth if auth is not None else httpx.USE_CLIENT_DEFAULT,
-                timeout=timeout,
-            )
-    except (TimeoutError, httpx.TimeoutException) as exc:
+            ) as response,
+        ):
+            body = await response.read()
+    except TimeoutError as exc:
         return _transport_failure("timeout", exc, started, secrets)
-    except httpx.TransportError as exc:
-        code = "connect_error" if isinstance(exc, httpx.ConnectError) else "transport_error"
-        return _transport_failure(code, exc, started, secrets)
+    except aiohttp.ClientConnectorError as exc:
+        return _transport_failure("connect_error", exc, started, secrets)
+    except aiohttp.ClientError as exc:
+        return _transport_failure("transport_error", exc, started, secrets)
     return HttpExchange(
-        status=response.status_code,
+        status=response.status,
         headers=response.headers,
-        body=response.content,
+        body=body,
         duration_ms=(time.perf_counter() - started) * 1000.0,
     )
 
@@ -323,21 +342,20 @@ def parse_json(body: bytes) -> object:
         return None
 
 
-def make_http_client(timeout: float, *, max_connections: int = 256) -> httpx.AsyncClient:
-    """The worker's pooled client: httpx API over the aiohttp transport when it is installed.
+def make_http_client(timeout: float, *, max_connections: int = 256) -> HttpClient:
+    """The worker's pooled client (call it inside the running event loop).
 
-    ``bench/http_transports.py`` (client CPU only, fake server in another process), requests
-    per client CPU-second at 1 / 8 / 64 tasks: httpx default transport ~740 / ~700 / ~240
-    (p99 1.2 s at 64); httpx over ``httpx-aiohttp`` ~1,050 / ~1,400 / ~1,200; plain aiohttp
-    ~2,000 / ~2,800 / ~3,400; ``WhatsAppSender.send`` through this client ~830 / ~1,180 /
-    ~1,190. The default transport collapses under concurrency; this one keeps the httpx API
-    and meets 1,000 sends/s per core, with modest headroom.
+    aiohttp directly, not httpx: ``bench/http_transports.py`` (client CPU only, fake server in
+    another process), requests per client CPU-second at 1 / 8 / 64 tasks: httpx default
+    transport ~740 / ~700 / ~240 (p99 1.2 s at 64); httpx over ``httpx-aiohttp`` ~1,050 /
+    ~1,400 / ~1,200; aiohttp ~2,000 / ~2,800 / ~3,400. Through httpx the whole worker stayed
+    under 1,000 sends per CPU-second (HTTP was ~70 % of its CPU); the outbox target is
+    1,000 with headroom. All sender HTTP goes through ``post`` above, so this is the one place
+    that knows the client library.
     """
-    limits = httpx.Limits(
-        max_connections=max_connections, max_keepalive_connections=max_connections
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=max_connections, ttl_dns_cache=300),
+        timeout=aiohttp.ClientTimeout(total=timeout),
+        raise_for_status=False,
+        auto_decompress=True,
     )
-    try:
-        from httpx_aiohttp import AiohttpTransport
-    except ImportError:  # pragma: no cover - the default transport still works, just slower
-        return httpx.AsyncClient(timeout=timeout, limits=limits)
-    return httpx.AsyncClient(timeout=timeout, transport=AiohttpTransport(limits=limits))

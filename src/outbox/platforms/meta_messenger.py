@@ -25,13 +25,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-import httpx
-
 from outbox.contracts import SendCommand
 from outbox.platforms._graph import graph_failure, graph_url
 from outbox.platforms.base import (
     ChannelConfig,
     ErrorRule,
+    HttpClient,
     SendResult,
     UnsupportedContent,
     missing_credential,
@@ -173,7 +172,7 @@ class MetaMessengerSender:
 
     async def send(
         self,
-        client: httpx.AsyncClient,
+        client: HttpClient,
         channel: ChannelConfig,
         command: SendCommand,
         *,

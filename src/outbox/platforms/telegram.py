@@ -22,12 +22,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import httpx
-
 from outbox.contracts import SendCommand
 from outbox.platforms.base import (
     ChannelConfig,
     ErrorRule,
+    HttpClient,
     HttpExchange,
     SendResult,
     UnsupportedContent,
@@ -135,7 +134,7 @@ class TelegramSender:
 
     async def send(
         self,
-        client: httpx.AsyncClient,
+        client: HttpClient,
         channel: ChannelConfig,
         command: SendCommand,
         *,

@@ -23,13 +23,13 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-import httpx
 import orjson
 
 from outbox.contracts import SendCommand, Template
 from outbox.platforms.base import (
     ChannelConfig,
     ErrorRule,
+    HttpClient,
     HttpExchange,
     SendResult,
     UnsupportedContent,
@@ -119,7 +119,7 @@ class TwilioSender:
 
     async def send(
         self,
-        client: httpx.AsyncClient,
+        client: HttpClient,
         channel: ChannelConfig,
         command: SendCommand,
         *,

@@ -21,13 +21,12 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-import httpx
-
 from outbox.contracts import Media, SendCommand
 from outbox.platforms._graph import graph_failure, graph_url
 from outbox.platforms.base import (
     ChannelConfig,
     ErrorRule,
+    HttpClient,
     SendResult,
     UnsupportedContent,
     missing_credential,
@@ -157,7 +156,7 @@ class WhatsAppSender:
 
     async def send(
         self,
-        client: httpx.AsyncClient,
+        client: HttpClient,
         channel: ChannelConfig,
         command: SendCommand,
         *,

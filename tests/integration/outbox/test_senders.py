@@ -8,12 +8,12 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 import pytest
 
 from fake_platforms import FakePlatformServer, Fault, RecordedRequest
 from outbox.contracts import SendCommand
 from outbox.platforms import SENDERS, ChannelConfig, SendResult, make_http_client
+from outbox.platforms.base import HttpClient
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +33,7 @@ async def server() -> AsyncIterator[FakePlatformServer]:
 
 
 @pytest.fixture(scope="module")
-async def client() -> AsyncIterator[httpx.AsyncClient]:
+async def client() -> AsyncIterator[HttpClient]:
     async with make_http_client(timeout=5.0) as c:
         yield c
 
@@ -70,7 +70,7 @@ def cmd(to: str, content: dict[str, Any], **extra: Any) -> SendCommand:
 
 async def send(
     server: FakePlatformServer,
-    client: httpx.AsyncClient,
+    client: HttpClient,
     platform: str,
     command: SendCommand,
     *,
@@ -196,7 +196,7 @@ WA_CASES: list[tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = [
 @pytest.mark.parametrize(("content", "extra", "expected"), WA_CASES)
 async def test_whatsapp_wire_format(
     server: FakePlatformServer,
-    client: httpx.AsyncClient,
+    client: HttpClient,
     content: dict[str, Any],
     extra: dict[str, Any],
     expected: dict[str, Any],
@@ -287,7 +287,7 @@ MSG_CASES: list[tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]] = [
 @pytest.mark.parametrize(("platform", "content", "extra", "expected"), MSG_CASES)
 async def test_messenger_and_instagram_wire_format(
     server: FakePlatformServer,
-    client: httpx.AsyncClient,
+    client: HttpClient,
     platform: str,
     content: dict[str, Any],
     extra: dict[str, Any],
@@ -384,7 +384,7 @@ TG_CASES: list[tuple[str, dict[str, Any], dict[str, Any], str, dict[str, Any]]] 
 @pytest.mark.parametrize(("to", "content", "extra", "method", "expected"), TG_CASES)
 async def test_telegram_wire_format(
     server: FakePlatformServer,
-    client: httpx.AsyncClient,
+    client: HttpClient,
     to: str,
     content: dict[str, Any],
     extra: dict[str, Any],
@@ -437,7 +437,7 @@ TW_CASES: list[tuple[str, dict[str, Any], dict[str, list[str]]]] = [
 @pytest.mark.parametrize(("sender", "content", "expected"), TW_CASES)
 async def test_twilio_wire_format(
     server: FakePlatformServer,
-    client: httpx.AsyncClient,
+    client: HttpClient,
     sender: str,
     content: dict[str, Any],
     expected: dict[str, list[str]],
@@ -633,7 +633,7 @@ HELLO = {"kind": "text", "text": "hello"}
 )
 async def test_failures_are_classified(
     server: FakePlatformServer,
-    client: httpx.AsyncClient,
+    client: HttpClient,
     platform: str,
     to: str,
     fault: Fault,
@@ -657,7 +657,7 @@ async def test_failures_are_classified(
 
 
 async def test_a_fault_is_consumed_then_the_next_send_succeeds(
-    server: FakePlatformServer, client: httpx.AsyncClient
+    server: FakePlatformServer, client: HttpClient
 ) -> None:
     server.inject(Fault.server_error(503, platform="whatsapp", times=2))
     outcomes = [
@@ -667,9 +667,7 @@ async def test_a_fault_is_consumed_then_the_next_send_succeeds(
     assert [r.status for r in server.requests] == [503, 503, 200]
 
 
-async def test_faults_match_by_recipient(
-    server: FakePlatformServer, client: httpx.AsyncClient
-) -> None:
+async def test_faults_match_by_recipient(server: FakePlatformServer, client: HttpClient) -> None:
     server.inject(Fault.platform_error(131026, "undeliverable", recipient="+2", times=None))
     assert (await send(server, client, "whatsapp", cmd("+1", HELLO))).outcome == "sent"
     assert (await send(server, client, "whatsapp", cmd("+2", HELLO))).outcome == "permanent"
@@ -677,7 +675,7 @@ async def test_faults_match_by_recipient(
 
 
 async def test_a_hanging_platform_is_a_retryable_timeout(
-    server: FakePlatformServer, client: httpx.AsyncClient
+    server: FakePlatformServer, client: HttpClient
 ) -> None:
     server.inject(Fault.hang_up(platform="telegram"))
     result = await send(server, client, "telegram", cmd("1", HELLO), deadline=0.2)
@@ -688,7 +686,7 @@ async def test_a_hanging_platform_is_a_retryable_timeout(
 
 
 async def test_a_slow_platform_still_delivers_within_the_timeout(
-    server: FakePlatformServer, client: httpx.AsyncClient
+    server: FakePlatformServer, client: HttpClient
 ) -> None:
     server.inject(Fault.slow(0.05, platform="twilio"))
     result = await send(server, client, "twilio", cmd("+1", HELLO))
@@ -696,7 +694,7 @@ async def test_a_slow_platform_still_delivers_within_the_timeout(
 
 
 async def test_connection_refused_is_retryable(
-    server: FakePlatformServer, client: httpx.AsyncClient
+    server: FakePlatformServer, client: HttpClient
 ) -> None:
     async with FakePlatformServer() as gone:
         dead_url = gone.base_url
@@ -707,7 +705,7 @@ async def test_connection_refused_is_retryable(
 
 
 async def test_secrets_echoed_by_the_platform_are_scrubbed(
-    server: FakePlatformServer, client: httpx.AsyncClient
+    server: FakePlatformServer, client: HttpClient
 ) -> None:
     server.inject(Fault(status=401, code=401, message=f"Unauthorized: bot{BOT_TOKEN} rejected"))
     result = await send(server, client, "telegram", cmd("1", HELLO))
@@ -717,7 +715,7 @@ async def test_secrets_echoed_by_the_platform_are_scrubbed(
 
 
 async def test_missing_credentials_fail_without_a_request(
-    server: FakePlatformServer, client: httpx.AsyncClient
+    server: FakePlatformServer, client: HttpClient
 ) -> None:
     broken = ChannelConfig("ch", "whatsapp", "1", {}, server.base_url)
     result = await SENDERS["whatsapp"].send(client, broken, cmd("+1", HELLO), timeout=1)
@@ -727,7 +725,7 @@ async def test_missing_credentials_fail_without_a_request(
 
 
 async def test_default_httpx_transport_sends_the_same_bytes(server: FakePlatformServer) -> None:
-    async with httpx.AsyncClient() as plain:
+    async with HttpClient() as plain:
         result = await send(server, plain, "whatsapp", cmd("+1", HELLO))
     assert result.outcome == "sent"
     assert only(server).json["text"] == {"body": "hello", "preview_url": False}
