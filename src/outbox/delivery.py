@@ -45,6 +45,7 @@ class ClaimedMessage:
     reply_to: str | None
     message_metadata: dict[str, Any]
     attempts: int
+    retry_base: int
     not_after: datetime
     claimed_from: str
     """``queued`` or ``retrying``: where an unsent claim goes back to."""
@@ -64,6 +65,7 @@ class ClaimedMessage:
             reply_to=row["reply_to"],
             message_metadata=row["metadata"] or {},
             attempts=row["attempts"],
+            retry_base=row["retry_base"],
             not_after=row["not_after"],
             claimed_from=row["claimed_from"],
             platform_message_id=row["platform_message_id"],

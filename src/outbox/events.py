@@ -27,7 +27,6 @@ from switchboard.settings import Settings
 
 log = get_logger(__name__)
 
-_EVENT_NAMESPACE = uuid.UUID("5b7d1f0e-8f0a-4c55-9d3b-2f1c4a6e9b10")
 _RELAY_LOCK = 0x5357_4F42  # "SWOB": one lifecycle relay at a time across replicas
 _RELAY_BATCH = 500
 
@@ -39,7 +38,9 @@ def build_event(
     error: LifecycleError | None = None,
     now: datetime | None = None,
 ) -> bytes:
-    """The CloudEvents JSON of one transition; its id is stable for (message, type, attempt)."""
+    """The CloudEvents JSON of one transition. Built once and stored, so a republished row keeps
+    its id; a fresh id per transition keeps a redriven message's second ``message.queued``
+    distinct from its first."""
     data = LifecycleEventData(
         message_id=str(message.id),
         command_id=message.command_id,
@@ -53,7 +54,7 @@ def build_event(
     )
     envelope = {
         "specversion": "1.0",
-        "id": str(uuid.uuid5(_EVENT_NAMESPACE, f"{message.id}:{event_type}:{message.attempts}")),
+        "id": str(uuid.uuid4()),
         "source": f"/switchboard/outbox/{message.channel_id}",
         "type": event_type,
         "time": (now or datetime.now(UTC)).isoformat().replace("+00:00", "Z"),

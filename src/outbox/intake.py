@@ -311,7 +311,8 @@ async def redrive(
     session: AsyncSession, settings: Settings, message_id: uuid.UUID, *, now: datetime | None = None
 ) -> OutboxMessage:
     """dead → queued, due now, with a fresh ``not_after`` (now + the default TTL); attempts and
-    their history are kept. Any other state is ``InvalidState``."""
+    their history are kept and the retry schedule starts again from its first step. Any other
+    state is ``InvalidState``."""
     now = now or datetime.now(UTC)
     message = await get_message(session, message_id, for_update=True)
     if message.state != "dead":
@@ -321,6 +322,7 @@ async def redrive(
         )
     message.state = "queued"
     message.next_attempt_at = now
+    message.retry_base = message.attempts
     message.not_after = now + timedelta(seconds=settings.outbox_default_ttl_seconds)
     message.finished_at = None
     message.lease_owner = None

@@ -107,7 +107,8 @@ _CLAIM = text(
     FROM picked
     WHERE o.id = picked.id
     RETURNING o.id, o.seq, o.command_id, o.channel_id, o.platform, o.recipient,
-        o.conversation_key, o.content, o.reply_to, o.metadata, o.attempts, o.not_after,
+        o.conversation_key, o.content, o.reply_to, o.metadata, o.attempts, o.retry_base,
+        o.not_after,
         o.platform_message_id, picked.state AS claimed_from
     """
 )
@@ -133,7 +134,8 @@ _RECOVER = text(
     FROM lost
     WHERE o.id = lost.id
     RETURNING o.id, o.seq, o.command_id, o.channel_id, o.platform, o.recipient,
-        o.conversation_key, o.content, o.reply_to, o.metadata, o.attempts, o.not_after,
+        o.conversation_key, o.content, o.reply_to, o.metadata, o.attempts, o.retry_base,
+        o.not_after,
         o.platform_message_id, o.state AS claimed_from, o.state
     """
 )
@@ -152,7 +154,8 @@ _SWEEP = text(
     FROM gone
     WHERE o.id = gone.id
     RETURNING o.id, o.seq, o.command_id, o.channel_id, o.platform, o.recipient,
-        o.conversation_key, o.content, o.reply_to, o.metadata, o.attempts, o.not_after,
+        o.conversation_key, o.content, o.reply_to, o.metadata, o.attempts, o.retry_base,
+        o.not_after,
         o.platform_message_id, o.state AS claimed_from, o.state
     """
 )

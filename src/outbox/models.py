@@ -107,6 +107,12 @@ class OutboxMessage(TimestampMixin, Base):
     message_metadata: Mapped[dict[str, Any]] = mapped_column("metadata", JSONB, default=dict)
     state: Mapped[str] = mapped_column(String(16), default="queued")
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    retry_base: Mapped[int] = mapped_column(
+        Integer,
+        default=0,
+        server_default="0",
+        doc="attempts at the last redrive: the retry schedule restarts from there",
+    )
     next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     not_after: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     lease_owner: Mapped[str | None] = mapped_column(String(200))

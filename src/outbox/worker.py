@@ -632,8 +632,8 @@ class DeliveryWorker:
                 result = outcome.result
                 attempt = message.attempts + 1
                 decision = decide(
-                    result, attempt=attempt, now=now, not_after=message.not_after,
-                    policy=self._policy,
+                    result, attempt=attempt - message.retry_base, now=now,
+                    not_after=message.not_after, policy=self._policy,
                 )  # fmt: skip
                 attempts.append(
                     {

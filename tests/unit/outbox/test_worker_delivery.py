@@ -49,6 +49,7 @@ def claimed(**kw: object) -> ClaimedMessage:
         "reply_to": None,
         "message_metadata": {"order": 7},
         "attempts": 0,
+        "retry_base": 0,
         "not_after": NOW + timedelta(hours=1),
         "claimed_from": "queued",
     }
