@@ -23,6 +23,7 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Text,
+    UniqueConstraint,
     Uuid,
     text,
 )
@@ -184,3 +185,27 @@ class ConversationWindow(Base):
 
     conversation_key: Mapped[str] = mapped_column(String(300), primary_key=True)
     last_inbound_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class PendingReceipt(Base):
+    """A platform receipt that arrived before the worker recorded its ``platform_message_id``
+    (the platform answered, the outcome batch is not committed yet). Kept until the id appears
+    (then applied in arrival order, ``outbox.receipts.settle_pending``) or ``expires_at``."""
+
+    __tablename__ = "outbox_pending_receipts"
+    __table_args__ = (
+        UniqueConstraint("channel_id", "platform_message_id", "state"),
+        Index("ix_outbox_pending_receipts_expires_at", "expires_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    channel_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    """No foreign key: a receipt is held only for an existing channel, and expires anyway."""
+    platform_message_id: Mapped[str] = mapped_column(String(300))
+    state: Mapped[str] = mapped_column(String(16))
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    """The receipt's ``status.error`` (code, title, detail) for a ``failed`` receipt."""
+    received_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=text("now()")
+    )
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -8,6 +8,15 @@ terminal state, a duplicate) changes nothing, so each of ``message.delivered``,
 ``message.read`` and ``message.failed`` is emitted at most once per message. A ``read`` that
 overtakes its ``delivered`` moves the message straight to ``read`` (read implies delivered).
 
+Early receipts: a platform may report ``sent``/``delivered`` before the worker has committed
+the send's outcome (outcomes are written in batches). Such a receipt finds no message; it is
+held in ``outbox_pending_receipts`` (only for an existing channel, one row per channel, id and
+state) for ``outbox_pending_receipt_ttl`` seconds. ``settle_pending`` (run by every delivery
+worker's maintenance loop, one at a time) applies held receipts whose message now has that
+platform id, in arrival order and through the same forward-only rule, then purges expired ones:
+a receipt for an id that never appears (another sender on the same number, a send whose outcome
+was lost and that was sent again under a new id) is gone after the TTL.
+
 ``message.received`` events (not echoes of our own messages) record the last inbound instant per
 ``channel_id:contact.id`` for WhatsApp's 24-hour window (``outbox.intake.window_key``).
 
@@ -20,8 +29,10 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import func, select
+import orjson
+from sqlalchemy import delete, func, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -29,11 +40,17 @@ from normalizer.models import MessageEvent, StatusEvent
 from outbox import events
 from outbox.contracts import LifecycleError, LifecycleEventType
 from outbox.intake import window_key
-from outbox.models import ConversationWindow, OutboxMessage
+from outbox.models import ConversationWindow, OutboxMessage, PendingReceipt
 from switchboard.logging import get_logger
 from switchboard.settings import Settings
 
-__all__ = ["Transition", "apply_status", "record_windows", "window_updates"]
+__all__ = [
+    "Transition",
+    "apply_status",
+    "record_windows",
+    "settle_pending",
+    "window_updates",
+]
 
 log = get_logger(__name__)
 
@@ -49,6 +66,31 @@ _EVENT: dict[str, LifecycleEventType] = {
 }
 
 
+_HOLD = text(
+    """
+    INSERT INTO outbox_pending_receipts (channel_id, platform_message_id, state, error, expires_at)
+    SELECT c.id, :pmid, :state, CAST(:error AS jsonb),
+        now() + CAST(:ttl AS float8) * interval '1 second'
+    FROM channels c WHERE c.id = :channel_id
+    ON CONFLICT (channel_id, platform_message_id, state) DO NOTHING
+    RETURNING id
+    """
+)
+_MATCHED = text(
+    """
+    SELECT p.id, p.channel_id, p.platform_message_id, p.state, p.error
+    FROM outbox_pending_receipts p
+    WHERE EXISTS (
+        SELECT 1 FROM outbox_messages m
+        WHERE m.channel_id = p.channel_id AND m.platform_message_id = p.platform_message_id)
+    ORDER BY p.id
+    LIMIT :n
+    """
+)
+_PURGE = text("DELETE FROM outbox_pending_receipts WHERE expires_at < now() RETURNING id")
+_SETTLE_LOCK = 0x5357_5052  # "SWPR": one settler of held receipts at a time
+
+
 @dataclass(frozen=True, slots=True)
 class Transition:
     message_id: uuid.UUID
@@ -59,7 +101,9 @@ class Transition:
 async def apply_status(
     session: AsyncSession, settings: Settings, event: StatusEvent, *, now: datetime | None = None
 ) -> Transition | None:
-    """Move the matching message forward for one receipt; None when nothing changes."""
+    """Move the matching message forward for one receipt; None when nothing changes. A receipt
+    whose message is not found (its platform id is not recorded yet) is held in
+    ``outbox_pending_receipts`` for ``outbox_pending_receipt_ttl`` seconds."""
     status = event.data.status
     if status.message_id is None or status.state not in _FORWARD:
         return None
@@ -67,43 +111,100 @@ async def apply_status(
         channel_id = uuid.UUID(event.data.channel_id)
     except ValueError:
         return None
-    message = await session.scalar(
-        select(OutboxMessage)
-        .where(
-            OutboxMessage.channel_id == channel_id,
-            OutboxMessage.platform_message_id == status.message_id,
-        )
-        .order_by(OutboxMessage.seq)
-        .limit(1)
-        .with_for_update()
-    )
+    error = status.error.model_dump(mode="json") if status.error is not None else None
+    message = await _locked_message(session, channel_id, status.message_id)
     if message is None:
+        held = await session.scalar(
+            _HOLD,
+            {
+                "channel_id": channel_id,
+                "pmid": status.message_id,
+                "state": status.state,
+                "error": orjson.dumps(error).decode() if error is not None else None,
+                "ttl": settings.outbox_pending_receipt_ttl,
+            },
+        )
         log.info(
-            "outbox.receipt_unmatched",
+            "outbox.receipt_held" if held is not None else "outbox.receipt_unmatched",
             channel_id=str(channel_id),
             platform_message_id=status.message_id,
             state=status.state,
         )
         return None
-    before = message.state
-    if before not in _FORWARD[status.state]:
-        return None
-    message.state = status.state
-    error: LifecycleError | None = None
-    if status.state == "failed":
-        code = status.error.code if status.error and status.error.code else "platform_failed"
-        title = (
-            status.error.title
-            if status.error and status.error.title
-            else "the platform reported the message as failed"
+    return _advance(session, settings, message, status.state, error, now)
+
+
+async def settle_pending(
+    session: AsyncSession, settings: Settings, *, limit: int, now: datetime | None = None
+) -> tuple[int, int]:
+    """Apply held receipts whose message now carries their platform id, oldest first (the
+    order they arrived in, so a held ``read`` before a held ``delivered`` ends in ``read`` with
+    only ``message.read``, as if both had arrived after the send), then drop expired ones.
+    Returns (applied, expired). One settler at a time across replicas (advisory lock)."""
+    locked = await session.scalar(
+        text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": _SETTLE_LOCK}
+    )
+    if not locked:
+        return 0, 0
+    rows = (await session.execute(_MATCHED, {"n": limit})).all()
+    applied = 0
+    for _pid, channel_id, pmid, state, error in rows:
+        message = await _locked_message(session, channel_id, pmid)
+        if message is not None and _advance(session, settings, message, state, error, now):
+            applied += 1
+    if rows:
+        await session.execute(
+            delete(PendingReceipt).where(PendingReceipt.id.in_([r[0] for r in rows]))
         )
-        error = LifecycleError(code=code, title=title, retryable=False)
+    expired = len((await session.scalars(_PURGE)).all())
+    if rows or expired:
+        log.info("outbox.pending_receipts_settled", matched=len(rows), applied=applied,
+                 expired=expired)  # fmt: skip
+    return applied, expired
+
+
+async def _locked_message(
+    session: AsyncSession, channel_id: uuid.UUID, platform_message_id: str
+) -> OutboxMessage | None:
+    return await session.scalar(
+        select(OutboxMessage)
+        .where(
+            OutboxMessage.channel_id == channel_id,
+            OutboxMessage.platform_message_id == platform_message_id,
+        )
+        .order_by(OutboxMessage.seq)
+        .limit(1)
+        .with_for_update()
+    )
+
+
+def _advance(
+    session: AsyncSession,
+    settings: Settings,
+    message: OutboxMessage,
+    state: str,
+    receipt_error: dict[str, Any] | None,
+    now: datetime | None,
+) -> Transition | None:
+    """The forward-only rule, shared by live and held receipts."""
+    before = message.state
+    if state not in _FORWARD or before not in _FORWARD[state]:
+        return None
+    message.state = state
+    error: LifecycleError | None = None
+    if state == "failed":
+        receipt_error = receipt_error or {}
+        error = LifecycleError(
+            code=receipt_error.get("code") or "platform_failed",
+            title=receipt_error.get("title") or "the platform reported the message as failed",
+            retryable=False,
+        )
         message.last_error = {
             **error.model_dump(mode="json"),
-            "detail": status.error.detail if status.error else None,
+            "detail": receipt_error.get("detail"),
         }
         message.finished_at = now or datetime.now(UTC)
-    events.emit(session, settings, message, _EVENT[status.state], error=error)
+    events.emit(session, settings, message, _EVENT[state], error=error)
     log.info(
         "outbox.receipt_applied",
         message_id=str(message.id),

@@ -14,7 +14,8 @@ One ``DeliveryWorker`` per process, four loops on one event loop:
   per batch: row states, attempts, lifecycle events (transactional outbox) and channel
   throttles. A claim counts against the in-flight bound until its outcome is committed.
 * **maintenance** (every ``outbox_maintenance_interval``): expired message leases (a dead
-  worker's claims) back to ``retrying``; waiting rows past ``not_after`` to ``dead``.
+  worker's claims) back to ``retrying``; waiting rows past ``not_after`` to ``dead``; held
+  early receipts applied once their message's platform id is recorded (``outbox.receipts``).
 
 On ``stop``: claiming stops, claims still waiting for the pacer are released (back to their
 state, due now), sends already on the wire get ``outbox_shutdown_deadline`` to finish (those
@@ -43,7 +44,7 @@ from pydantic import ValidationError
 from sqlalchemy import insert
 from sqlalchemy.exc import SQLAlchemyError
 
-from outbox import leases
+from outbox import leases, receipts
 from outbox.delivery import (
     EXPIRED,
     LEASE_EXPIRED,
@@ -743,8 +744,20 @@ class DeliveryWorker:
                 log.warning("outbox.maintenance_failed", error=type(exc).__name__)
             except Exception:
                 log.exception("outbox.maintenance_crashed")
+            try:
+                await self.settle_receipts()
+            except _DB_ERRORS as exc:  # e.g. a deadlock with the receipts consumer: next round
+                log.warning("outbox.settle_receipts_failed", error=type(exc).__name__)
+            except Exception:
+                log.exception("outbox.settle_receipts_crashed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval)
+
+    async def settle_receipts(self) -> tuple[int, int]:
+        """Apply receipts that arrived before their message's platform id was recorded (see
+        ``outbox.receipts``); drop expired ones. Returns (applied, expired)."""
+        async with self._resources.sessionmaker() as session, session.begin():
+            return await receipts.settle_pending(session, self._settings, limit=_MAINTENANCE_BATCH)
 
     async def maintain(self) -> tuple[int, int]:
         """Recover expired claims and sweep expired waiting rows; returns (recovered, swept)."""

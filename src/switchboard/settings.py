@@ -83,6 +83,12 @@ class Settings(BaseSettings):
         ge=1_000,
         description="Consumer session: how soon a dead process's partitions go to another one",
     )
+    outbox_pending_receipt_ttl: float = Field(
+        default=900.0,
+        gt=0,
+        description="A receipt that arrives before its message's platform id is recorded is "
+        "kept this long (seconds) waiting for it, then dropped",
+    )
     # end Outbox intake
 
     # Outbox delivery (the delivery worker, src/outbox/worker.py; docs/outbox-delivery.md)

@@ -1,5 +1,6 @@
 """Receipts from the inbound topic: states only move forward whatever the order, one event per
-transition; inbound messages open the WhatsApp window."""
+transition; inbound messages open the WhatsApp window; a receipt that arrives before its
+message's platform id is recorded is held and applied once the worker records it."""
 
 from __future__ import annotations
 
@@ -11,15 +12,17 @@ from typing import Any
 
 import orjson
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from fake_platforms.server import FakePlatformServer
 from outbox.consumer import run_receipts_consumer
-from outbox.models import ConversationWindow, OutboxEvent, OutboxMessage
+from outbox.models import ConversationWindow, OutboxEvent, OutboxMessage, PendingReceipt
 from switchboard.app import open_resources
 from switchboard.channels.models import Channel
 from switchboard.resources import Resources
 from switchboard.settings import Settings
+from tests.integration.outbox.test_worker import enqueue, eventually, make_channel, running, tune
 
 pytestmark = pytest.mark.integration
 
@@ -121,6 +124,33 @@ async def seed(res: Resources) -> tuple[str, dict[str, uuid.UUID]]:
         return str(channel.id), ids
 
 
+async def consume_until_sentinel(res: Resources, channel_id: str, records: list[bytes]) -> None:
+    """Publish ``records`` then a sentinel window record on one partition, and run the receipts
+    consumer until it has handled the sentinel (so every record before it is handled too)."""
+    topic = res.settings.topic("inbound.v1")
+    for value in [*records, received(channel_id, "sentinel", datetime.now(UTC))]:
+        await res.producer.send_and_wait(topic, value, key=b"whatsapp:conversation")
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_receipts_consumer(res, stop))
+    try:
+        async with asyncio.timeout(30):
+            while True:
+                async with res.sessionmaker() as session:
+                    done = await session.get(ConversationWindow, f"{channel_id}:sentinel")
+                if done is not None:
+                    break
+                await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await task
+
+
+async def held_receipts(res: Resources) -> list[tuple[str, str]]:
+    async with res.sessionmaker() as session:
+        rows = await session.scalars(select(PendingReceipt).order_by(PendingReceipt.id))
+        return [(r.platform_message_id, r.state) for r in rows]
+
+
 async def test_receipts_move_forward_only_and_windows_open(resources: Resources) -> None:
     res = resources
     channel_id, _ = await seed(res)
@@ -193,3 +223,113 @@ async def test_receipts_move_forward_only_and_windows_open(resources: Resources)
     assert events[0]["data"]["metadata"] == {"n": "read_first"}
     assert abs(windows[f"{channel_id}:{USER}"] - (now - timedelta(hours=2))) < timedelta(seconds=1)
     assert f"{channel_id}:393330000000" not in windows
+    # the unmatched receipt is held for its message; another channel's is not ours to hold
+    assert await held_receipts(res) == [("wamid.unknown", "delivered")]
+
+
+def fake_wamid(n: int) -> str:
+    """The id the fake server answers its ``n``-th WhatsApp send with (1-based)."""
+    return f"wamid.HBgL{n:020d}FQIAERgS"
+
+
+async def test_receipts_that_arrive_before_the_send_is_recorded_are_applied_once(
+    settings: Settings, engine: AsyncEngine
+) -> None:
+    """The platform's webhooks overtake the worker's outcome write: the receipts are consumed
+    while the messages are not even sent, then the worker sends and records them."""
+    async with (
+        FakePlatformServer() as fake,
+        open_resources(tune(settings, kafka_consumer_group=f"o-{uuid.uuid4().hex[:8]}")) as res,
+    ):
+        channel = await make_channel(res, fake)
+        # one conversation: sent in order, so message i gets the fake's (i + 1)-th id
+        ids = await enqueue(res, channel, [USER] * 4)
+        wamids = [fake_wamid(n) for n in range(1, 5)]
+        await consume_until_sentinel(
+            res,
+            str(channel),
+            [
+                status(str(channel), wamids[0], "delivered"),
+                status(str(channel), wamids[0], "read"),
+                status(str(channel), wamids[1], "read"),  # read overtakes delivered
+                status(str(channel), wamids[1], "delivered"),
+                status(str(channel), wamids[2], "failed", code="131026", title="Undeliverable"),
+                status(str(channel), wamids[0], "delivered"),  # a duplicate: held once
+            ],
+        )
+        assert len(await held_receipts(res)) == 5
+        async with res.sessionmaker() as session:
+            assert await session.scalar(select(func.count()).select_from(OutboxEvent)) == 0
+
+        async with running(res) as worker:
+
+            async def settled() -> bool:
+                async with res.sessionmaker() as session:
+                    rows = await session.scalars(
+                        select(OutboxMessage).where(OutboxMessage.id.in_(ids))
+                    )
+                    got = {m.id: m.state for m in rows}
+                return [got[i] for i in ids] == ["read", "read", "failed", "sent"] and not (
+                    await held_receipts(res)
+                )
+
+            await eventually(settled)
+            assert await worker.settle_receipts() == (0, 0), "nothing left to apply twice"
+
+        async with res.sessionmaker() as session:
+            rows = {
+                m.id: m
+                for m in await session.scalars(
+                    select(OutboxMessage).where(OutboxMessage.id.in_(ids))
+                )
+            }
+            events = [
+                orjson.loads(e.value)
+                for e in await session.scalars(select(OutboxEvent).order_by(OutboxEvent.id))
+            ]
+    assert [rows[i].platform_message_id for i in ids] == wamids
+    assert rows[ids[2]].last_error is not None
+    assert rows[ids[2]].last_error["code"] == "131026"
+    assert rows[ids[2]].finished_at is not None
+    by_message = {i: [e["type"] for e in events if e["data"]["message_id"] == str(i)] for i in ids}
+    assert by_message == {
+        ids[0]: ["message.sent", "message.delivered", "message.read"],
+        ids[1]: ["message.sent", "message.read"],
+        ids[2]: ["message.sent", "message.failed"],
+        ids[3]: ["message.sent"],
+    }
+    failed = next(e for e in events if e["type"] == "message.failed")
+    assert failed["data"]["error"] == {
+        "code": "131026",
+        "title": "Undeliverable",
+        "retryable": False,
+    }
+    assert failed["data"]["platform_message_id"] == wamids[2]
+
+
+async def test_a_held_receipt_whose_message_never_appears_expires(
+    settings: Settings, engine: AsyncEngine
+) -> None:
+    async with (
+        FakePlatformServer() as fake,
+        open_resources(
+            tune(
+                settings,
+                kafka_consumer_group=f"o-{uuid.uuid4().hex[:8]}",
+                outbox_pending_receipt_ttl=0.2,
+            )
+        ) as res,
+    ):
+        channel = await make_channel(res, fake)
+        await consume_until_sentinel(
+            res, str(channel), [status(str(channel), "wamid.never", "delivered")]
+        )
+        assert await held_receipts(res) == [("wamid.never", "delivered")]
+        async with running(res):
+
+            async def purged() -> bool:
+                return not await held_receipts(res)
+
+            await eventually(purged)
+        async with res.sessionmaker() as session:
+            assert await session.scalar(select(func.count()).select_from(OutboxEvent)) == 0
