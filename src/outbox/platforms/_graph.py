@@ -11,17 +11,23 @@ is only the fallback when a code is not in our table.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from outbox.platforms.base import (
+    ChannelConfig,
     ErrorRule,
+    HttpClient,
     HttpExchange,
     SendResult,
     excerpt,
+    missing_credential,
     parse_json,
     parse_retry_after,
+    post,
     result_from_rule,
     scrub,
+    sent,
 )
 
 GRAPH_API_VERSION = "v21.0"
@@ -87,3 +93,33 @@ def graph_failure(
         body_excerpt=excerpt(exchange.body, secrets),
         duration_ms=exchange.duration_ms,
     )
+
+
+async def graph_send(
+    client: HttpClient,
+    channel: ChannelConfig,
+    body: dict[str, Any],
+    *,
+    errors: Mapping[int, ErrorRule],
+    timeout: float,  # noqa: ASYNC109 - enforced inside post()
+    message_id: Callable[[object], str | None],
+) -> SendResult:
+    """POST a Send API body to ``/{account_id}/messages`` with the channel's token and classify
+    the answer; ``message_id`` reads the platform id out of a success body."""
+    token = channel.credentials.get("access_token")
+    if not token:
+        return missing_credential("access_token")
+    secrets = (token,)
+    exchange = await post(
+        client,
+        graph_url(channel.api_base_url, channel.account_id),
+        timeout=timeout,
+        secrets=secrets,
+        json_body=body,
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    if isinstance(exchange, SendResult):
+        return exchange
+    if 200 <= exchange.status < 300:
+        return sent(message_id(parse_json(exchange.body)), exchange, secrets)
+    return graph_failure(exchange, errors, secrets)

@@ -26,17 +26,13 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from outbox.contracts import SendCommand
-from outbox.platforms._graph import graph_failure, graph_url
+from outbox.platforms._graph import graph_send
 from outbox.platforms.base import (
     ChannelConfig,
     ErrorRule,
     HttpClient,
     SendResult,
     UnsupportedContent,
-    missing_credential,
-    parse_json,
-    post,
-    sent,
 )
 
 MAX_TEXT = 2000
@@ -178,25 +174,14 @@ class MetaMessengerSender:
         *,
         timeout: float,  # noqa: ASYNC109 - the Sender contract; enforced inside post()
     ) -> SendResult:
-        token = channel.credentials.get("access_token")
-        if not token:
-            return missing_credential("access_token")
-        secrets = (token,)
-        exchange = await post(
+        return await graph_send(
             client,
-            graph_url(channel.api_base_url, channel.account_id),
+            channel,
+            self._build(command),
+            errors=ERRORS,
             timeout=timeout,
-            secrets=secrets,
-            json_body=self._build(command),
-            headers={"Authorization": f"Bearer {token}"},
+            message_id=_message_id,
         )
-        if isinstance(exchange, SendResult):
-            return exchange
-        if 200 <= exchange.status < 300:
-            payload = parse_json(exchange.body)
-            mid = payload.get("message_id") if isinstance(payload, dict) else None
-            return sent(mid if isinstance(mid, str) else None, exchange, secrets)
-        return graph_failure(exchange, ERRORS, secrets)
 
 
 def _check_text(name: str, text: str) -> None:
@@ -213,3 +198,8 @@ def _messaging_type(name: str, command: SendCommand) -> dict[str, str]:
             f"{name}: metadata.message_tag must be one of {', '.join(sorted(MESSAGE_TAGS))}"
         )
     return {"messaging_type": "MESSAGE_TAG", "tag": tag}
+
+
+def _message_id(payload: object) -> str | None:
+    mid = payload.get("message_id") if isinstance(payload, dict) else None
+    return mid if isinstance(mid, str) else None

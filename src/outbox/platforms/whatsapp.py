@@ -22,17 +22,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from outbox.contracts import Media, SendCommand
-from outbox.platforms._graph import graph_failure, graph_url
+from outbox.platforms._graph import graph_send
 from outbox.platforms.base import (
     ChannelConfig,
     ErrorRule,
     HttpClient,
     SendResult,
     UnsupportedContent,
-    missing_credential,
-    parse_json,
-    post,
-    sent,
 )
 
 MAX_TEXT = 4096
@@ -162,23 +158,14 @@ class WhatsAppSender:
         *,
         timeout: float,  # noqa: ASYNC109 - the Sender contract; enforced inside post()
     ) -> SendResult:
-        token = channel.credentials.get("access_token")
-        if not token:
-            return missing_credential("access_token")
-        secrets = (token,)
-        exchange = await post(
+        return await graph_send(
             client,
-            graph_url(channel.api_base_url, channel.account_id),
+            channel,
+            self._build(command),
+            errors=ERRORS,
             timeout=timeout,
-            secrets=secrets,
-            json_body=self._build(command),
-            headers={"Authorization": f"Bearer {token}"},
+            message_id=_message_id,
         )
-        if isinstance(exchange, SendResult):
-            return exchange
-        if 200 <= exchange.status < 300:
-            return sent(_message_id(parse_json(exchange.body)), exchange, secrets)
-        return graph_failure(exchange, ERRORS, secrets)
 
 
 def _media(media: Media) -> dict[str, Any]:
