@@ -165,6 +165,7 @@ class Gateway:
             command_timeout=max(10.0, settings.gateway_publish_timeout_seconds * 3),
             # Commits do not wait for the WAL flush unless a spool row is in them (see accept).
             server_settings={"synchronous_commit": "off"},
+            reset=_keep_session,
         )
         try:
             gateway = cls(resources, pool)
@@ -397,6 +398,13 @@ class Gateway:
 
 
 _PARTITIONER = DefaultPartitioner()
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Pool ``reset``: asyncpg still rolls back an open transaction on release; we skip its
+    default reset query (advisory unlock, CLOSE ALL, UNLISTEN, RESET ALL), a round trip per
+    batch. The gateway never leaves session state behind: ``SET LOCAL`` and
+    ``pg_try_advisory_xact_lock`` only (transaction-scoped), no LISTEN, no cursors."""
 
 
 @dataclass(slots=True)
