@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Mapping
+import zlib
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -20,13 +21,16 @@ from outbox.ratelimit import CHANNEL_RATES, Limit, Rate, limits_for
 from outbox.retry import RetryPolicy
 
 __all__ = [
+    "ChannelView",
     "ClaimedMessage",
     "Decision",
+    "OwnershipPlan",
     "channel_rate",
     "decide",
     "expired_decision",
     "interrupted_result",
     "paced_limits",
+    "plan_ownership",
 ]
 
 
@@ -202,3 +206,74 @@ def paced_limits(
         whatsapp_pair=pair,
     )
     return tuple(Limit(limit.key, _with_margin(limit.rate, margin)) for limit in limits)
+
+
+# ---- channel ownership across replicas --------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelView:
+    """One active channel as a worker's ownership round sees it (``leases.survey_channels``)."""
+
+    channel_id: uuid.UUID
+    due: bool
+    """It has messages due within the renew interval."""
+    overdue: bool
+    """Its oldest due message has waited longer than the grace period."""
+    holder: str | None
+    """Owner of its live lease (a released lease stays live for the handover gap), or None."""
+
+
+@dataclass(frozen=True, slots=True)
+class OwnershipPlan:
+    share: int
+    keep: list[uuid.UUID]
+    """Held channels to renew."""
+    take: list[uuid.UUID]
+    """Free channels to try to acquire (another worker may get some of them first)."""
+    release: list[uuid.UUID]
+    """Held channels to give up: idle ones, and the surplus above the fair share."""
+    surplus: list[uuid.UUID]
+    """The part of ``release`` given up for balance (they still have work)."""
+
+
+def _spread(owner: str, channel_id: uuid.UUID) -> int:
+    """A per-worker order of free channels, so that workers asking at the same time mostly
+    reach for different channels (stable across rounds and processes)."""
+    return zlib.crc32(f"{owner}:{channel_id}".encode())
+
+
+def plan_ownership(
+    owner: str,
+    *,
+    held: Iterable[uuid.UUID],
+    busy: Collection[uuid.UUID],
+    views: Iterable[ChannelView],
+    live_workers: int,
+) -> OwnershipPlan:
+    """What one worker's ownership round does. Fair share = ceil(active channels / live
+    workers), where active = due or leased by someone. Held channels with work (due, or with
+    claims of ours still in flight) are kept up to the share — those with claims in flight
+    first — and the rest released; free channels (no live lease, or our own released one) with
+    due work are taken up to the share; beyond it only channels whose due work has waited past
+    the grace period with nobody holding them, so work never stalls when views disagree."""
+    by_id = {v.channel_id: v for v in views}
+    active = set(by_id) | set(busy)
+    share = math.ceil(len(active) / max(1, live_workers)) if active else 0
+    held = list(held)
+    held_set = set(held)
+    wanted = [c for c in held if c in busy or (c in by_id and by_id[c].due)]
+    idle = [c for c in held if c not in set(wanted)]
+    wanted.sort(key=lambda c: (c not in busy, _spread(owner, c)))
+    keep, surplus = wanted[:share], wanted[share:]
+    free = sorted(
+        (
+            v.channel_id
+            for v in by_id.values()
+            if v.due and v.channel_id not in held_set and v.holder in (None, owner)
+        ),
+        key=lambda c: _spread(owner, c),
+    )
+    room = max(0, share - len(keep))
+    take = free[:room] + [c for c in free[room:] if by_id[c].overdue]
+    return OwnershipPlan(share, keep, take, idle + surplus, surplus)

@@ -5,7 +5,9 @@ Channel ownership (``outbox_channel_leases``): a worker takes a channel when its
 or expired, renews it while it has work, and releases it on shutdown or when idle. A released
 lease stays closed for ``handover_gap`` seconds, so a new owner's pacer (which starts empty)
 never adds a full window of sends on top of the previous owner's last second. A dead owner's
-channel is taken over when its lease expires.
+channel is taken over when its lease expires. Workers heartbeat in ``outbox_workers``; each
+holds about its fair share of the active channels (``outbox.delivery.plan_ownership``), so
+replicas add throughput instead of idling behind the first one.
 
 Message claims: only the head of each conversation (no pending message with a smaller
 ``seq``), ``FOR UPDATE SKIP LOCKED``, moved to ``sending`` with a lease that outlives the HTTP
@@ -23,15 +25,21 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from outbox.delivery import ChannelView
+
 __all__ = [
     "ChannelGrant",
+    "ChannelView",
     "RowUpdate",
     "acquire_channels",
     "apply_outcomes",
     "candidate_channels",
     "claim_messages",
+    "heartbeat",
     "recover_expired",
     "release_channels",
+    "retire",
+    "survey_channels",
     "sweep_expired",
     "throttle_channels",
 ]
@@ -42,6 +50,44 @@ _CANDIDATES = text(
     FROM outbox_messages m
     WHERE m.state IN ('queued', 'retrying')
       AND m.next_attempt_at <= now() + CAST(:horizon AS float8) * interval '1 second'
+    """
+)
+
+_HEARTBEAT = text(
+    """
+    WITH beat AS (
+        INSERT INTO outbox_workers AS w (owner, expires_at)
+        VALUES (:owner, now() + CAST(:ttl AS float8) * interval '1 second')
+        ON CONFLICT (owner) DO UPDATE SET expires_at = EXCLUDED.expires_at
+        RETURNING w.owner
+    ),
+    gone AS (
+        DELETE FROM outbox_workers WHERE expires_at < now() - interval '1 day' RETURNING owner
+    )
+    SELECT 1 + count(*) FROM outbox_workers WHERE expires_at > now() AND owner <> :owner
+    """
+)
+
+_RETIRE = text("DELETE FROM outbox_workers WHERE owner = :owner")
+
+_SURVEY = text(
+    """
+    WITH due AS (
+        SELECT m.channel_id, min(m.next_attempt_at) AS since
+        FROM outbox_messages m JOIN channels c ON c.id = m.channel_id AND c.enabled
+        WHERE m.state IN ('queued', 'retrying')
+          AND m.next_attempt_at <= now() + CAST(:horizon AS float8) * interval '1 second'
+        GROUP BY m.channel_id
+    )
+    SELECT d.channel_id, true AS due,
+        d.since < now() - CAST(:grace AS float8) * interval '1 second' AS overdue,
+        CASE WHEN l.expires_at > now() THEN l.owner END AS holder
+    FROM due d LEFT JOIN outbox_channel_leases l ON l.channel_id = d.channel_id
+    UNION ALL
+    SELECT l.channel_id, false, false, l.owner
+    FROM outbox_channel_leases l
+    WHERE l.expires_at > now()
+      AND NOT EXISTS (SELECT 1 FROM due WHERE due.channel_id = l.channel_id)
     """
 )
 
@@ -166,6 +212,25 @@ class ChannelGrant:
     channel_id: uuid.UUID
     throttled_for: float
     """Seconds a previous throttle (``throttled_until``) still holds, 0 if none."""
+
+
+async def heartbeat(session: AsyncSession, owner: str, ttl: float) -> int:
+    """Say this worker is alive for ``ttl`` seconds; returns the number of live workers
+    (this one included). Rows of workers dead for a day are deleted on the way."""
+    live = await session.scalar(_HEARTBEAT, {"owner": owner, "ttl": ttl})
+    return int(live or 1)
+
+
+async def retire(session: AsyncSession, owner: str) -> None:
+    """This worker stops: the others' fair share grows at their next renew."""
+    await session.execute(_RETIRE, {"owner": owner})
+
+
+async def survey_channels(session: AsyncSession, horizon: float, grace: float) -> list[ChannelView]:
+    """Every active channel: enabled ones with messages due within ``horizon`` seconds, and
+    those somebody holds a live lease on (including a release's handover gap)."""
+    result = await session.execute(_SURVEY, {"horizon": horizon, "grace": grace})
+    return [ChannelView(cid, due, overdue, holder) for cid, due, overdue, holder in result.all()]
 
 
 async def candidate_channels(session: AsyncSession, horizon: float) -> set[uuid.UUID]:

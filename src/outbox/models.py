@@ -178,6 +178,16 @@ class ChannelLease(Base):
     throttled_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+class OutboxWorker(Base):
+    """A live delivery worker (heartbeat): the count of live workers sets each one's fair share
+    of the active channels (``outbox.delivery.plan_ownership``)."""
+
+    __tablename__ = "outbox_workers"
+
+    owner: Mapped[str] = mapped_column(String(200), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class ConversationWindow(Base):
     """Last inbound message per conversation, for WhatsApp's 24-hour customer service window."""
 

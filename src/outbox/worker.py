@@ -3,9 +3,11 @@ record every outcome with its lifecycle event. docs/outbox-delivery.md tells the
 
 One ``DeliveryWorker`` per process, four loops on one event loop:
 
-* **ownership** (every ``outbox_channel_renew_interval``): take or renew the lease of every
-  channel with due work, release idle ones. Only the owner sends on a channel, so the
-  in-process ``Pacer`` is a global limiter.
+* **ownership** (every ``outbox_channel_renew_interval``): heartbeat, then hold a fair share
+  of the active channels (``outbox.delivery.plan_ownership``: ceil(active / live workers)),
+  renewing held ones with work, taking free ones up to the share (and any channel left
+  unheld past ``outbox_channel_grace``), releasing idle and surplus ones. Only the owner
+  sends on a channel, so the in-process ``Pacer`` is a global limiter.
 * **claim**: for each owned channel, claim up to "what the pacer will grant within
   ``outbox_claim_lookahead``" due conversation heads in one statement (bounded by
   ``outbox_max_in_flight``); each claim becomes a task that waits for the pacer, then sends
@@ -55,6 +57,7 @@ from outbox.delivery import (
     expired_decision,
     interrupted_result,
     paced_limits,
+    plan_ownership,
 )
 from outbox.events import build_event
 from outbox.models import TERMINAL_STATES, OutboxAttempt, OutboxEvent
@@ -206,6 +209,7 @@ class DeliveryWorker:
             await writer
             await self._release_channels(list(self._channels))
             self._channels.clear()
+            await self._retire()
             if self._client is None:
                 await self._http.close()
             log.info("outbox.worker_stopped", owner=self.owner, **asdict(self.stats))
@@ -255,19 +259,34 @@ class DeliveryWorker:
         started = self._clock()
         busy = {c.message.channel_id for c in self._claims.values()}
         async with self._resources.sessionmaker() as session, session.begin():
-            candidates = await leases.candidate_channels(session, s.outbox_channel_renew_interval)
-            wanted = candidates | busy
-            grants = await leases.acquire_channels(
-                session, self.owner, sorted(wanted), s.outbox_channel_lease
+            live = await leases.heartbeat(session, self.owner, s.outbox_channel_lease)
+            views = await leases.survey_channels(
+                session, s.outbox_channel_renew_interval, s.outbox_channel_grace
             )
-            idle = [cid for cid in self._channels if cid not in wanted]
-            await leases.release_channels(session, self.owner, idle, s.outbox_handover_gap)
+            plan = plan_ownership(
+                self.owner, held=self._channels, busy=busy, views=views, live_workers=live
+            )
+            grants = await leases.acquire_channels(
+                session, self.owner, sorted(plan.keep + plan.take), s.outbox_channel_lease
+            )
+            await leases.release_channels(session, self.owner, plan.release, s.outbox_handover_gap)
+        idle = plan.release
+        if plan.surplus:
+            log.info(
+                "outbox.channels_rebalanced",
+                owner=self.owner,
+                released=[str(c) for c in plan.surplus],
+                share=plan.share,
+                workers=live,
+            )
         granted = {g.channel_id: g for g in grants}
         for cid in list(self._channels):
             if cid not in granted:
                 if cid not in idle:
                     log.warning("outbox.channel_lost", channel_id=str(cid), owner=self.owner)
-                del self._channels[cid]
+                lost = self._channels.pop(cid)
+                self._release_queue(lost)  # waiting claims go back for the next owner
+                lost.arrived.set()
         new = False
         for grant in grants:
             channel = self._channels.get(grant.channel_id)
@@ -324,6 +343,13 @@ class DeliveryWorker:
                 )
         except _DB_ERRORS as exc:  # the leases expire on their own
             log.warning("outbox.release_failed", error=type(exc).__name__)
+
+    async def _retire(self) -> None:
+        try:
+            async with self._resources.sessionmaker() as session, session.begin():
+                await leases.retire(session, self.owner)
+        except _DB_ERRORS as exc:  # the heartbeat expires on its own
+            log.warning("outbox.retire_failed", error=type(exc).__name__)
 
     # ---- claiming ----------------------------------------------------------------------------
 

@@ -109,6 +109,12 @@ class Settings(BaseSettings):
         default=15.0, gt=0, description="Channel ownership lease (fail-over time of a dead owner)"
     )
     outbox_channel_renew_interval: float = Field(default=3.0, gt=0)
+    outbox_channel_grace: float = Field(
+        default=5.0,
+        ge=0,
+        description="A channel whose due work waited this long with nobody holding it is taken "
+        "by any worker, even above its fair share",
+    )
     outbox_handover_gap: float = Field(
         default=1.0, ge=0, description="A released channel is taken over after this (rate window)"
     )

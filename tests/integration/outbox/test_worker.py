@@ -27,7 +27,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from fake_platforms.server import FakePlatformServer, Fault, RecordedRequest
 from outbox.app import run_worker
-from outbox.models import ChannelLease, OutboxAttempt, OutboxEvent, OutboxMessage
+from outbox.models import (
+    ChannelLease,
+    OutboxAttempt,
+    OutboxEvent,
+    OutboxMessage,
+    OutboxWorker,
+)
 from outbox.worker import DeliveryWorker
 from switchboard import kafka
 from switchboard.app import open_resources
@@ -465,6 +471,95 @@ async def test_two_workers_never_exceed_the_channel_rate_together(
     assert a.stats.sent + b.stats.sent == len(ids)
     assert len(fake.requests) == len(ids)
     assert max_in_window([r.arrived_at for r in fake.requests]) <= rate
+
+
+async def live_workers(res: Resources) -> int:
+    async with res.sessionmaker() as session:
+        count = await session.scalar(
+            select(func.count())
+            .select_from(OutboxWorker)
+            .where(OutboxWorker.expires_at > func.now())
+        )
+    return int(count or 0)
+
+
+async def channels_sent_by(res: Resources, ids: Sequence[uuid.UUID]) -> dict[str, set[uuid.UUID]]:
+    """Worker → the channels it recorded a sent attempt on."""
+    async with res.sessionmaker() as session:
+        rows = await session.execute(
+            select(OutboxAttempt.worker, OutboxMessage.channel_id)
+            .join(OutboxMessage, OutboxMessage.id == OutboxAttempt.message_id)
+            .where(OutboxAttempt.outcome == "sent", OutboxMessage.id.in_(ids))
+        )
+        got: dict[str, set[uuid.UUID]] = {}
+        for worker, channel_id in rows.all():
+            got.setdefault(worker, set()).add(channel_id)
+    return got
+
+
+async def test_two_workers_spread_the_channels_between_them(
+    resources: Resources, fake: FakePlatformServer
+) -> None:
+    channels = [await make_channel(resources, fake) for _ in range(6)]
+    stop = asyncio.Event()
+    a = DeliveryWorker(resources, owner="a")
+    b = DeliveryWorker(resources, owner="b")
+    tasks = [asyncio.create_task(a.run(stop)), asyncio.create_task(b.run(stop))]
+    try:
+        # both are alive before there is any work: each one's fair share is half the channels
+        async def both_alive() -> bool:
+            return await live_workers(resources) == 2
+
+        await eventually(both_alive)
+        ids: list[uuid.UUID] = []
+        for n, channel in enumerate(channels):
+            ids += await enqueue(resources, channel, [f"155570{n}{i:02d}" for i in range(5)])
+        await all_done(resources, ids)
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+    assert {m.state for m in (await states(resources, ids)).values()} == {"sent"}
+    assert a.stats.sent > 0, "both workers sent"
+    assert b.stats.sent > 0, "both workers sent"
+    assert a.stats.sent + b.stats.sent == len(fake.requests) == len(ids)
+    owned = await channels_sent_by(resources, ids)
+    assert set(owned) == {"a", "b"}
+    assert owned["a"] | owned["b"] == set(channels)
+    assert await live_workers(resources) == 0, "a stopped worker retires its heartbeat"
+
+
+async def test_a_worker_that_joins_gets_channels_from_the_busy_one_without_breaking_rates(
+    resources: Resources, fake: FakePlatformServer
+) -> None:
+    rate = 4
+    channels = [await make_channel(resources, fake, rate=rate) for _ in range(4)]
+    ids: list[uuid.UUID] = []
+    for n, channel in enumerate(channels):
+        ids += await enqueue(resources, channel, [f"155580{n}{i:02d}" for i in range(16)])
+    stop = asyncio.Event()
+    a = DeliveryWorker(resources, owner="a")
+    b = DeliveryWorker(resources, owner="b")
+    task_a = asyncio.create_task(a.run(stop))
+    task_b: asyncio.Task[None] | None = None
+    try:
+        # a alone owns every channel; b joins while there is plenty left to send
+        await eventually(lambda: asyncio.sleep(0, len(fake.requests) >= len(channels)))
+        task_b = asyncio.create_task(b.run(stop))
+        await all_done(resources, ids)
+    finally:
+        stop.set()
+        await asyncio.gather(task_a, *([task_b] if task_b else []))
+    assert {m.state for m in (await states(resources, ids)).values()} == {"sent"}
+    assert b.stats.sent > 0, "the new worker took over some channels"
+    assert a.stats.sent + b.stats.sent == len(fake.requests) == len(ids)
+    rows = await states(resources, ids)
+    arrivals: dict[uuid.UUID, list[float]] = {}
+    by_recipient = {m.recipient: m.channel_id for m in rows.values()}
+    for request in fake.requests:
+        assert request.recipient is not None
+        arrivals.setdefault(by_recipient[request.recipient], []).append(request.arrived_at)
+    for channel in channels:  # the handover gap keeps each channel within its rate
+        assert max_in_window(arrivals[channel]) <= rate
 
 
 def _worker_env(settings: Settings, **extra: str) -> dict[str, str]:
