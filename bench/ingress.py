@@ -1,12 +1,12 @@
 """Ingress benchmark: signed WhatsApp webhooks against the real service vs a bare endpoint.
 
     .venv/bin/python bench/ingress.py [--seconds 10] [--runs 2] [--connections 64]
-                                      [--threads 2] [--uvloop]
+                                      [--threads 2]
 
 Starts an embedded PostgreSQL and the embedded Kafka-protocol broker, migrates, runs the real
-service (``switchboard serve`` in a subprocess: uvicorn + httptools on the event loop
-``serve`` creates, i.e. the stdlib asyncio loop; ``--uvloop`` runs the same command with
-uvloop installed, to show what that would give) and, in the same run, a bare FastAPI app
+service (``switchboard serve`` in a subprocess, unchanged: uvicorn + httptools on uvloop, the
+loop ``switchboard.entrypoint.run_async`` gives every process; webhooks are served by the
+gateway's raw ASGI fast path, ``gateway.fastpath``) and, in the same run, a bare FastAPI app
 (``--bare``: reads the body, answers 200; uvicorn with uvloop + httptools). Load: ``wrk``
 (``apt-get install wrk``) with pre-signed, all-distinct webhooks (every request is new work:
 a dedup insert, an archive row and a Kafka send), ``--connections`` connections.
@@ -89,12 +89,6 @@ function done(summary, latency, requests)
 end
 """
 
-
-# `switchboard serve`, with uvloop as the event loop policy (--uvloop)
-UVLOOP_SERVE = (
-    "import sys, uvloop; uvloop.install(); sys.argv = ['switchboard', 'serve']; "
-    "from switchboard.cli import main; main()"
-)
 
 # ---- the bare endpoint (run as a subprocess of this script) -----------------------------------
 
@@ -261,9 +255,6 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=2, help="repetitions of each measurement")
-    parser.add_argument(
-        "--uvloop", action="store_true", help="run `switchboard serve` with uvloop installed"
-    )
     parser.add_argument("--bare", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bare is not None:
@@ -306,8 +297,6 @@ def main() -> None:
             capture_output=True,
         )
         serve = [sys.executable, "-m", "switchboard", "serve"]
-        if args.uvloop:
-            serve = [sys.executable, "-c", UVLOOP_SERVE]
         procs.append(subprocess.Popen(serve, env=env, cwd=work))
         procs.append(
             subprocess.Popen(
@@ -400,7 +389,7 @@ def main() -> None:
         print(
             f"wrk: {args.threads} threads, {args.connections} connections, {args.seconds}s, "
             f"{args.runs} runs; {os.cpu_count()} CPUs shared by wrk, PostgreSQL, the broker, "
-            f"the server (event loop: {'uvloop' if args.uvloop else 'stdlib asyncio'}) and "
+            "the server (`switchboard serve`: uvicorn + httptools on uvloop) and "
             "whatever else runs on the machine"
         )
         print("load average (1/5/15 min) before, after peaks, after paced: " + " | ".join(load))

@@ -2,7 +2,8 @@
 
 The lifespan opens the gateway's own asyncpg pool (the hot path's single statement does not go
 through the ORM), publishes the ``Gateway`` in ``resources.extras["gateway"]``, and runs the
-spool relay and the retention purger until shutdown.
+spool relay and the retention purger until shutdown. ``POST /webhooks/…`` is served by the raw
+ASGI fast path (``gateway.fastpath``); the FastAPI route documents it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import AsyncIterator
 
 import normalizer
 from gateway.endpoints import admin_router, router
+from gateway.fastpath import WebhookFastPath
 from gateway.relay import run_purger, run_relay
 from gateway.service import Gateway
 from switchboard.app import Component
@@ -45,5 +47,6 @@ def component(settings: Settings) -> Component:
         name="gateway",
         routers=[router, admin_router],
         lifespan=lifespan,
+        asgi_middleware=[WebhookFastPath],
         schemas={"inbound-event": normalizer.json_schema()},
     )

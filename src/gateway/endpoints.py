@@ -24,34 +24,26 @@ Verification runs on the raw bytes before any parsing. The response is built onl
 
 from __future__ import annotations
 
-import time
 import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
-import orjson
 from fastapi import APIRouter, Body, Request
 from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel, Field
 
-import normalizer
+from gateway import intake
 from gateway import replay as replay_service
 from gateway.errors import (
-    BadSignature,
     HandshakeRefused,
-    Malformed,
     NoHandshake,
-    NotDurable,
     TooLarge,
-    UnknownChannel,
     WebhookRejected,
-    WrongContentType,
 )
-from gateway.metrics import latency_histogram, webhooks_counter
-from gateway.service import DB_ERRORS, Gateway, received_now
-from gateway.verifiers import REGISTRY, Verifier, WebhookRequest
+from gateway.metrics import webhooks_counter
+from gateway.service import Gateway
+from gateway.verifiers import REGISTRY, Verifier
 from switchboard.auth.dependencies import RequireAdmin
-from switchboard.channels.service import ChannelWithSecrets
 from switchboard.logging import get_logger
 
 log = get_logger(__name__)
@@ -59,7 +51,6 @@ log = get_logger(__name__)
 router = APIRouter(tags=["webhooks"])
 admin_router = APIRouter(prefix="/v1/admin", tags=["admin"])
 
-_TWIML = b'<?xml version="1.0" encoding="UTF-8"?><Response/>'
 
 _WEBHOOK_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"description": "Malformed body"},
@@ -76,62 +67,6 @@ def _gateway(request: Request) -> Gateway:
     return gateway
 
 
-def _label(platform: str) -> str:
-    return platform if platform in REGISTRY else "unknown"
-
-
-async def _channel(gateway: Gateway, platform: str, channel_id: str) -> ChannelWithSecrets:
-    if platform not in REGISTRY:
-        raise UnknownChannel
-    try:
-        key = uuid.UUID(channel_id)
-    except ValueError:
-        raise UnknownChannel from None
-    try:
-        channel = await gateway.channel(key)
-    except DB_ERRORS:
-        raise NotDurable from None
-    if channel is None or not channel.enabled or channel.platform != platform:
-        raise UnknownChannel
-    return channel
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            size = int(declared)
-        except ValueError:
-            raise Malformed("invalid Content-Length") from None
-        if size > limit:
-            raise TooLarge(f"body over {limit} bytes")
-    chunks: list[bytes] = []
-    received = 0
-    async for chunk in request.stream():
-        received += len(chunk)
-        if received > limit:
-            raise TooLarge(f"body over {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _public_url(request: Request, gateway: Gateway) -> str:
-    """The URL the platform called, as it signed it (Twilio)."""
-    settings = gateway.settings
-    base = gateway.resources.public_base_url
-    if settings.trust_forwarded_headers:
-        proto = request.headers.get("x-forwarded-proto", "").split(",")[0].strip()
-        host = request.headers.get("x-forwarded-host", "").split(",")[0].strip()
-        if proto or host:
-            base = f"{proto or request.url.scheme}://{host or request.headers.get('host', '')}"
-    query = request.scope.get("query_string", b"").decode("latin-1")
-    return f"{base}{request.url.path}" + (f"?{query}" if query else "")
-
-
-def _media_type(content_type: str | None) -> str:
-    return (content_type or "").split(";", 1)[0].strip().lower()
-
-
 @router.get(
     "/webhooks/{platform}/{channel_id}",
     response_class=PlainTextResponse,
@@ -143,7 +78,7 @@ async def handshake(platform: str, channel_id: str, request: Request) -> Respons
     Twilio have no handshake (405)."""
     gateway = _gateway(request)
     try:
-        channel = await _channel(gateway, platform, channel_id)
+        channel = await intake.channel_for(gateway, platform, channel_id)
         verifier: Verifier = REGISTRY[platform]
         try:
             challenge = verifier.handshake(request.query_params, channel.credentials)
@@ -152,8 +87,8 @@ async def handshake(platform: str, channel_id: str, request: Request) -> Respons
         if challenge is None:
             raise HandshakeRefused
     except WebhookRejected as exc:
-        webhooks_counter(_label(platform), "rejected", exc.reason).inc()
-        log.info("gateway.handshake_refused", platform=_label(platform), reason=exc.reason)
+        webhooks_counter(intake.label(platform), "rejected", exc.reason).inc()
+        log.info("gateway.handshake_refused", platform=intake.label(platform), reason=exc.reason)
         raise
     log.info("gateway.handshake", platform=platform, channel_id=channel_id)
     return PlainTextResponse(challenge)
@@ -176,64 +111,24 @@ async def handshake(platform: str, channel_id: str, request: Request) -> Respons
 )
 async def webhook(platform: str, channel_id: str, request: Request) -> Response:
     """Verify, normalise, deduplicate and durably publish one platform webhook."""
-    started = time.perf_counter()
-    label = _label(platform)
-    try:
-        response = await _handle(platform, channel_id, request)
-    except WebhookRejected as exc:
-        webhooks_counter(label, "rejected", exc.reason).inc()
-        log.info("gateway.rejected", platform=label, reason=exc.reason, status=exc.status_code)
-        raise
-    finally:
-        latency_histogram(label).observe(time.perf_counter() - started)
-    return response
 
+    async def read_body(limit: int) -> bytes:
+        chunks: list[bytes] = []
+        received = 0
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limit:
+                raise TooLarge(f"body over {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
 
-async def _handle(platform: str, channel_id: str, request: Request) -> Response:
-    gateway = _gateway(request)
-    channel = await _channel(gateway, platform, channel_id)
-    verifier = REGISTRY[platform]
-    content_type = request.headers.get("content-type")
-    if _media_type(content_type) not in verifier.content_types:
-        raise WrongContentType(f"expected {' or '.join(sorted(verifier.content_types))}")
-    body = await _read_body(request, gateway.settings.webhook_max_body_bytes)
-    url = _public_url(request, gateway)
-    headers = request.headers
-    if not verifier.verify(WebhookRequest(body, headers, url, content_type), channel.credentials):
-        raise BadSignature
-    received_at = received_now()
-    try:
-        events = normalizer.normalize(
-            platform,
-            body,
-            channel_id=str(channel.id),
-            content_type=content_type,
-            received_at=received_at,
-            account_id=channel.account_id,
-        )
-    except normalizer.NormalizeError as exc:
-        raise Malformed(str(exc).splitlines()[0][:200] or "malformed body") from None
-    archive_headers = {h: headers[h] for h in verifier.signature_headers if h in headers}
-    archive_headers["url"] = url
-    archive_headers["received_at"] = received_at.isoformat()
-    if events:
-        result = await gateway.accept(
-            platform=platform,
-            channel=channel,
-            events=events,
-            body=body,
-            content_type=content_type,
-            archive_headers=archive_headers,
-        )
-        outcome = "accepted" if result.new else "duplicate"
-        summary = {"events": result.events, "new": result.new, "duplicates": result.duplicates}
-    else:
-        outcome = "empty"
-        summary = {"events": 0, "new": 0, "duplicates": 0}
-    webhooks_counter(platform, outcome).inc()
-    if platform == "twilio":
-        return Response(_TWIML, media_type="application/xml")
-    return Response(orjson.dumps(summary), media_type="application/json")
+    target = intake.Target(
+        request.url.scheme, request.url.path, request.scope.get("query_string", b"")
+    )
+    reply = await intake.receive_webhook(
+        _gateway(request), platform, channel_id, request.headers, read_body, target
+    )
+    return Response(reply.body, media_type=reply.media_type)
 
 
 # ---- admin ------------------------------------------------------------------------------

@@ -1,0 +1,119 @@
+"""A raw ASGI fast path for ``POST /webhooks/{platform}/{channel_id}``.
+
+The ingress hot path spends little of its time on webhooks: most of a request's CPU went to
+the framework (routing, dependency solving, exception middlewares, ``Request``/``Response``
+objects). This middleware, installed by the gateway component in front of FastAPI's exception
+middleware and router, serves exactly that method and path shape itself with
+``gateway.intake.receive_webhook``, the one implementation the FastAPI route also calls, so
+checks, status codes, metrics and logs are the same either way. Everything else (the GET
+handshake, ``/v1``, ``/docs``, another method, a path with another shape, a request under a
+``root_path``, or the app before its lifespan published the gateway) goes to the app.
+
+What it does for the framework:
+
+* path parameters as Starlette's ``{name}`` convertor takes them (``[^/]+`` on the decoded
+  path); the body read from ``receive`` with the running size limit (413 while streaming,
+  after the ``Content-Length`` precheck in ``intake``);
+* headers from the scope (names are lower-case in ASGI; for a repeated header the first one
+  wins, as with Starlette's ``Headers.get``);
+* errors as ``switchboard.app``'s handler renders a ``SwitchboardError``:
+  ``{"error": {"code", "message"}}`` (JSON, the exception's status);
+* a client that disconnects while sending its body gets nothing (no response can reach it);
+  an unexpected exception propagates to the app's ``ServerErrorMiddleware`` (500).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from gateway.errors import TooLarge, WebhookRejected
+from gateway.intake import Target, receive_webhook
+from gateway.service import Gateway
+
+_PREFIX = "/webhooks/"
+_JSON = b"application/json"
+
+
+class _Disconnected(Exception):
+    pass
+
+
+class WebhookFastPath:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope.get("root_path"):
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        parts = path[len(_PREFIX) :].split("/") if path.startswith(_PREFIX) else []
+        gateway = _gateway(scope) if len(parts) == 2 and parts[0] and parts[1] else None
+        if gateway is None:
+            await self.app(scope, receive, send)
+            return
+        headers: dict[str, str] = {}
+        for name, value in scope["headers"]:
+            key = name.decode("latin-1")
+            if key not in headers:
+                headers[key] = value.decode("latin-1")
+
+        async def read_body(limit: int) -> bytes:
+            chunks: list[bytes] = []
+            received = 0
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":
+                    raise _Disconnected
+                chunk: bytes = message.get("body", b"")
+                if chunk:
+                    received += len(chunk)
+                    if received > limit:
+                        raise TooLarge(f"body over {limit} bytes")
+                    chunks.append(chunk)
+                if not message.get("more_body", False):
+                    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+        target = Target(
+            scope.get("scheme", "http"),
+            path.replace("?", "%3F").replace("#", "%23").replace("\\", "%5C"),  # as Starlette's URL
+            scope.get("query_string", b""),
+        )
+        try:
+            reply = await receive_webhook(gateway, parts[0], parts[1], headers, read_body, target)
+        except WebhookRejected as exc:
+            error: dict[str, Any] = {"code": exc.code, "message": exc.message}
+            if exc.details is not None:
+                error["details"] = exc.details
+            await _respond(send, exc.status_code, orjson.dumps({"error": error}), _JSON)
+            return
+        except _Disconnected:
+            return
+        await _respond(send, 200, reply.body, reply.media_type.encode("latin-1"))
+
+
+def _gateway(scope: Scope) -> Gateway | None:
+    """The running gateway (published by the component's lifespan), if any."""
+    app = scope.get("app")
+    try:
+        gateway: Gateway | None = app.state.resources.extras.get("gateway")  # type: ignore[union-attr]
+    except AttributeError:
+        return None
+    return gateway
+
+
+async def _respond(send: Send, status: int, body: bytes, media_type: bytes) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-length", str(len(body)).encode("latin-1")),
+                (b"content-type", media_type),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

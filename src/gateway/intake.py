@@ -1,0 +1,179 @@
+"""One webhook's intake, independent of the HTTP layer that carries it.
+
+``receive_webhook`` is the single implementation of ``POST /webhooks/{platform}/{channel_id}``
+(checks and status codes: see ``gateway.endpoints``), metrics and logs included. Two callers
+hand it the request's parts: the raw ASGI fast path (``gateway.fastpath``, what serves the
+route in the running app) and the FastAPI route (``gateway.endpoints.webhook``, documented in
+the OpenAPI and used when the fast path is not installed).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+import orjson
+
+import normalizer
+from gateway.errors import (
+    BadSignature,
+    Malformed,
+    NotDurable,
+    TooLarge,
+    UnknownChannel,
+    WebhookRejected,
+    WrongContentType,
+)
+from gateway.metrics import latency_histogram, webhooks_counter
+from gateway.service import DB_ERRORS, Gateway, received_now
+from gateway.verifiers import REGISTRY, WebhookRequest
+from switchboard.channels.service import ChannelWithSecrets
+from switchboard.logging import get_logger
+
+log = get_logger(__name__)
+
+TWIML = b'<?xml version="1.0" encoding="UTF-8"?><Response/>'
+
+ReadBody = Callable[[int], Awaitable[bytes]]
+"""Reads the whole body, raising ``TooLarge`` as soon as more than the limit arrived."""
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where the request was sent, as the server saw it (the public URL is derived from it)."""
+
+    scheme: str
+    path: str
+    query_string: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A 200 response."""
+
+    body: bytes
+    media_type: str
+
+
+def label(platform: str) -> str:
+    return platform if platform in REGISTRY else "unknown"
+
+
+async def channel_for(gateway: Gateway, platform: str, channel_id: str) -> ChannelWithSecrets:
+    if platform not in REGISTRY:
+        raise UnknownChannel
+    try:
+        key = uuid.UUID(channel_id)
+    except ValueError:
+        raise UnknownChannel from None
+    try:
+        channel = await gateway.channel(key)
+    except DB_ERRORS:
+        raise NotDurable from None
+    if channel is None or not channel.enabled or channel.platform != platform:
+        raise UnknownChannel
+    return channel
+
+
+def public_url(gateway: Gateway, headers: Mapping[str, str], target: Target) -> str:
+    """The URL the platform called, as it signed it (Twilio)."""
+    base = gateway.resources.public_base_url
+    if gateway.settings.trust_forwarded_headers:
+        proto = headers.get("x-forwarded-proto", "").split(",")[0].strip()
+        host = headers.get("x-forwarded-host", "").split(",")[0].strip()
+        if proto or host:
+            base = f"{proto or target.scheme}://{host or headers.get('host', '')}"
+    query = target.query_string.decode("latin-1")
+    return f"{base}{target.path}" + (f"?{query}" if query else "")
+
+
+def media_type(content_type: str | None) -> str:
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+async def receive_webhook(
+    gateway: Gateway,
+    platform: str,
+    channel_id: str,
+    headers: Mapping[str, str],
+    read_body: ReadBody,
+    target: Target,
+) -> Reply:
+    """Verify, normalise, deduplicate and durably publish one platform webhook.
+
+    Raises ``WebhookRejected`` (counted and logged here) for every non-200 outcome."""
+    started = time.perf_counter()
+    platform_label = label(platform)
+    try:
+        return await _handle(gateway, platform, channel_id, headers, read_body, target)
+    except WebhookRejected as exc:
+        webhooks_counter(platform_label, "rejected", exc.reason).inc()
+        log.info(
+            "gateway.rejected", platform=platform_label, reason=exc.reason, status=exc.status_code
+        )
+        raise
+    finally:
+        latency_histogram(platform_label).observe(time.perf_counter() - started)
+
+
+async def _handle(
+    gateway: Gateway,
+    platform: str,
+    channel_id: str,
+    headers: Mapping[str, str],
+    read_body: ReadBody,
+    target: Target,
+) -> Reply:
+    channel = await channel_for(gateway, platform, channel_id)
+    verifier = REGISTRY[platform]
+    content_type = headers.get("content-type")
+    if media_type(content_type) not in verifier.content_types:
+        raise WrongContentType(f"expected {' or '.join(sorted(verifier.content_types))}")
+    limit = gateway.settings.webhook_max_body_bytes
+    declared = headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise Malformed("invalid Content-Length") from None
+        if size > limit:
+            raise TooLarge(f"body over {limit} bytes")
+    body = await read_body(limit)
+    url = public_url(gateway, headers, target)
+    if not verifier.verify(WebhookRequest(body, headers, url, content_type), channel.credentials):
+        raise BadSignature
+    received_at = received_now()
+    try:
+        events = normalizer.normalize(
+            platform,
+            body,
+            channel_id=str(channel.id),
+            content_type=content_type,
+            received_at=received_at,
+            account_id=channel.account_id,
+        )
+    except normalizer.NormalizeError as exc:
+        raise Malformed(str(exc).splitlines()[0][:200] or "malformed body") from None
+    archive_headers = {h: headers[h] for h in verifier.signature_headers if h in headers}
+    archive_headers["url"] = url
+    archive_headers["received_at"] = received_at.isoformat()
+    if events:
+        result = await gateway.accept(
+            platform=platform,
+            channel=channel,
+            events=events,
+            body=body,
+            content_type=content_type,
+            archive_headers=archive_headers,
+        )
+        outcome = "accepted" if result.new else "duplicate"
+        summary = {"events": result.events, "new": result.new, "duplicates": result.duplicates}
+    else:
+        outcome = "empty"
+        summary = {"events": 0, "new": 0, "duplicates": 0}
+    webhooks_counter(platform, outcome).inc()
+    if platform == "twilio":
+        return Reply(TWIML, "application/xml")
+    return Reply(orjson.dumps(summary), "application/json")
