@@ -8,9 +8,9 @@ challenge, 403 on a wrong token; Telegram and Twilio have no handshake → 405.
 ======  =======================================================================================
 404     unknown platform, malformed or unknown channel id, disabled channel, or a channel of
         another platform (the path's platform must match the channel's)
+415     a content type the platform does not send (Meta/Telegram JSON; Twilio form or JSON)
 413     ``Content-Length`` over ``webhook_max_body_bytes``, or the streamed body exceeds it
         (counted while reading: we never buffer more than the limit)
-415     a content type the platform does not send (Meta/Telegram JSON; Twilio form or JSON)
 401     bad or missing signature, no detail
 400     the verified body is malformed (``normalizer.NormalizeError``)
 503     neither PostgreSQL nor the broker could take the webhook (the platform retries)
@@ -19,7 +19,10 @@ challenge, 403 on a wrong token; Telegram and Twilio have no handshake → 405.
 ======  =======================================================================================
 
 Verification runs on the raw bytes before any parsing. The response is built only after
-``Gateway.accept`` has committed, never in a dependency teardown.
+``Gateway.accept`` has committed, never in a dependency teardown. The POST is implemented once,
+in ``gateway.intake.receive_webhook``; in the running app the raw ASGI fast path
+(``gateway.fastpath``) serves it, and the route below documents it (and serves it without the
+fast path).
 """
 
 from __future__ import annotations

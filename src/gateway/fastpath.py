@@ -2,8 +2,8 @@
 
 The ingress hot path spends little of its time on webhooks: most of a request's CPU went to
 the framework (routing, dependency solving, exception middlewares, ``Request``/``Response``
-objects). This middleware, installed by the gateway component in front of FastAPI's exception
-middleware and router, serves exactly that method and path shape itself with
+objects). This middleware, installed by the gateway component as the app's outermost layer
+(``Component.asgi_middleware``), serves exactly that method and path shape itself with
 ``gateway.intake.receive_webhook``, the one implementation the FastAPI route also calls, so
 checks, status codes, metrics and logs are the same either way. Everything else (the GET
 handshake, ``/v1``, ``/docs``, another method, a path with another shape, a request under a
@@ -19,7 +19,8 @@ What it does for the framework:
 * errors as ``switchboard.app``'s handler renders a ``SwitchboardError``:
   ``{"error": {"code", "message"}}`` (JSON, the exception's status);
 * a client that disconnects while sending its body gets nothing (no response can reach it);
-  an unexpected exception propagates to the app's ``ServerErrorMiddleware`` (500).
+  an unexpected exception propagates to the server (uvicorn logs it and answers 500, as the
+  app's ``ServerErrorMiddleware`` would).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class _Disconnected(Exception):
 class WebhookFastPath:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self._extras: dict[str, Any] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or scope.get("root_path"):
@@ -51,7 +53,7 @@ class WebhookFastPath:
             return
         path: str = scope["path"]
         parts = path[len(_PREFIX) :].split("/") if path.startswith(_PREFIX) else []
-        gateway = _gateway(scope) if len(parts) == 2 and parts[0] and parts[1] else None
+        gateway = self._gateway(scope) if len(parts) == 2 and parts[0] and parts[1] else None
         if gateway is None:
             await self.app(scope, receive, send)
             return
@@ -94,15 +96,19 @@ class WebhookFastPath:
             return
         await _respond(send, 200, reply.body, reply.media_type.encode("latin-1"))
 
-
-def _gateway(scope: Scope) -> Gateway | None:
-    """The running gateway (published by the component's lifespan), if any."""
-    app = scope.get("app")
-    try:
-        gateway: Gateway | None = app.state.resources.extras.get("gateway")  # type: ignore[union-attr]
-    except AttributeError:
-        return None
-    return gateway
+    def _gateway(self, scope: Scope) -> Gateway | None:
+        """The running gateway (published by the component's lifespan in the app's
+        ``resources.extras``), if any. The extras dict is looked up once per lifespan."""
+        gateway: Gateway | None = None
+        if self._extras is not None:
+            gateway = self._extras.get("gateway")
+        if gateway is None:
+            try:
+                self._extras = scope["app"].state.resources.extras
+            except (KeyError, AttributeError):
+                return None
+            gateway = self._extras.get("gateway") if self._extras is not None else None
+        return gateway
 
 
 async def _respond(send: Send, status: int, body: bytes, media_type: bytes) -> None:

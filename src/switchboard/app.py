@@ -41,8 +41,21 @@ class Component:
     schemas: dict[str, dict[str, Any]] = field(default_factory=dict)
     """JSON Schemas of the contracts this component owns, committed under ``openapi/schemas``."""
     asgi_middleware: Sequence[Callable[[ASGIApp], ASGIApp]] = ()
-    """Pure ASGI middleware, installed in front of FastAPI's exception middleware and router
-    (inside ``ServerErrorMiddleware``): e.g. a fast path serving one hot route itself."""
+    """Pure ASGI middleware wrapped around the whole middleware stack (outermost, in front of
+    ``ServerErrorMiddleware``; ``scope["app"]`` is set): e.g. a fast path serving one hot route
+    itself. An exception escaping it reaches the server (uvicorn answers 500 and logs it)."""
+
+
+class _App(FastAPI):
+    """FastAPI with the components' outermost ASGI middleware (``Component.asgi_middleware``)."""
+
+    outer_middleware: Sequence[Callable[[ASGIApp], ASGIApp]] = ()
+
+    def build_middleware_stack(self) -> ASGIApp:
+        stack = super().build_middleware_stack()
+        for middleware in reversed(self.outer_middleware):
+            stack = middleware(stack)
+        return stack
 
 
 @asynccontextmanager
@@ -117,7 +130,7 @@ def create_app(
             yield
         log.info("app.stopped")
 
-    app = FastAPI(
+    app = _App(
         title="Switchboard",
         version=VERSION,
         summary="Async webhook gateway for business messaging",
@@ -134,8 +147,7 @@ def create_app(
     for component in components:
         for router in component.routers:
             app.include_router(router)
-        for middleware in component.asgi_middleware:
-            app.add_middleware(middleware)
+    app.outer_middleware = [m for component in components for m in component.asgi_middleware]
 
     @app.get("/healthz", tags=["health"], response_class=PlainTextResponse)
     async def healthz() -> str:
