@@ -1,7 +1,7 @@
 """Ingress benchmark: signed WhatsApp webhooks against the real service vs a bare endpoint.
 
     .venv/bin/python bench/ingress.py [--seconds 10] [--runs 2] [--connections 64]
-                                      [--threads 2]
+                                      [--threads 2] [--set NAME=VALUE ...]
 
 Starts an embedded PostgreSQL and the embedded Kafka-protocol broker, migrates, runs the real
 service (``switchboard serve`` in a subprocess, unchanged: uvicorn + httptools on uvloop, the
@@ -230,6 +230,21 @@ def loadavg() -> str:
         return "n/a"
 
 
+def batch_totals(base: str) -> tuple[float, float]:
+    """(webhooks, batches) the service has group-committed so far (its /metrics)."""
+    metrics = urllib.request.urlopen(f"{base}/metrics", timeout=5).read().decode()  # noqa: S310
+    totals = []
+    for name in ("sum", "count"):
+        match = re.search(rf"^switchboard_gateway_batch_size_{name} ([0-9.e+]+)$", metrics, re.M)
+        totals.append(float(match.group(1)) if match else 0.0)
+    return totals[0], totals[1]
+
+
+def mean_batch(before: tuple[float, float], after: tuple[float, float]) -> float:
+    batches = after[1] - before[1]
+    return (after[0] - before[0]) / batches if batches else 0.0
+
+
 def summary(label: str, runs: list[dict[str, float]]) -> str:
     rates = [r["rps"] for r in runs]
     return (
@@ -255,6 +270,13 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=2, help="repetitions of each measurement")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a service setting, e.g. gateway_batch_max_delay_seconds=0.005 (repeatable)",
+    )
     parser.add_argument("--bare", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bare is not None:
@@ -289,6 +311,7 @@ def main() -> None:
             "SWITCHBOARD_ADMIN_API_KEY": admin_key,
             "SWITCHBOARD_HTTP_PORT": str(port),
             "SWITCHBOARD_LOG_LEVEL": "WARNING",
+            **{f"SWITCHBOARD_{k.upper()}": v for k, _, v in (o.partition("=") for o in args.set)},
         }
         subprocess.run(
             [sys.executable, "-m", "switchboard", "migrate"],
@@ -342,12 +365,14 @@ def main() -> None:
         wrk(service_url, warm, lua, quick)  # warm-up: pools, caches, producer metadata
         wrk(bare_url, warm, lua, quick)
         load = [loadavg()]
+        batch_stats = [batch_totals(base)]
         services: list[dict[str, float]] = []
         bares: list[dict[str, float]] = []
         for run in range(args.runs):
             services.append(wrk(service_url, fresh(f"peak{run}", per_run), lua, args))
             bares.append(wrk(bare_url, warm, lua, args))
         load.append(loadavg())
+        batch_stats.append(batch_totals(base))
         peak = max(r["rps"] for r in services)
         target = 0.7 * peak
         # Closed loop with think time: rate = connections / (latency + mean delay).
@@ -358,6 +383,7 @@ def main() -> None:
             delay_ms = max(0.0, args.connections / target * 1000 - latency_ms)
             if abs(probe["rps"] / target - 1) < 0.05:
                 break
+        batch_stats.append(batch_totals(base))
         paced_runs: list[dict[str, float]] = []
         for run in range(args.runs):
             paced = wrk(service_url, fresh(f"paced{run}", per_run), lua, args, delay_ms)
@@ -366,6 +392,7 @@ def main() -> None:
             latency_ms = args.connections / paced["rps"] * 1000 - delay_ms
             delay_ms = max(0.0, args.connections / target * 1000 - latency_ms)
         load.append(loadavg())
+        batch_stats.append(batch_totals(base))
 
         engine = create_async_engine(postgres.url("bench"))
 
@@ -390,7 +417,7 @@ def main() -> None:
             f"wrk: {args.threads} threads, {args.connections} connections, {args.seconds}s, "
             f"{args.runs} runs; {os.cpu_count()} CPUs shared by wrk, PostgreSQL, the broker, "
             "the server (`switchboard serve`: uvicorn + httptools on uvloop) and "
-            "whatever else runs on the machine"
+            "whatever else runs on the machine" + (f"; settings: {args.set}" if args.set else "")
         )
         print("load average (1/5/15 min) before, after peaks, after paced: " + " | ".join(load))
         for run, (service, bare) in enumerate(zip(services, bares, strict=True), start=1):
@@ -413,6 +440,11 @@ def main() -> None:
         print(
             f"events deduplicated (rows): {dedup_rows}; spooled during the run: {spooled:.0f}; "
             f"left in spool: {spool_rows}"
+        )
+        print(
+            "webhooks per group-commit batch (mean): at peak "
+            f"{mean_batch(batch_stats[0], batch_stats[1]):.1f}, paced "
+            f"{mean_batch(batch_stats[2], batch_stats[3]):.1f}"
         )
     finally:
         for proc in procs:

@@ -9,6 +9,7 @@
   directly, ``duplicate``, ``spooled``, ``relayed`` from the spool, ``replayed``, and
   ``undeduplicated`` (published while PostgreSQL was unreachable).
 * ``switchboard_gateway_request_duration_seconds{platform}``: webhook latency, all outcomes.
+* ``switchboard_gateway_batch_size``: webhooks per group-commit batch (one transaction).
 
 ``platform`` is one of the known platform ids or ``unknown``, so hostile paths cannot create
 unbounded label sets.
@@ -35,6 +36,12 @@ LATENCY = Histogram(
     "Webhook request latency, from routing to the response",
     ["platform"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+
+BATCH_SIZE = Histogram(
+    "switchboard_gateway_batch_size",
+    "Webhooks per group-commit batch",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
 )
 
 

@@ -77,7 +77,7 @@ from gateway import repository as repo
 from gateway.batcher import GroupCommit
 from gateway.cache import ChannelCache
 from gateway.errors import NotDurable
-from gateway.metrics import events_counter
+from gateway.metrics import BATCH_SIZE, events_counter
 from switchboard.channels.service import ChannelWithSecrets
 from switchboard.kafka import CE_HEADERS
 from switchboard.logging import get_logger
@@ -298,6 +298,7 @@ class Gateway:
     async def _run_batch(
         self, webhooks: Sequence[Webhook], claimed: Callable[[], None]
     ) -> list[Accepted | BaseException]:
+        BATCH_SIZE.observe(len(webhooks))
         owners: dict[str, int] = {}
         for index, webhook in enumerate(webhooks):
             for event in webhook.events:

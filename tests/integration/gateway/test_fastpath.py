@@ -173,3 +173,18 @@ async def test_twilio_url_from_forwarded_headers_on_the_fast_path(
             headers=telegram_headers(),
         )
         assert telegram.status_code == 404
+
+
+async def test_an_unexpected_error_on_the_fast_path_is_a_500(
+    ingress: Ingress, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(*args: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(fastpath, "receive_webhook", broken)
+    await ingress.create_channel("whatsapp")
+    body = whatsapp_payload(("wamid.FP-bug", "1", "x"))
+    response = await ingress.post_meta("whatsapp", body)
+    assert response.status_code == 500
+    assert "a bug" not in response.text
+    assert (await ingress.client.get("/healthz")).text == "ok"  # the server lives on
