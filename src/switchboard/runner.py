@@ -2,6 +2,8 @@
 
 Uvicorn's own signal capture re-raises the signal after shutdown, which would interrupt our
 clean-up of embedded services; we install our handlers instead and tell the server to exit.
+Uvicorn's proxy-headers rewriting is off: forwarded headers are trusted only where
+``SWITCHBOARD_TRUST_FORWARDED_HEADERS`` says so, by the code that needs them (Twilio's URL).
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ async def run(
             timeout_graceful_shutdown=5,
             lifespan="on",
             server_header=False,
+            proxy_headers=False,
         )
         server = _Server(config)
         tasks.append(asyncio.create_task(server.serve(sockets=[sock]), name="http"))
