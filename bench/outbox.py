@@ -35,6 +35,7 @@ import argparse
 import asyncio
 import bisect
 import contextlib
+import gc
 import itertools
 import json
 import os
@@ -98,6 +99,16 @@ async def _serve_recording(out: Path) -> None:
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     lags: list[float] = []
     monitor = asyncio.create_task(_lag_monitor(lags))
+    collections: list[tuple[int, float]] = []
+    gc_start = [0.0]
+
+    def _gc_timer(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            gc_start[0] = time.perf_counter()
+        else:
+            collections.append((info["generation"], time.perf_counter() - gc_start[0]))
+
+    gc.callbacks.append(_gc_timer)
     async with FakePlatformServer(record=True) as server:
         print(f"listening: {server.base_url}", flush=True)
         await stop.wait()
@@ -229,6 +240,16 @@ async def deliver_all(
     wall0, cpu0 = time.perf_counter(), time.process_time()
     lags: list[float] = []
     monitor = asyncio.create_task(_lag_monitor(lags))
+    collections: list[tuple[int, float]] = []
+    gc_start = [0.0]
+
+    def _gc_timer(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            gc_start[0] = time.perf_counter()
+        else:
+            collections.append((info["generation"], time.perf_counter() - gc_start[0]))
+
+    gc.callbacks.append(_gc_timer)
     task = asyncio.create_task(worker.run(stop))
     relaying = asyncio.create_task(run_relay(res, relay_stop)) if relay else None
     while worker.stats.sent + worker.stats.failed + worker.stats.dead < n:  # noqa: ASYNC110
@@ -237,8 +258,11 @@ async def deliver_all(
     stop.set()
     await task
     monitor.cancel()
+    gc.callbacks.remove(_gc_timer)
     if os.environ.get("BENCH_DEBUG"):
         print(f"  worker loop: {_lag_summary(lags)}", flush=True)
+        slow = [f"gen{g} {d * 1000:.0f} ms" for g, d in collections if d > 0.005]
+        print(f"  gc: {len(collections)} collections, > 5 ms: {slow}", flush=True)
     relay_stop.set()
     if relaying is not None:
         await relaying
@@ -311,6 +335,14 @@ async def pacing(settings: Settings, rate: int, seconds: float) -> None:
             f"{[round(g * 1000, 1) for g in gaps[:5]]}",
             flush=True,
         )
+        long_gaps = [(arrivals[i] - t0, g) for i, g in enumerate(gaps) if g > 10 / rate]
+        print(
+            f"  gaps > 10 intervals: {len(long_gaps)}, "
+            f"{[(round(at, 3), round(g * 1000, 1)) for at, g in long_gaps[:8]]}",
+            flush=True,
+        )
+        edges = [bisect.bisect_left(arrivals, t0 + s) for s in range(int(arrivals[-1] - t0) + 2)]
+        print(f"  per second: {[b - a for a, b in itertools.pairwise(edges)]}", flush=True)
     verdict = "ok" if worst <= rate and abs(achieved - rate) <= 0.02 * rate else "MISSED"
     print(
         f"(b) pacing at {rate} msg/s: {len(arrivals)} sends, achieved {achieved:,.1f} msg/s "
