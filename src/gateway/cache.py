@@ -63,9 +63,3 @@ class ChannelCache:
         self._entries[channel_id] = (self._clock() + self._ttl, channel)
         future.set_result(channel)
         return channel
-
-    def invalidate(self, channel_id: uuid.UUID | None = None) -> None:
-        if channel_id is None:
-            self._entries.clear()
-        else:
-            self._entries.pop(channel_id, None)

@@ -221,14 +221,6 @@ def status(
     }
 
 
-def status_error(code: str | None, title: str | None, detail: str | None) -> Part:
-    return {"code": code, "title": title, "detail": detail}
-
-
-def conversation_update(blocked: bool | None, referral: Part | None = None) -> Part:
-    return {"blocked": blocked, "referral": referral}
-
-
 def message(
     message_id: str | None,
     kind: str | None,

@@ -241,21 +241,6 @@ async def accept(
     return Accepted(message, replayed=False)
 
 
-def command_from_row(message: OutboxMessage) -> SendCommand:
-    """The command as accepted (for senders and the API): ``not_after`` is the effective one."""
-    return SendCommand.model_validate(
-        {
-            "id": message.command_id,
-            "channel_id": str(message.channel_id),
-            "to": message.recipient,
-            "content": message.content,
-            "reply_to": message.reply_to,
-            "metadata": message.message_metadata or {},
-            "not_after": message.not_after,
-        }
-    )
-
-
 # ---- operator actions and queries (the messages API) -----------------------------------------
 
 

@@ -33,7 +33,6 @@ __all__ = [
     "RowUpdate",
     "acquire_channels",
     "apply_outcomes",
-    "candidate_channels",
     "claim_messages",
     "heartbeat",
     "recover_expired",
@@ -43,15 +42,6 @@ __all__ = [
     "sweep_expired",
     "throttle_channels",
 ]
-
-_CANDIDATES = text(
-    """
-    SELECT DISTINCT m.channel_id
-    FROM outbox_messages m
-    WHERE m.state IN ('queued', 'retrying')
-      AND m.next_attempt_at <= now() + CAST(:horizon AS float8) * interval '1 second'
-    """
-)
 
 _HEARTBEAT = text(
     """
@@ -231,12 +221,6 @@ async def survey_channels(session: AsyncSession, horizon: float, grace: float) -
     those somebody holds a live lease on (including a release's handover gap)."""
     result = await session.execute(_SURVEY, {"horizon": horizon, "grace": grace})
     return [ChannelView(cid, due, overdue, holder) for cid, due, overdue, holder in result.all()]
-
-
-async def candidate_channels(session: AsyncSession, horizon: float) -> set[uuid.UUID]:
-    """Channels with messages due within ``horizon`` seconds."""
-    rows = await session.scalars(_CANDIDATES, {"horizon": horizon})
-    return set(rows)
 
 
 async def acquire_channels(

@@ -45,19 +45,6 @@ MESSAGE_STATES = (
 )
 TERMINAL_STATES = frozenset({"failed", "dead", "cancelled"})
 """No further delivery attempt. ``sent``/``delivered``/``read`` are also done for the worker."""
-PENDING_STATES = frozenset({"queued", "sending", "retrying"})
-"""Still owed a delivery attempt: a later message of the same conversation waits for these."""
-STATE_RANK = {
-    "queued": 0,
-    "retrying": 1,
-    "sending": 2,
-    "sent": 3,
-    "delivered": 4,
-    "read": 5,
-    "failed": 6,
-    "dead": 6,
-    "cancelled": 6,
-}
 
 
 class OutboxMessage(TimestampMixin, Base):

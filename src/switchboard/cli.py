@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import secrets
 import signal
 import sys
 from collections.abc import Sequence
@@ -183,10 +182,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.func(args)
     except KeyboardInterrupt:
         raise SystemExit(130) from None
-
-
-def new_admin_key() -> str:
-    return "sb_admin_" + secrets.token_urlsafe(24)
 
 
 if __name__ == "__main__":
