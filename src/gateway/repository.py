@@ -6,7 +6,7 @@
 batches of several replicas lock overlapping ids in the same order), archives the raw body of
 every webhook that owns a new id, and reports which of the batch's conversations still have
 events waiting in the spool (those must go through the spool too, to keep per-conversation
-order). ``claim`` is the single-webhook form of the same statement.
+order).
 """
 
 from __future__ import annotations
@@ -18,24 +18,6 @@ from datetime import datetime
 
 import asyncpg  # type: ignore[import-untyped]
 import orjson
-
-_CLAIM = """
-WITH new AS (
-    INSERT INTO gateway_dedup (event_id)
-    SELECT unnest($1::uuid[])
-    ON CONFLICT (event_id) DO NOTHING
-    RETURNING event_id
-), archived AS (
-    INSERT INTO gateway_archive
-        (channel_id, platform, account_id, content_type, headers, body, event_count)
-    SELECT $3, $4, $5, $6, $7::jsonb, $8, cardinality($1::uuid[])
-    WHERE EXISTS (SELECT 1 FROM new)
-)
-SELECT
-    (SELECT coalesce(array_agg(event_id::text), '{}') FROM new) AS new_ids,
-    (SELECT coalesce(array_agg(DISTINCT conversation_id), '{}')
-       FROM gateway_spool WHERE conversation_id = ANY($2::text[])) AS spooled
-"""
 
 _CLAIM_BATCH = """
 WITH new AS (
@@ -100,33 +82,6 @@ class SpoolRow:
     topic: str
     conversation_id: str
     value: bytes
-
-
-async def claim(
-    conn: asyncpg.Connection,
-    *,
-    event_ids: Sequence[str],
-    conversations: Sequence[str],
-    channel_id: uuid.UUID,
-    platform: str,
-    account_id: str,
-    content_type: str | None,
-    headers: dict[str, str],
-    body: bytes,
-) -> Claim:
-    row = await conn.fetchrow(
-        _CLAIM,
-        list(event_ids),
-        list(conversations),
-        channel_id,
-        platform,
-        account_id,
-        content_type,
-        orjson.dumps(headers).decode(),
-        body,
-    )
-    assert row is not None
-    return Claim(frozenset(row["new_ids"]), frozenset(row["spooled"]))
 
 
 async def claim_batch(
