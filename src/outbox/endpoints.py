@@ -166,12 +166,7 @@ async def list_dead_letters(
     cursor: Cursor = None,
     limit: Limit = 50,
 ) -> MessagePage:
-    filters = intake.MessageFilter(
-        channel_id=channel_id,
-        to=to,
-        states=("dead",),
-        created_after=created_after,
-        created_before=created_before,
+    """``GET /v1/messages?state=dead`` under its own name, for operators."""
+    return await list_messages(
+        session, _, channel_id, to, ["dead"], created_after, created_before, cursor, limit
     )
-    rows, next_cursor = await intake.list_messages(session, filters, cursor=cursor, limit=limit)
-    return MessagePage(items=[MessageRead.from_row(r) for r in rows], next_cursor=next_cursor)
