@@ -63,6 +63,7 @@ from switchboard.channels.models import Channel
 from switchboard.crypto import generate_key
 from switchboard.embedded import EmbeddedBroker, EmbeddedPostgres
 from switchboard.resources import Resources
+from switchboard.runner import freeze_startup_heap
 from switchboard.settings import Settings
 
 
@@ -109,6 +110,10 @@ async def _serve_recording(out: Path) -> None:
             collections.append((info["generation"], time.perf_counter() - gc_start[0]))
 
     gc.callbacks.append(_gc_timer)
+    # The server is the instrument: a full collection of its growing record (70-100 ms) holds
+    # requests in the socket and then stamps them all at once, which reads as a burst the
+    # worker never sent. No cyclic GC here during a run (the record is a few MB).
+    gc.disable()
     async with FakePlatformServer(record=True) as server:
         print(f"listening: {server.base_url}", flush=True)
         await stop.wait()
@@ -249,6 +254,7 @@ async def deliver_all(
         else:
             collections.append((info["generation"], time.perf_counter() - gc_start[0]))
 
+    freeze_startup_heap()  # as `switchboard outbox` does once started
     gc.callbacks.append(_gc_timer)
     task = asyncio.create_task(worker.run(stop))
     relaying = asyncio.create_task(run_relay(res, relay_stop)) if relay else None
