@@ -8,6 +8,7 @@ the CLI passes them in.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -58,6 +59,12 @@ class _App(FastAPI):
         return stack
 
 
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 @asynccontextmanager
 async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
     """Start the shared long-lived clients and close them in reverse order."""
@@ -65,11 +72,16 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         box = SecretBox.from_settings(settings)
         engine = db.create_engine(settings)
         stack.push_async_callback(engine.dispose)
-        if settings.kafka_create_topics:
-            await kafka.ensure_topics(settings)
         producer = kafka.create_producer(settings)
-        await producer.start()
         stack.push_async_callback(producer.stop)
+        try:
+            await kafka.connect(settings, producer)
+        except Exception as exc:
+            # Start anyway: the ingress spools to PostgreSQL while the broker is away, the
+            # relays and consumers retry; /readyz says the broker is not reachable.
+            log.warning("kafka.unavailable_at_start", error=type(exc).__name__)
+            connecting = asyncio.create_task(kafka.keep_connecting(settings, producer))
+            stack.push_async_callback(_cancel, connecting)
         yield Resources(
             settings=settings,
             engine=engine,

@@ -82,6 +82,38 @@ async def ensure_topics(settings: Settings, names: Iterable[str] | None = None) 
         await admin.close()
 
 
+async def connect(settings: Settings, producer: AIOKafkaProducer) -> None:
+    """Create the missing contract topics (when configured to) and start ``producer``."""
+    if settings.kafka_create_topics:
+        await ensure_topics(settings)
+    await producer.start()
+
+
+async def keep_connecting(
+    settings: Settings,
+    producer: AIOKafkaProducer,
+    *,
+    first_delay: float = 1.0,
+    max_delay: float = 30.0,
+) -> None:
+    """Retry ``connect`` with exponential back-off until it succeeds (or is cancelled).
+
+    An ``AIOKafkaProducer`` whose ``start`` failed can be started again; records sent to it
+    meanwhile wait for metadata until their timeout, so callers' own timeouts apply.
+    """
+    delay = first_delay
+    while True:
+        await asyncio.sleep(delay)
+        try:
+            await connect(settings, producer)
+        except Exception as exc:
+            delay = min(delay * 2, max_delay)
+            log.warning("kafka.still_unavailable", error=type(exc).__name__, retry_in=delay)
+        else:
+            log.info("kafka.connected")
+            return
+
+
 async def ping(settings: Settings) -> None:
     """Raise unless the broker answers a metadata request within a few seconds."""
     timeout = 3.0

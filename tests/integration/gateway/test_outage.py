@@ -189,3 +189,43 @@ async def test_503_only_when_neither_database_nor_broker(
 
     await until(settled)
     own_broker.start()
+
+
+async def test_starts_without_the_broker_spools_then_relays_once_it_answers(
+    settings: Settings,
+    engine: AsyncEngine,
+    own_broker: EmbeddedBroker,
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    """A replica (re)started during a broker outage still takes webhooks: they are spooled,
+    and published once the producer's background connect succeeds."""
+    own_broker.stop()
+    down_settings = settings.model_copy(
+        update={
+            "kafka_bootstrap_servers": own_broker.bootstrap_servers,
+            "kafka_request_timeout_ms": 1000,
+            "gateway_publish_timeout_seconds": 0.5,
+            "gateway_broker_backoff_seconds": 0.5,
+            "gateway_relay_interval_seconds": 0.2,
+        }
+    )
+    async with running_app(down_settings, [component(down_settings)]) as app:
+        ingress = Ingress(app, {})
+        ready = await app.client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["checks"]["kafka"].startswith("unavailable")
+        await ingress.create_channel("whatsapp")
+        body = whatsapp_payload(("wamid.S1", "100", "sent while the broker was down"))
+        response = await ingress.post_meta("whatsapp", body)
+        assert response.status_code == 200, response.text
+        assert await scalar(sessionmaker, "SELECT count(*) FROM gateway_spool") == 1
+
+        own_broker.start()  # the producer connects in the background and creates the topics
+
+        async def drained() -> bool:
+            return bool(await scalar(sessionmaker, "SELECT count(*) FROM gateway_spool") == 0)
+
+        await until(drained, limit_s=30)
+        records = await read_topic(app.settings, has(event_id(ingress, body)))
+        assert [r["event"]["id"] for r in records] == [event_id(ingress, body)]
+        assert (await app.client.get("/readyz")).status_code == 200
