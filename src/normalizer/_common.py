@@ -147,6 +147,20 @@ def ts_auto(value: object) -> str | None:
     return ts_seconds(n) if n < 100_000_000_000 else ts_millis(n)
 
 
+def change_key(entry: dict[str, Any], change: object) -> tuple[str, str | None]:
+    """Dedup key and time of a Meta ``entry.changes[]`` item we keep as ``unsupported``
+    (template status, quality, account updates, Instagram comments, …).
+
+    The change alone is not unique: a template approved, disabled and approved again sends
+    the same ``value`` twice. ``entry.time`` (when the change happened) tells them apart, so the
+    key covers the entry id, ``entry.time`` and a digest of the change: a redelivery of the same
+    body still gets the same id. The time is ``entry.time`` (seconds or milliseconds)."""
+    raw_time = entry.get("time")
+    digest = hashlib.sha256(to_json(change)).hexdigest()
+    key = f"chg:{ident(entry.get('id'))}:{ident(raw_time)}:{digest}"
+    return key, ts_auto(raw_time)
+
+
 def format_received_at(received_at: datetime | None) -> str | None:
     if received_at is None:
         return None

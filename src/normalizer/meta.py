@@ -52,9 +52,10 @@ def normalize(em: c.Emitter, doc: Any) -> None:
                 ):
                     em.guarded(_event, change["value"], account)
                 else:
-                    em.unsupported(change, account_id=account)
+                    key, time = c.change_key(entry, change)
+                    em.unsupported(change, key=key, time=time, account_id=account)
         if not handled:
-            em.unsupported(entry, account_id=account)
+            em.unsupported(entry, time=c.ts_auto(entry.get("time")), account_id=account)
 
 
 def _event(em: c.Emitter, ev: Any, account: str | None) -> None:

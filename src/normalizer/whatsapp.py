@@ -2,7 +2,8 @@
 
 Every ``entry[]``, ``changes[]``, ``messages[]``, ``statuses[]`` and ``errors[]`` is read.
 ``field: messages`` and ``field: smb_message_echoes`` are understood; every other field
-(template updates, account alerts, …) becomes one ``unsupported`` event carrying the change.
+(template updates, account alerts, …) becomes one ``unsupported`` event carrying the change,
+timed and keyed by ``entry.time`` (the same change may recur: approved, disabled, approved).
 """
 
 from __future__ import annotations
@@ -35,10 +36,10 @@ def normalize(em: c.Emitter, doc: Any) -> None:
             em.unsupported(entry)
             continue
         for change in changes:
-            em.guarded(_change, change)
+            em.guarded(_change, change, entry)
 
 
-def _change(em: c.Emitter, change: Any) -> None:
+def _change(em: c.Emitter, change: Any, entry: dict[str, Any]) -> None:
     if type(change) is not dict:
         em.unsupported(change)
         return
@@ -73,7 +74,8 @@ def _change(em: c.Emitter, change: Any) -> None:
         for err in errors:
             em.unsupported(err, account_id=account)
     if not handled:
-        em.unsupported(change, account_id=account)
+        key, time = c.change_key(entry, change)
+        em.unsupported(change, key=key, time=time, account_id=account)
 
 
 def _phone(number: str | None) -> str | None:

@@ -450,6 +450,7 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
         [
             {
                 "type": "unsupported",
+                "time": "2025-06-15T23:26:40Z",  # entry.time (seconds), not the receipt time
                 "data.raw.field": "message_template_status_update",
                 "data.raw.value.event": "APPROVED",
             }
@@ -943,6 +944,7 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
             {
                 "type": "unsupported",
                 "subject": "instagram:17841400000000000:",
+                "time": "2025-10-24T06:28:18.065Z",  # entry.time (milliseconds)
                 "data.raw.field": "comments",
             }
         ],

@@ -1,0 +1,120 @@
+"""Focused regressions: dedup keys and times of events the fixtures alone did not pin down.
+
+The gateway deduplicates on the event id, so two distinct platform events must never share
+one, while a redelivery of the same body must get the same ids again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from typing import Any
+
+import pytest
+from pydantic_core import to_json
+
+from normalizer._common import NAMESPACE
+
+from .helpers import RECEIVED, run
+
+# ------------------------------------------------------------- Meta non-messaging changes
+
+
+def _wa_change(field: str, value: dict[str, Any], time: Any) -> bytes:
+    entry: dict[str, Any] = {"id": "102290129340398", "changes": [{"field": field, "value": value}]}
+    if time is not None:
+        entry["time"] = time
+    return json.dumps({"object": "whatsapp_business_account", "entry": [entry]}).encode()
+
+
+def _template(event: str) -> dict[str, Any]:
+    return {
+        "event": event,
+        "message_template_id": 1234567890,
+        "message_template_name": "order_confirmation",
+        "message_template_language": "en_US",
+        "reason": "NONE",
+    }
+
+
+def test_whatsapp_template_re_approval_is_a_new_event_at_entry_time() -> None:
+    """APPROVED → DISABLED → APPROVED: the third change repeats the first one's value; only
+    entry.time tells them apart. Before, it got the first one's id and was deduplicated away."""
+    history = [("APPROVED", 1750030000), ("DISABLED", 1750040000), ("APPROVED", 1750090000)]
+    events = [
+        run("whatsapp", _wa_change("message_template_status_update", _template(ev), t))[0]
+        for ev, t in history
+    ]
+    assert [e.type for e in events] == ["unsupported"] * 3
+    assert len({e.id for e in events}) == 3
+    assert [e.time for e in events] == [
+        "2025-06-15T23:26:40Z",
+        "2025-06-16T02:13:20Z",
+        "2025-06-16T16:06:40Z",
+    ]
+    again = _wa_change("message_template_status_update", _template("APPROVED"), 1750090000)
+    assert run("whatsapp", again)[0].id == events[2].id
+
+
+@pytest.mark.parametrize(
+    ("time", "expected"),
+    [
+        (1750030000, "2025-06-15T23:26:40Z"),  # seconds, as WhatsApp sends
+        (1750030000123, "2025-06-15T23:26:40.123Z"),  # milliseconds
+        ("1750030000", "2025-06-15T23:26:40Z"),
+        (None, RECEIVED),  # no entry.time: the receipt time, as for any event without one
+    ],
+    ids=["seconds", "milliseconds", "string", "absent"],
+)
+def test_whatsapp_other_fields_take_entry_time(time: Any, expected: str) -> None:
+    value = {"display_phone_number": "15550783881", "event": "FLAGGED", "current_limit": "TIER_1K"}
+    (event,) = run("whatsapp", _wa_change("phone_number_quality_update", value, time))
+    assert event.type == "unsupported"
+    assert event.time == expected
+    assert event.data.raw == {"field": "phone_number_quality_update", "value": value}
+
+
+def test_whatsapp_change_key_covers_entry_id_time_and_change() -> None:
+    body = _wa_change("message_template_status_update", _template("APPROVED"), 1750030000)
+    (event,) = run("whatsapp", body, channel_id="ch_9")
+    change = json.loads(body)["entry"][0]["changes"][0]
+    digest = hashlib.sha256(to_json(change)).hexdigest()
+    key = f"chg:102290129340398:1750030000:{digest}"
+    assert event.id == str(uuid.uuid5(uuid.UUID(NAMESPACE), f"whatsapp\nch_9\n{key}"))
+    # another entry (another WABA) with the same change at the same time: another event
+    other = body.replace(b"102290129340398", b"102290129340399")
+    assert run("whatsapp", other, channel_id="ch_9")[0].id != event.id
+
+
+def _ig_comment(text: str, time: int | None) -> bytes:
+    entry: dict[str, Any] = {
+        "id": "17841400000000000",
+        "changes": [
+            {
+                "field": "comments",
+                "value": {"id": "17865799348089039", "from": {"id": "1"}, "text": text},
+            }
+        ],
+    }
+    if time is not None:
+        entry["time"] = time
+    return json.dumps({"object": "instagram", "entry": [entry]}).encode()
+
+
+def test_instagram_comment_changes_are_keyed_and_timed_by_entry() -> None:
+    first = run("instagram", _ig_comment("Nice!", 1761287298065))[0]
+    later = run("instagram", _ig_comment("Nice!", 1761287398065))[0]
+    assert first.type == later.type == "unsupported"
+    assert first.time == "2025-10-24T06:28:18.065Z"
+    assert later.time == "2025-10-24T06:29:58.065Z"
+    assert first.id != later.id
+    assert run("instagram", _ig_comment("Nice!", 1761287298065))[0].id == first.id
+    assert run("instagram", _ig_comment("Nice!", None))[0].time == RECEIVED
+
+
+def test_meta_entry_without_known_items_takes_entry_time() -> None:
+    body = {"object": "page", "entry": [{"id": "112233445566778", "time": 1458692752478}]}
+    (event,) = run("messenger", json.dumps(body).encode())
+    assert event.type == "unsupported"
+    assert event.time == "2016-03-23T00:25:52.478Z"
