@@ -223,6 +223,12 @@ def _status(em: c.Emitter, s: Any, account: str | None) -> None:
     person = c.contact(recipient)
     state = STATES.get(platform_state) if platform_state is not None else None
     key = f"s:{sid}:{platform_state}"
+    # A message to a group gets one receipt per participant, all with the same id and status.
+    participant = c.ident(s.get("recipient_participant_id")) or c.text(
+        s.get("recipient_participant_user_id")
+    )
+    if participant is not None:
+        key = f"{key}:{participant}"
     if sid is None or state is None:
         em.unsupported(
             s,

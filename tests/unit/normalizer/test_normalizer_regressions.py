@@ -118,3 +118,51 @@ def test_meta_entry_without_known_items_takes_entry_time() -> None:
     (event,) = run("messenger", json.dumps(body).encode())
     assert event.type == "unsupported"
     assert event.time == "2016-03-23T00:25:52.478Z"
+
+
+# ------------------------------------------------------------- WhatsApp group receipts
+
+
+def _wa_statuses(*statuses: dict[str, Any]) -> bytes:
+    value = {"metadata": {"phone_number_id": "106540352242922"}, "statuses": list(statuses)}
+    entry = {"id": "W", "changes": [{"field": "messages", "value": value}]}
+    return json.dumps({"object": "whatsapp_business_account", "entry": [entry]}).encode()
+
+
+def _group_read(**participant: str) -> dict[str, Any]:
+    return {
+        "id": "wamid.GROUP=",
+        "status": "read",
+        "timestamp": "1750030073",
+        "recipient_id": "120363000000000000",
+        "recipient_type": "group",
+        **participant,
+    }
+
+
+@pytest.mark.parametrize(
+    "field", ["recipient_participant_id", "recipient_participant_user_id"], ids=str
+)
+def test_whatsapp_group_receipts_of_each_participant_are_distinct(field: str) -> None:
+    body = _wa_statuses(
+        _group_read(**{field: "16505551234"}),
+        _group_read(**{field: "16505559999"}),
+    )
+    events = run("whatsapp", body, channel_id="ch_9")
+    assert [e.type for e in events] == ["message.status"] * 2
+    assert len({e.id for e in events}) == 2
+    for event in events:
+        assert event.data.status is not None
+        assert event.data.status.message_id == "wamid.GROUP="
+        assert event.data.status.state == "read"
+        assert event.time == "2025-06-15T23:27:53Z"
+    key = "s:wamid.GROUP=:read:16505551234"
+    assert events[0].id == str(uuid.uuid5(uuid.UUID(NAMESPACE), f"whatsapp\nch_9\n{key}"))
+    assert [e.id for e in run("whatsapp", body, channel_id="ch_9")] == [e.id for e in events]
+
+
+def test_whatsapp_one_to_one_receipt_key_is_unchanged() -> None:
+    status = {"id": "wamid.X=", "status": "read", "timestamp": "1", "recipient_id": "1650"}
+    (event,) = run("whatsapp", _wa_statuses(status), channel_id="ch_9")
+    expected = uuid.uuid5(uuid.UUID(NAMESPACE), "whatsapp\nch_9\ns:wamid.X=:read")
+    assert event.id == str(expected)
