@@ -2,8 +2,10 @@
 
 An update carries at most one payload field. The bot's own id is not in updates: the caller
 passes the channel's configured ``account_id``. The conversation is the chat (``chat.id``:
-positive for private chats, negative for groups and channels); the contact is the sender
-(``from``, else ``sender_chat`` for channel posts and anonymous admins).
+positive for private chats, negative for groups and channels); the contact is the sender:
+``sender_chat`` when the message was sent on behalf of a chat (channel posts, anonymous group
+admins, a linked channel's automatic forwards, where ``from`` is only a placeholder user such
+as GroupAnonymousBot or 777000), else ``from``, else the chat.
 """
 
 from __future__ import annotations
@@ -97,10 +99,12 @@ def _chat_contact(chat: dict[str, Any]) -> c.Part | None:
 
 
 def _sender(m: dict[str, Any]) -> c.Part | None:
-    if type(m.get("from")) is dict:
-        return _user_contact(m["from"])
+    # Bot API: for a message sent on behalf of a chat, ``from`` "contains a fake sender user in
+    # non-channel chats"; ``sender_chat`` is the real sender.
     if type(m.get("sender_chat")) is dict:
         return _chat_contact(m["sender_chat"])
+    if type(m.get("from")) is dict:
+        return _user_contact(m["from"])
     return _chat_contact(c.obj(m.get("chat")))
 
 

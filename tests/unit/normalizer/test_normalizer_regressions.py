@@ -166,3 +166,67 @@ def test_whatsapp_one_to_one_receipt_key_is_unchanged() -> None:
     (event,) = run("whatsapp", _wa_statuses(status), channel_id="ch_9")
     expected = uuid.uuid5(uuid.UUID(NAMESPACE), "whatsapp\nch_9\ns:wamid.X=:read")
     assert event.id == str(expected)
+
+
+# ------------------------------------------------------------- Telegram sender_chat
+
+SUPERGROUP = {"id": -1001234567890, "type": "supergroup", "title": "Support"}
+CHANNEL = {"id": -1009876543210, "type": "channel", "title": "News", "username": "news"}
+ANONYMOUS_BOT = {
+    "id": 1087968824,
+    "is_bot": True,
+    "first_name": "Group",
+    "username": "GroupAnonymousBot",
+}
+SERVICE_USER = {"id": 777000, "is_bot": False, "first_name": "Telegram"}
+USER = {"id": 1760450482, "is_bot": False, "first_name": "Martin", "username": "martinman"}
+
+
+@pytest.mark.parametrize(
+    ("field", "sender", "sender_chat", "contact"),
+    [
+        (  # anonymous group admin: the group speaks
+            "message",
+            ANONYMOUS_BOT,
+            SUPERGROUP,
+            {"id": "-1001234567890", "name": "Support", "phone": None, "username": None},
+        ),
+        (  # a linked channel's post automatically forwarded to its discussion group
+            "message",
+            SERVICE_USER,
+            CHANNEL,
+            {"id": "-1009876543210", "name": "News", "phone": None, "username": "news"},
+        ),
+        (
+            "edited_message",
+            ANONYMOUS_BOT,
+            SUPERGROUP,
+            {"id": "-1001234567890", "name": "Support", "phone": None, "username": None},
+        ),
+        (  # an ordinary member: no sender_chat, the user is the sender
+            "message",
+            USER,
+            None,
+            {"id": "1760450482", "name": "Martin", "phone": None, "username": "martinman"},
+        ),
+    ],
+    ids=["anonymous-admin", "channel-auto-forward", "edited-anonymous", "member"],
+)
+def test_telegram_contact_is_sender_chat_when_sent_on_behalf_of_a_chat(
+    field: str, sender: dict[str, Any], sender_chat: dict[str, Any] | None, contact: dict[str, Any]
+) -> None:
+    message: dict[str, Any] = {
+        "message_id": 77,
+        "from": sender,
+        "chat": SUPERGROUP,
+        "date": 1700000000,
+        "text": "hi",
+    }
+    if field == "edited_message":
+        message["edit_date"] = 1700000060
+    if sender_chat is not None:
+        message["sender_chat"] = sender_chat
+    (event,) = run("telegram", json.dumps({"update_id": 10, field: message}).encode())
+    assert event.data.contact is not None
+    assert event.data.contact.model_dump() == contact
+    assert event.subject == "telegram:7000000001:-1001234567890"  # the chat, unchanged
