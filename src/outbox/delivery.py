@@ -136,6 +136,10 @@ def decide(
     if result.outcome == "permanent":
         return Decision("failed", "message.failed", error=error)
     delay = policy.next_delay(attempt, result.retry_after)
+    # Compared in seconds before any datetime arithmetic: a delay past not_after, however
+    # large (even inf or NaN), is dead, never an OverflowError that would wedge the writer.
+    if not delay < (not_after - now).total_seconds():
+        return Decision("dead", "message.dead", error=error)
     next_at = now + timedelta(seconds=delay)
     if next_at >= not_after:
         return Decision("dead", "message.dead", error=error)

@@ -26,6 +26,7 @@ from outbox.platforms.base import (
     parse_retry_after,
     post,
     result_from_rule,
+    retry_after_seconds,
     scrub,
     sent,
 )
@@ -55,10 +56,11 @@ def _usage_retry_after(headers: Mapping[str, str]) -> float | None:
             continue
         for entry in entries:
             if isinstance(entry, dict):
-                value = entry.get("estimated_time_to_regain_access")
-                if isinstance(value, int | float) and value > minutes:
-                    minutes = float(value)
-    return minutes * 60.0 if minutes > 0 else None
+                # validated and capped like any hint (the unit here is minutes)
+                value = retry_after_seconds(entry.get("estimated_time_to_regain_access"))
+                if value is not None and value > minutes:
+                    minutes = value
+    return retry_after_seconds(minutes * 60.0) if minutes > 0 else None
 
 
 def graph_failure(

@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import email.utils
+import math
+import re
 import time
 import urllib.parse
 from collections.abc import Iterable, Mapping
@@ -30,6 +32,7 @@ from outbox.contracts import SendCommand
 
 __all__ = [
     "EXCERPT_LIMIT",
+    "MAX_RETRY_AFTER",
     "ChannelConfig",
     "ErrorRule",
     "HttpClient",
@@ -41,6 +44,7 @@ __all__ = [
     "make_http_client",
     "parse_retry_after",
     "post",
+    "retry_after_seconds",
     "scrub",
     "status_outcome",
 ]
@@ -54,6 +58,18 @@ Throttle = Literal["channel", "recipient"]
 EXCERPT_LIMIT = 1024
 _SCRUB_WINDOW = 4 * EXCERPT_LIMIT
 _REDACTED = "***"
+
+MAX_RETRY_AFTER = 86_400.0
+"""The longest wait (seconds) a platform's hint may impose: 24 h, the default lifetime of a
+message (``outbox_default_ttl_seconds``), which a longer wait would mostly outlive anyway.
+Hints are capped here because they are untrusted input: ``Retry-After: 1e12`` or Telegram's
+``retry_after: 1e308`` overflowed the retry schedule's datetime arithmetic (the outcome was
+never recorded, the lease expired and the message was sent again) and paused the channel
+forever."""
+
+_DELTA_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+"""RFC 9110 §10.2.3 delta-seconds (ASCII digits), plus a decimal fraction some servers send
+(``0.5``). No sign, exponent, ``inf`` or ``nan``: ``float()`` would take all of those."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,24 +169,41 @@ def excerpt(body: bytes, secrets: Iterable[str]) -> str | None:
     return text[:EXCERPT_LIMIT]
 
 
+def retry_after_seconds(hint: object) -> float | None:
+    """Any platform wait hint as a finite number of seconds in ``[0, MAX_RETRY_AFTER]``.
+
+    None when the hint is not a real number: a bool, NaN, an infinity, or anything not an
+    ``int``/``float`` (a JSON string, null…). Negative waits are 0; longer ones are capped.
+    """
+    if isinstance(hint, bool) or not isinstance(hint, int | float):
+        return None
+    if isinstance(hint, int):  # compared as int: float() of a huge int would overflow
+        return float(min(max(hint, 0), MAX_RETRY_AFTER))
+    if not math.isfinite(hint):
+        return None
+    return min(max(hint, 0.0), MAX_RETRY_AFTER)
+
+
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
-    """``Retry-After`` as seconds: delta-seconds or an HTTP-date (RFC 9110 §10.2.3)."""
+    """``Retry-After`` as seconds: delta-seconds or an HTTP-date (RFC 9110 §10.2.3), bounded
+    by ``retry_after_seconds``; None when the header is absent or neither form."""
     if value is None:
         return None
     value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
+    if _DELTA_SECONDS.fullmatch(value):
+        if "." in value:
+            return retry_after_seconds(min(float(value), MAX_RETRY_AFTER))  # inf when huge
         try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        seconds = (when - (now or datetime.now(UTC))).total_seconds()
-    if seconds != seconds:  # NaN
+            return retry_after_seconds(int(value))
+        except ValueError:  # more digits than int() will parse: an absurdly long wait
+            return MAX_RETRY_AFTER
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    return max(0.0, seconds)
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return retry_after_seconds((when - (now or datetime.now(UTC))).total_seconds())
 
 
 def status_outcome(status: int) -> tuple[Outcome, bool]:

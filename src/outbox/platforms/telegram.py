@@ -36,6 +36,7 @@ from outbox.platforms.base import (
     parse_retry_after,
     post,
     result_from_rule,
+    retry_after_seconds,
     scrub,
     sent,
 )
@@ -177,9 +178,9 @@ def _failure(exchange: HttpExchange, payload: object, secrets: tuple[str, ...]) 
             title = scrub(description, secrets)
         parameters = payload.get("parameters")
         if isinstance(parameters, dict):
-            hint = parameters.get("retry_after")
-            if isinstance(hint, int | float):
-                retry_after = float(hint)
+            hint = retry_after_seconds(parameters.get("retry_after"))
+            if hint is not None:
+                retry_after = hint
             migrated = parameters.get("migrate_to_chat_id")
             if isinstance(migrated, int):
                 title = f"{title or 'group migrated'} (migrate_to_chat_id {migrated})"

@@ -13,7 +13,7 @@ import pytest
 from fake_platforms import FakePlatformServer, Fault, RecordedRequest
 from outbox.contracts import SendCommand
 from outbox.platforms import SENDERS, ChannelConfig, SendResult, make_http_client
-from outbox.platforms.base import HttpClient
+from outbox.platforms.base import MAX_RETRY_AFTER, HttpClient
 
 pytestmark = pytest.mark.integration
 
@@ -712,6 +712,41 @@ async def test_secrets_echoed_by_the_platform_are_scrubbed(
     assert result.outcome == "permanent"
     assert "***" in (result.error_title or "")
     assert "***" in (result.response_excerpt or "")
+
+
+@pytest.mark.parametrize(
+    ("platform", "fault", "retry_after"),
+    [
+        (
+            "telegram",
+            Fault(
+                status=429,
+                body={
+                    "ok": False,
+                    "error_code": 429,
+                    "description": "Too Many Requests",
+                    "parameters": {"retry_after": 1e308},
+                },
+            ),
+            MAX_RETRY_AFTER,
+        ),
+        ("telegram", Fault(status=429, headers={"Retry-After": "inf"}), None),
+        ("whatsapp", Fault(status=429, headers={"Retry-After": "1e12"}), None),
+        ("whatsapp", Fault(status=429, headers={"Retry-After": "99999999999"}), MAX_RETRY_AFTER),
+        ("twilio", Fault(status=429, code=20429, headers={"Retry-After": "NaN"}), None),
+    ],
+)
+async def test_absurd_retry_hints_are_bounded(
+    server: FakePlatformServer,
+    client: HttpClient,
+    platform: str,
+    fault: Fault,
+    retry_after: float | None,
+) -> None:
+    server.inject(fault)
+    result = await send(server, client, platform, cmd("1", HELLO))
+    assert (result.outcome, result.throttled) == ("retryable", True)
+    assert result.retry_after == retry_after
 
 
 async def test_missing_credentials_fail_without_a_request(
