@@ -34,13 +34,14 @@ def normalize(em: c.Emitter, doc: Any) -> None:
             em.unsupported(entry)
             continue
         account = c.ident(entry.get("id"))
+        entry_time = c.ts_auto(entry.get("time"))
         handled = False
         for name in ("messaging", "standby"):
             events = entry.get(name)
             if type(events) is list:
                 handled = True
                 for event in events:
-                    em.guarded(_event, event, account)
+                    em.guarded(_event, event, account, entry_time)
         changes = entry.get("changes")
         if type(changes) is list:
             handled = True
@@ -50,22 +51,24 @@ def normalize(em: c.Emitter, doc: Any) -> None:
                     and change.get("field") == "messages"
                     and type(change.get("value")) is dict
                 ):
-                    em.guarded(_event, change["value"], account)
+                    em.guarded(_event, change["value"], account, entry_time)
                 else:
                     key, time = c.change_key(entry, change)
                     em.unsupported(change, key=key, time=time, account_id=account)
         if not handled:
-            em.unsupported(entry, time=c.ts_auto(entry.get("time")), account_id=account)
+            em.unsupported(entry, time=entry_time, account_id=account)
 
 
-def _event(em: c.Emitter, ev: Any, account: str | None) -> None:
+def _event(em: c.Emitter, ev: Any, account: str | None, entry_time: str | None) -> None:
     if type(ev) is not dict:
-        em.unsupported(ev, account_id=account)
+        em.unsupported(ev, time=entry_time, account_id=account)
         return
     sender = c.ident(c.obj(ev.get("sender")).get("id"))
     recipient = c.ident(c.obj(ev.get("recipient")).get("id"))
     raw_ts = ev.get("timestamp")
-    time = c.ts_auto(raw_ts)
+    # Some events carry no timestamp of their own (Meta's delivery example): the entry's time
+    # is the platform's, closer than the receipt time.
+    time = c.ts_auto(raw_ts) or entry_time
     msg = ev.get("message")
     if type(msg) is dict:
         echo = msg.get("is_echo") is True

@@ -230,3 +230,69 @@ def test_telegram_contact_is_sender_chat_when_sent_on_behalf_of_a_chat(
     assert event.data.contact is not None
     assert event.data.contact.model_dump() == contact
     assert event.subject == "telegram:7000000001:-1001234567890"  # the chat, unchanged
+
+
+# ------------------------------------------------------------- Messenger/Instagram time
+
+DELIVERY = {  # Meta's message-deliveries example: no event timestamp
+    "sender": {"id": "6101234567890123"},
+    "recipient": {"id": "112233445566778"},
+    "delivery": {"mids": ["mid.1458668856218:ed81099e15d3f4f233"], "watermark": 1458668856253},
+}
+IG_READ = {
+    "sender": {"id": "1234567890123456"},
+    "recipient": {"id": "17841400000000000"},
+    "read": {"mid": "aWdfOUR_MESSAGE"},
+}
+IG_TEXT = {
+    "sender": {"id": "1234567890123456"},
+    "recipient": {"id": "17841400000000000"},
+    "message": {"mid": "aWdfTHEIRS", "text": "hi"},
+}
+
+
+def _meta(platform: str, event: dict[str, Any], time: Any, form: str = "messaging") -> bytes:
+    entry: dict[str, Any] = {"id": event["recipient"]["id"]}
+    if time is not None:
+        entry["time"] = time
+    if form == "changes":
+        entry["changes"] = [{"field": "messages", "value": event}]
+    else:
+        entry[form] = [event]
+    obj = "page" if platform == "messenger" else "instagram"
+    return json.dumps({"object": obj, "entry": [entry]}).encode()
+
+
+@pytest.mark.parametrize(
+    ("platform", "event", "form", "entry_time", "expected"),
+    [
+        ("messenger", DELIVERY, "messaging", 1458692752478, "2016-03-23T00:25:52.478Z"),
+        ("messenger", DELIVERY, "standby", 1458692752478, "2016-03-23T00:25:52.478Z"),
+        ("messenger", DELIVERY, "messaging", None, RECEIVED),
+        ("instagram", IG_READ, "messaging", 1761287298065, "2025-10-24T06:28:18.065Z"),
+        ("instagram", IG_TEXT, "changes", 1761287298, "2025-10-24T06:28:18Z"),
+        (  # the event's own timestamp still wins over the entry's
+            "messenger",
+            {**DELIVERY, "timestamp": 1458692750000},
+            "messaging",
+            1458692752478,
+            "2016-03-23T00:25:50.000Z",
+        ),
+    ],
+    ids=["delivery", "standby", "no-entry-time", "ig-read", "ig-changes", "own-timestamp"],
+)
+def test_meta_events_without_timestamp_take_entry_time(
+    platform: str, event: dict[str, Any], form: str, entry_time: Any, expected: str
+) -> None:
+    (result,) = run(platform, _meta(platform, event, entry_time, form))
+    assert result.type != "unsupported"
+    assert result.time == expected
+
+
+def test_meta_delivery_id_does_not_depend_on_entry_time() -> None:
+    """The receipt is keyed by message id and state: the time fix leaves ids alone."""
+    first = run("messenger", _meta("messenger", DELIVERY, 1458692752478))[0]
+    other = run("messenger", _meta("messenger", DELIVERY, 1458692799999))[0]
+    assert first.id == other.id
+    assert first.data.status is not None
+    assert first.data.status.watermark == "2016-03-22T17:47:36.253Z"
