@@ -12,12 +12,14 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any
 
 import prometheus_client
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp
 
 from switchboard import db, kafka
@@ -103,6 +105,15 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _switchboard_error(_: Request, exc: SwitchboardError) -> Response:
         return JSONResponse(
             _error_body(exc.code, exc.message, exc.details), status_code=exc.status_code
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
+        """The framework's own answers (unknown route 404, wrong method 405, …) in our shape."""
+        code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_").replace("-", "_")
+        message = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
+        return JSONResponse(
+            _error_body(code, message), status_code=exc.status_code, headers=exc.headers
         )
 
     @app.exception_handler(RequestValidationError)

@@ -59,6 +59,19 @@ async def test_health_and_readiness(settings: Settings, engine: AsyncEngine) -> 
         assert (await api.client.get("/metrics")).status_code == 200
 
 
+async def test_framework_errors_use_the_error_shape(
+    settings: Settings, engine: AsyncEngine
+) -> None:
+    async with running_app(settings) as api:
+        missing = await api.client.get("/v1/nothing-here")
+        wrong_method = await api.client.put("/healthz")
+    assert missing.status_code == 404
+    assert missing.json() == {"error": {"code": "not_found", "message": "Not Found"}}
+    assert wrong_method.status_code == 405
+    assert wrong_method.json()["error"]["code"] == "method_not_allowed"
+    assert "GET" in wrong_method.headers["allow"]
+
+
 async def test_readiness_fails_when_the_broker_is_unreachable(
     settings: Settings, engine: AsyncEngine
 ) -> None:
