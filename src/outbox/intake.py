@@ -47,6 +47,7 @@ from outbox.errors import (
 )
 from outbox.models import ConversationWindow, OutboxAttempt, OutboxMessage
 from outbox.platforms import SENDERS, UnsupportedContent
+from outbox.platforms.twilio import is_whatsapp_address
 from switchboard.channels.models import Channel
 from switchboard.errors import BadRequest
 from switchboard.settings import Settings
@@ -99,12 +100,14 @@ def window_key(channel_id: uuid.UUID | str, platform: str, peer: str) -> str:
     return f"{channel_id}:{peer}"
 
 
-def needs_window(platform: str, command: SendCommand) -> bool:
-    """Free-form WhatsApp messages (Cloud API, or Twilio ``whatsapp:`` addresses) need the
-    24-hour window; templates do not."""
+def needs_window(platform: str, command: SendCommand, account_id: str = "") -> bool:
+    """Free-form WhatsApp messages (Cloud API, or Twilio with a ``whatsapp:`` recipient or
+    sender ``account_id``) need the 24-hour window; templates do not."""
     if command.content.kind == "template":
         return False
-    return platform == "whatsapp" or (platform == "twilio" and command.to.startswith("whatsapp:"))
+    if platform == "twilio":
+        return is_whatsapp_address(command.to) or is_whatsapp_address(account_id)
+    return platform == "whatsapp"
 
 
 async def resolve_channel(session: AsyncSession, command: SendCommand) -> Channel:
@@ -134,10 +137,12 @@ async def check(
     if sender is None:
         raise ContentNotSupported(f"no sender for platform {channel.platform!r}")
     try:
-        sender.validate(command)
+        sender.validate(command, account_id=channel.account_id)
     except UnsupportedContent as exc:
         raise ContentNotSupported(str(exc)) from None
-    if settings.outbox_whatsapp_window_check and needs_window(channel.platform, command):
+    if settings.outbox_whatsapp_window_check and needs_window(
+        channel.platform, command, channel.account_id
+    ):
         key = window_key(channel.id, channel.platform, command.to)
         window = await session.get(ConversationWindow, key)
         if window is None:

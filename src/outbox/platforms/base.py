@@ -141,8 +141,12 @@ class ErrorRule:
 class Sender(Protocol):
     platform: str
 
-    def validate(self, command: SendCommand) -> None:
-        """Raise ``UnsupportedContent`` if this platform cannot express ``command``."""
+    def validate(self, command: SendCommand, *, account_id: str | None = None) -> None:
+        """Raise ``UnsupportedContent`` if this platform cannot express ``command``.
+
+        ``account_id`` is the sending channel's ``account_id`` when known: some refusals depend
+        on the sender (a Twilio ``whatsapp:`` sender cannot reach an SMS number).
+        """
 
     async def send(
         self,

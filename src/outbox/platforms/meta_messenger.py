@@ -88,7 +88,7 @@ class MetaMessengerSender:
     def __init__(self, platform: Literal["messenger", "instagram"]) -> None:
         self.platform: str = platform
 
-    def validate(self, command: SendCommand) -> None:
+    def validate(self, command: SendCommand, *, account_id: str | None = None) -> None:
         self._build(command)
 
     def _build(self, command: SendCommand) -> dict[str, Any]:

@@ -81,7 +81,7 @@ def _message_id(value: str, what: str) -> int:
 class TelegramSender:
     platform = "telegram"
 
-    def validate(self, command: SendCommand) -> None:
+    def validate(self, command: SendCommand, *, account_id: str | None = None) -> None:
         self._build(command)
 
     def _build(self, command: SendCommand) -> tuple[str, dict[str, Any]]:

@@ -6,6 +6,10 @@ research/platforms.md §5.5). ``channel.account_id`` is the sender: a phone numb
 (``+1555…``, ``whatsapp:+1555…``) goes in ``From``, a Messaging Service SID (``MG…``) in
 ``MessagingServiceSid``.
 
+WhatsApp and SMS do not mix: ``From`` and ``To`` must both carry ``whatsapp:`` or neither
+(Twilio error 21910, "Invalid From and To pair"), so such a pair is refused up front. A
+Messaging Service may hold senders of both kinds and is not checked.
+
 Mapping of the contract (decisions):
 - text -> ``Body`` (<= 1600 chars).
 - media -> ``MediaUrl`` (by URL only: Twilio fetches it), caption -> ``Body``; media ids and
@@ -46,6 +50,7 @@ from outbox.platforms.base import (
 TWILIO_BASE_URL = "https://api.twilio.com"
 MAX_BODY = 1600
 _CONTENT_SID = re.compile(r"^HX[0-9a-fA-F]{32}$")
+WHATSAPP_PREFIX = "whatsapp:"
 
 _CHANNEL_THROTTLE = ErrorRule(retryable=True, throttle="channel")
 _PERMANENT = ErrorRule(retryable=False)
@@ -71,21 +76,48 @@ ERRORS: Mapping[int, ErrorRule] = {
     21614: _PERMANENT,  # To is not a mobile number
     21617: _PERMANENT,  # body too long
     21620: _PERMANENT,  # invalid media URL
+    21910: _PERMANENT,  # invalid From and To pair (WhatsApp and SMS mixed)
     21656: _PERMANENT,  # invalid ContentVariables
     63016: _PERMANENT,  # outside the WhatsApp window: use a template
 }
 
 
+def is_whatsapp_address(address: str) -> bool:
+    """A Twilio WhatsApp address (``whatsapp:+15551234567``), as opposed to an SMS number."""
+    return address.startswith(WHATSAPP_PREFIX)
+
+
+def check_pair(sender: str, to: str) -> None:
+    """Refuse a WhatsApp sender with an SMS recipient and vice versa (Twilio 21910).
+
+    ``sender`` is the channel's ``account_id``; an empty one (unknown) or a Messaging Service
+    SID (``MG…``) is not checked.
+    """
+    if not sender or sender.startswith("MG"):
+        return
+    if is_whatsapp_address(sender) and not is_whatsapp_address(to):
+        raise UnsupportedContent(
+            f"Twilio cannot send from a WhatsApp sender ({sender!r}) to an SMS number "
+            f"({to!r}): write the recipient as '{WHATSAPP_PREFIX}{to}'"
+        )
+    if is_whatsapp_address(to) and not is_whatsapp_address(sender):
+        raise UnsupportedContent(
+            f"Twilio cannot send from an SMS sender ({sender!r}) to a WhatsApp address "
+            f"({to!r}): use a channel whose account_id is a '{WHATSAPP_PREFIX}' sender"
+        )
+
+
 class TwilioSender:
     platform = "twilio"
 
-    def validate(self, command: SendCommand) -> None:
-        self._form(command, sender="")
+    def validate(self, command: SendCommand, *, account_id: str | None = None) -> None:
+        self._form(command, sender=account_id or "")
 
     def _form(self, command: SendCommand, *, sender: str) -> dict[str, str | list[str]]:
         content = command.content
         if command.reply_to is not None:
             raise UnsupportedContent("Twilio messages cannot quote an earlier message (reply_to)")
+        check_pair(sender, command.to)
         form: dict[str, str | list[str]] = {"To": command.to}
         if sender.startswith("MG"):
             form["MessagingServiceSid"] = sender

@@ -110,7 +110,7 @@ ERRORS: Mapping[int, ErrorRule] = {
 class WhatsAppSender:
     platform = "whatsapp"
 
-    def validate(self, command: SendCommand) -> None:
+    def validate(self, command: SendCommand, *, account_id: str | None = None) -> None:
         self._build(command)
 
     def _build(self, command: SendCommand) -> dict[str, Any]:

@@ -12,7 +12,13 @@ import pytest
 
 from fake_platforms import FakePlatformServer, Fault, RecordedRequest
 from outbox.contracts import SendCommand
-from outbox.platforms import SENDERS, ChannelConfig, SendResult, make_http_client
+from outbox.platforms import (
+    SENDERS,
+    ChannelConfig,
+    SendResult,
+    UnsupportedContent,
+    make_http_client,
+)
 from outbox.platforms.base import MAX_RETRY_AFTER, HttpClient
 
 pytestmark = pytest.mark.integration
@@ -401,10 +407,13 @@ async def test_telegram_wire_format(
         assert result.platform_message_id.isdigit()
 
 
-TW_CASES: list[tuple[str, dict[str, Any], dict[str, list[str]]]] = [
-    ("+15550000000", TEXT, {"Body": [TEXT["text"]]}),
+WA_TO = "whatsapp:+393331234567"
+TW_CASES: list[tuple[str, str, dict[str, Any], dict[str, list[str]]]] = [
+    ("whatsapp:+15550000000", WA_TO, TEXT, {"Body": [TEXT["text"]]}),
+    ("+15550000000", "+393331234567", TEXT, {"Body": [TEXT["text"]]}),  # SMS
     (
-        "+15550000000",
+        "whatsapp:+15550000000",
+        WA_TO,
         {
             "kind": "media",
             "media": {"kind": "image", "url": "https://x.test/a.png", "caption": "c"},
@@ -413,6 +422,7 @@ TW_CASES: list[tuple[str, dict[str, Any], dict[str, list[str]]]] = [
     ),
     (
         "MG" + "2" * 32,
+        WA_TO,
         {
             "kind": "template",
             "template": {
@@ -434,19 +444,22 @@ TW_CASES: list[tuple[str, dict[str, Any], dict[str, list[str]]]] = [
 ]
 
 
-@pytest.mark.parametrize(("sender", "content", "expected"), TW_CASES)
+def twilio_channel(server: FakePlatformServer, sender: str) -> ChannelConfig:
+    base = channel(server, "twilio")
+    return ChannelConfig(base.id, "twilio", sender, base.credentials, base.api_base_url)
+
+
+@pytest.mark.parametrize(("sender", "to", "content", "expected"), TW_CASES)
 async def test_twilio_wire_format(
     server: FakePlatformServer,
     client: HttpClient,
     sender: str,
+    to: str,
     content: dict[str, Any],
     expected: dict[str, list[str]],
 ) -> None:
-    base = channel(server, "twilio")
-    tw = ChannelConfig(base.id, "twilio", sender, base.credentials, base.api_base_url)
-    result = await SENDERS["twilio"].send(
-        client, tw, cmd("whatsapp:+393331234567", content), timeout=5
-    )
+    tw = twilio_channel(server, sender)
+    result = await SENDERS["twilio"].send(client, tw, cmd(to, content), timeout=5)
     assert result.outcome == "sent"
     assert result.platform_message_id is not None
     assert result.platform_message_id.startswith("SM")
@@ -457,7 +470,21 @@ async def test_twilio_wire_format(
     sender_field = (
         {"MessagingServiceSid": [sender]} if sender.startswith("MG") else {"From": [sender]}
     )
-    assert request.form == {"To": ["whatsapp:+393331234567"], **sender_field, **expected}
+    assert request.form == {"To": [to], **sender_field, **expected}
+
+
+@pytest.mark.parametrize(
+    ("sender", "to"),
+    [("whatsapp:+15550000000", "+393331234567"), ("+15550000000", WA_TO)],
+)
+async def test_twilio_never_sends_a_whatsapp_sms_mix(
+    server: FakePlatformServer, client: HttpClient, sender: str, to: str
+) -> None:
+    """Twilio would answer 21910 (invalid From and To pair): refused before any request."""
+    tw = twilio_channel(server, sender)
+    with pytest.raises(UnsupportedContent, match="Twilio cannot send from"):
+        await SENDERS["twilio"].send(client, tw, cmd(to, TEXT), timeout=5)
+    assert server.requests == []
 
 
 HELLO = {"kind": "text", "text": "hello"}

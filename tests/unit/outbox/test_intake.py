@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import base64
+import uuid
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import pytest
 from aiokafka import ConsumerRecord
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from outbox.consumer import DeadLetter, dead_letter_value, parse_command
 from outbox.contracts import SendCommand
-from outbox.intake import needs_window, request_hash, window_key
+from outbox.errors import ContentNotSupported, WindowClosed
+from outbox.intake import check, needs_window, request_hash, window_key
+from switchboard.channels.models import Channel
+from switchboard.settings import Settings
 
 
 def command(**overrides: Any) -> SendCommand:
@@ -48,6 +53,63 @@ def test_window_key_and_which_messages_need_the_window() -> None:
     assert needs_window("twilio", command(to="whatsapp:+15551234567"))
     assert not needs_window("twilio", command(to="+15551234567"))
     assert not needs_window("telegram", command())
+    # the sender decides too: a Twilio WhatsApp channel needs the window whatever ``to`` says
+    assert needs_window("twilio", command(to="+15551234567"), "whatsapp:+14155238886")
+    assert not needs_window("twilio", command(to="+15551234567"), "+14155238886")
+    assert not needs_window("twilio", command(content=template), "whatsapp:+14155238886")
+
+
+class _NoWindows:
+    """The one session call ``check`` makes: no window is recorded for anyone."""
+
+    async def get(self, model: type, key: str) -> None:
+        return None
+
+
+def _twilio(account_id: str) -> Channel:
+    return Channel(id=uuid.uuid4(), platform="twilio", account_id=account_id, enabled=True)
+
+
+@pytest.mark.parametrize(
+    ("account_id", "to", "fragment"),
+    [
+        ("whatsapp:+14155238886", "+393331234567", "WhatsApp sender"),
+        ("+14155238886", "whatsapp:+393331234567", "SMS sender"),
+    ],
+)
+async def test_check_refuses_a_twilio_whatsapp_sms_mix(
+    account_id: str, to: str, fragment: str
+) -> None:
+    settings = Settings(_env_file=None)
+    with pytest.raises(ContentNotSupported, match=fragment) as refused:
+        await check(
+            cast(AsyncSession, _NoWindows()),
+            settings,
+            command(to=to),
+            _twilio(account_id),
+            datetime.now(UTC),
+        )
+    assert refused.value.code == "unsupported_content"
+
+
+async def test_check_applies_the_window_to_a_twilio_whatsapp_sender() -> None:
+    settings = Settings(_env_file=None)
+    with pytest.raises(WindowClosed):
+        await check(
+            cast(AsyncSession, _NoWindows()),
+            settings,
+            command(to="whatsapp:+393331234567"),
+            _twilio("whatsapp:+14155238886"),
+            datetime.now(UTC),
+        )
+    # an SMS pair has no window
+    await check(
+        cast(AsyncSession, _NoWindows()),
+        settings,
+        command(to="+393331234567"),
+        _twilio("+14155238886"),
+        datetime.now(UTC),
+    )
 
 
 def _json(value: object) -> bytes:

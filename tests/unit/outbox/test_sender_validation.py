@@ -124,3 +124,43 @@ def test_platform_accepts(platform: str, command: SendCommand) -> None:
 def test_registry_covers_every_platform() -> None:
     assert set(SENDERS) == {"whatsapp", "messenger", "instagram", "telegram", "twilio"}
     assert all(SENDERS[p].platform == p for p in SENDERS)
+
+
+WA_SENDER = "whatsapp:+14155238886"
+SMS_SENDER = "+14155238886"
+SERVICE = "MG" + "1" * 32
+TEXT = {"kind": "text", "text": "hi"}
+
+
+@pytest.mark.parametrize(
+    ("sender", "to", "message"),
+    [
+        (WA_SENDER, "+393331234567", "write the recipient as 'whatsapp:\\+393331234567'"),
+        (SMS_SENDER, "whatsapp:+393331234567", "to a WhatsApp address"),
+    ],
+)
+def test_twilio_refuses_a_whatsapp_sms_mix(sender: str, to: str, message: str) -> None:
+    command = SendCommand.model_validate({"id": "c", "channel_id": "ch", "to": to, "content": TEXT})
+    with pytest.raises(UnsupportedContent, match=message):
+        SENDERS["twilio"].validate(command, account_id=sender)
+
+
+@pytest.mark.parametrize(
+    ("sender", "to"),
+    [
+        (WA_SENDER, "whatsapp:+393331234567"),
+        (SMS_SENDER, "+393331234567"),
+        (SERVICE, "whatsapp:+393331234567"),  # a Messaging Service may hold both kinds
+        (SERVICE, "+393331234567"),
+        (None, "+393331234567"),  # sender unknown: nothing to compare
+        (None, "whatsapp:+393331234567"),
+    ],
+)
+def test_twilio_accepts_a_matching_pair(sender: str | None, to: str) -> None:
+    command = SendCommand.model_validate({"id": "c", "channel_id": "ch", "to": to, "content": TEXT})
+    SENDERS["twilio"].validate(command, account_id=sender)
+
+
+def test_every_sender_takes_the_account_id() -> None:
+    for sender in SENDERS.values():
+        sender.validate(cmd(TEXT), account_id="12345")
