@@ -8,11 +8,15 @@ Mapping of the contract (decisions):
 - ``messaging_type`` is ``RESPONSE``. ``metadata["message_tag"]`` (e.g. ``"HUMAN_AGENT"``)
   switches to ``messaging_type: MESSAGE_TAG`` with that ``tag``, for sends outside the 24 h
   standard window (policy: https://developers.facebook.com/docs/messenger-platform/policy/policy-overview-aug-2019).
-- text -> ``message.text`` (<= 2000 chars).
+- text -> ``message.text``: Messenger <= 2000 characters; Instagram <= 1000 bytes of UTF-8
+  ("text must be UTF-8 and less than 1000 bytes",
+  https://developers.facebook.com/docs/messenger-platform/instagram/features/send-message),
+  so an emoji-heavy Instagram text may hold far fewer than 1000 characters.
 - media -> ``message.attachment {type, payload {url, is_reusable} | {attachment_id}}``; document
   maps to ``file``. Captions cannot be attached to an attachment and are refused; stickers are
   refused; Instagram has no ``file`` attachments. ``filename`` is a hint and is dropped.
-- interactive -> ``message.text`` + ``quick_replies`` (<= 13, title <= 20 chars, payload = id).
+- interactive -> ``message.text`` (the same limits as text) + ``quick_replies`` (<= 13,
+  title <= 20 chars, payload = id).
 - reaction -> ``sender_action: react`` with ``payload {message_id, reaction}``; an empty emoji
   is ``unreact`` (https://developers.facebook.com/documentation/business-messaging/messenger-platform/send-messages/sender-actions).
   Instagram accepts only the "love" reaction, so only a heart emoji (or "love") is allowed there.
@@ -36,6 +40,9 @@ from outbox.platforms.base import (
 )
 
 MAX_TEXT = 2000
+"""Messenger text, in characters."""
+MAX_INSTAGRAM_TEXT_BYTES = 1000
+"""Instagram text, in bytes of UTF-8."""
 MAX_QUICK_REPLIES = 13
 MAX_QUICK_REPLY_TITLE = 20
 MAX_PAYLOAD = 1000
@@ -113,7 +120,7 @@ class MetaMessengerSender:
 
         message: dict[str, Any]
         if content.text is not None:
-            _check_text(name, content.text)
+            self._check_text(content.text)
             message = {"text": content.text}
         elif content.media is not None:
             media = content.media
@@ -134,7 +141,7 @@ class MetaMessengerSender:
             message = {"attachment": {"type": attachment_type, "payload": payload}}
         elif content.interactive is not None:
             interactive = content.interactive
-            _check_text(name, interactive.body)
+            self._check_text(interactive.body)
             if len(interactive.buttons) > MAX_QUICK_REPLIES:
                 raise UnsupportedContent(
                     f"{name} allows at most {MAX_QUICK_REPLIES} quick replies, "
@@ -166,6 +173,17 @@ class MetaMessengerSender:
         body["message"] = message
         return body
 
+    def _check_text(self, text: str) -> None:
+        if self.platform == "instagram":
+            size = len(text.encode("utf-8", errors="surrogatepass"))
+            if size > MAX_INSTAGRAM_TEXT_BYTES:
+                raise UnsupportedContent(
+                    f"Instagram text is limited to {MAX_INSTAGRAM_TEXT_BYTES} bytes of UTF-8 "
+                    f"(this one is {size} bytes, {len(text)} characters)"
+                )
+        elif len(text) > MAX_TEXT:
+            raise UnsupportedContent(f"Messenger text is limited to {MAX_TEXT} characters")
+
     async def send(
         self,
         client: HttpClient,
@@ -182,11 +200,6 @@ class MetaMessengerSender:
             timeout=timeout,
             message_id=_message_id,
         )
-
-
-def _check_text(name: str, text: str) -> None:
-    if len(text) > MAX_TEXT:
-        raise UnsupportedContent(f"{name} text is limited to {MAX_TEXT} characters")
 
 
 def _messaging_type(name: str, command: SendCommand) -> dict[str, str]:

@@ -164,3 +164,26 @@ def test_twilio_accepts_a_matching_pair(sender: str | None, to: str) -> None:
 def test_every_sender_takes_the_account_id() -> None:
     for sender in SENDERS.values():
         sender.validate(cmd(TEXT), account_id="12345")
+
+
+def interactive(body: str) -> dict[str, Any]:
+    return {
+        "kind": "interactive",
+        "interactive": {"body": body, "buttons": [{"id": "a", "title": "A"}]},
+    }
+
+
+@pytest.mark.parametrize("make", [lambda t: {"kind": "text", "text": t}, interactive])
+def test_instagram_text_is_limited_to_1000_utf8_bytes(make: Any) -> None:
+    instagram, messenger = SENDERS["instagram"], SENDERS["messenger"]
+    instagram.validate(cmd(make("x" * 1000)))
+    instagram.validate(cmd(make("é" * 500)))  # 2 bytes each: exactly 1000
+    instagram.validate(cmd(make("😀" * 250)))  # 4 bytes each: exactly 1000
+    for text in ("x" * 1001, "é" * 501, "😀" * 251, "😀" * 300, "x" * 2000):
+        with pytest.raises(UnsupportedContent, match="1000 bytes of UTF-8"):
+            instagram.validate(cmd(make(text)))
+    # Messenger keeps its 2000-character limit, whatever the bytes
+    messenger.validate(cmd(make("😀" * 2000)))
+    messenger.validate(cmd(make("x" * 2000)))
+    with pytest.raises(UnsupportedContent, match="Messenger text is limited to 2000 characters"):
+        messenger.validate(cmd(make("x" * 2001)))
