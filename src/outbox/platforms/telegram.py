@@ -12,6 +12,9 @@ Mapping of the contract (decisions):
 - interactive -> ``sendMessage`` with ``reply_markup.inline_keyboard``, one button per row,
   ``callback_data`` = button id (1-64 bytes).
 - reaction -> ``setMessageReaction`` with ``[{"type": "emoji", "emoji": e}]`` or ``[]`` to remove.
+  Bots may only use the fixed emoji list of ``ReactionTypeEmoji`` (``REACTION_EMOJI``); any
+  other emoji is refused up front (Telegram answers 400 REACTION_INVALID). U+FE0F (emoji
+  presentation selector) is dropped first, so ``❤️`` is sent as the listed ``❤``.
 - reply_to -> ``reply_parameters.message_id`` (an integer message id).
 - template -> refused: Telegram has no templates.
 A numeric ``to`` is sent as an integer ``chat_id``; ``@channelusername`` as given.
@@ -45,6 +48,26 @@ TELEGRAM_BASE_URL = "https://api.telegram.org"
 MAX_TEXT = 4096
 MAX_CAPTION = 1024
 MAX_CALLBACK_DATA = 64
+
+# https://core.telegram.org/bots/api#reactiontypeemoji, in the order listed there. Written
+# without U+FE0F; the ZWJ sequences are spelled out because U+200D is invisible.
+REACTION_EMOJI: frozenset[str] = frozenset(
+    {
+        "👍", "👎", "❤", "🔥", "🥰", "👏", "😁", "🤔", "🤯", "😱", "🤬", "😢", "🎉", "🤩",
+        "🤮", "💩", "🙏", "👌", "🕊", "🤡", "🥱", "🥴", "😍", "🐳",
+        "\u2764\u200d\U0001f525",  # heart on fire
+        "🌚", "🌭", "💯", "🤣", "⚡", "🍌", "🏆", "💔", "🤨", "😐", "🍓", "🍾", "💋", "🖕",
+        "😈", "😴", "😭", "🤓", "👻",
+        "\U0001f468\u200d\U0001f4bb",  # man technologist
+        "👀", "🎃", "🙈", "😇", "😨", "🤝", "✍", "🤗", "🫡", "🎅", "🎄", "☃", "💅", "🤪",
+        "🗿", "🆒", "💘", "🙉", "🦄", "😘", "💊", "🙊", "😎", "👾",
+        "\U0001f937\u200d\u2642",  # man shrugging
+        "🤷",
+        "\U0001f937\u200d\u2640",  # woman shrugging
+        "😡",
+    }
+)  # fmt: skip
+_VARIATION_SELECTOR = "\ufe0f"
 
 _MEDIA_METHODS: Mapping[str, tuple[str, str]] = {
     "image": ("sendPhoto", "photo"),
@@ -88,7 +111,7 @@ class TelegramSender:
         content = command.content
         chat_id = _chat_id(command.to)
         if content.reaction is not None:
-            emoji = content.reaction.emoji
+            emoji = _reaction_emoji(content.reaction.emoji)
             return "setMessageReaction", {
                 "chat_id": chat_id,
                 "message_id": _message_id(content.reaction.message_id, "reaction.message_id"),
@@ -158,6 +181,17 @@ class TelegramSender:
             message_id = result.get("message_id") if isinstance(result, dict) else None
             return sent(str(message_id) if message_id is not None else None, exchange, secrets)
         return _failure(exchange, payload, secrets)
+
+
+def _reaction_emoji(emoji: str) -> str:
+    """The emoji as Telegram lists it (U+FE0F dropped); "" (remove the reaction) as is."""
+    normalised = emoji.replace(_VARIATION_SELECTOR, "")
+    if emoji and normalised not in REACTION_EMOJI:
+        raise UnsupportedContent(
+            f"Telegram bots can only react with the emoji listed for ReactionTypeEmoji "
+            f"(https://core.telegram.org/bots/api#reactiontypeemoji); {emoji!r} is not one"
+        )
+    return normalised
 
 
 def _check_len(what: str, text: str, limit: int) -> None:

@@ -384,6 +384,20 @@ TG_CASES: list[tuple[str, dict[str, Any], dict[str, Any], str, dict[str, Any]]] 
         "setMessageReaction",
         {"chat_id": 12345, "message_id": 77, "reaction": [{"type": "emoji", "emoji": "👍"}]},
     ),
+    (  # U+FE0F dropped: Telegram lists the heart as a bare U+2764
+        "12345",
+        {"kind": "reaction", "reaction": {"message_id": "77", "emoji": "\u2764\ufe0f"}},
+        {},
+        "setMessageReaction",
+        {"chat_id": 12345, "message_id": 77, "reaction": [{"type": "emoji", "emoji": "\u2764"}]},
+    ),
+    (
+        "12345",
+        {"kind": "reaction", "reaction": {"message_id": "77", "emoji": ""}},
+        {},
+        "setMessageReaction",
+        {"chat_id": 12345, "message_id": 77, "reaction": []},
+    ),
 ]
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from outbox.contracts import SendCommand
 from outbox.platforms import SENDERS, UnsupportedContent
+from outbox.platforms.telegram import REACTION_EMOJI
 
 HX = "HX" + "0" * 32
 
@@ -187,3 +188,63 @@ def test_instagram_text_is_limited_to_1000_utf8_bytes(make: Any) -> None:
     messenger.validate(cmd(make("x" * 2000)))
     with pytest.raises(UnsupportedContent, match="Messenger text is limited to 2000 characters"):
         messenger.validate(cmd(make("x" * 2001)))
+
+
+def telegram_reaction(emoji: str) -> SendCommand:
+    return cmd({"kind": "reaction", "reaction": {"message_id": "7", "emoji": emoji}})
+
+
+@pytest.mark.parametrize(
+    "emoji",
+    [
+        "👍",
+        "❤",
+        "\u2764\ufe0f",  # ❤️ as keyboards type it: U+FE0F is dropped
+        "\u2764\ufe0f\u200d\U0001f525",  # heart on fire, fully qualified
+        "\u2764\u200d\U0001f525",
+        "\U0001f468\u200d\U0001f4bb",  # man technologist
+        "\U0001f937\u200d\u2642\ufe0f",  # man shrugging
+        "\U0001f937\u200d\u2640",  # woman shrugging
+        "🤷",
+        "🕊\ufe0f",
+        "☃\ufe0f",
+        "🫡",
+        "😡",
+        "",  # removes the reaction
+    ],
+)
+def test_telegram_accepts_the_listed_reaction_emoji(emoji: str) -> None:
+    SENDERS["telegram"].validate(telegram_reaction(emoji))
+
+
+@pytest.mark.parametrize(
+    "emoji",
+    [
+        "😊",
+        "😂",
+        "👍🏽",  # skin tone modifiers are not listed
+        "\u2764\ufe0f\u200d\U0001fa79",  # mending heart
+        "\U0001f937\u200d\u2642\u200d",  # a stray ZWJ
+        "👍👍",
+        "like",
+        "\ufe0f",  # nothing but the selector is not a removal
+        " ",
+    ],
+)
+def test_telegram_refuses_other_reaction_emoji(emoji: str) -> None:
+    with pytest.raises(UnsupportedContent, match="ReactionTypeEmoji"):
+        SENDERS["telegram"].validate(telegram_reaction(emoji))
+
+
+def test_telegram_reaction_list_is_the_bot_api_list() -> None:
+    assert len(REACTION_EMOJI) == 73
+    assert not any("\ufe0f" in emoji for emoji in REACTION_EMOJI)
+    zwj = sorted(e for e in REACTION_EMOJI if len(e) > 1)
+    assert zwj == sorted(
+        [
+            "\u2764\u200d\U0001f525",
+            "\U0001f468\u200d\U0001f4bb",
+            "\U0001f937\u200d\u2642",
+            "\U0001f937\u200d\u2640",
+        ]
+    )
