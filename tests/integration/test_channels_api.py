@@ -194,3 +194,91 @@ async def test_secrets_never_in_responses_or_logs(
             assert secret not in response.text
         assert secret not in out
         assert secret not in err
+
+
+TG_TOKEN = "123456:AAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+
+
+def telegram_body(**overrides: object) -> dict[str, object]:
+    body: dict[str, object] = {
+        "platform": "telegram",
+        "name": "bot",
+        "account_id": "123456",
+        "credentials": {"bot_token": TG_TOKEN, "secret_token": "tg-secret"},
+    }
+    body.update(overrides)
+    return body
+
+
+def twilio_body(**overrides: object) -> dict[str, object]:
+    body: dict[str, object] = {
+        "platform": "twilio",
+        "name": "sms",
+        "account_id": "+15551234567",
+        "credentials": {"account_sid": "AC" + "0" * 32, "auth_token": "twilio-token"},
+    }
+    body.update(overrides)
+    return body
+
+
+@pytest.mark.parametrize(
+    ("body", "previous", "required"),
+    [
+        (whatsapp_body(), "previous_app_secret", "access_token"),
+        (telegram_body(), "previous_secret_token", "secret_token"),
+        (twilio_body(), "previous_auth_token", "account_sid"),
+    ],
+)
+async def test_rotation_finishes_by_removing_the_previous_secret(
+    api: RunningApp, body: dict[str, object], previous: str, required: str
+) -> None:
+    created = await api.client.post("/v1/channels", json=body, headers=api.auth(ADMIN_KEY))
+    assert created.status_code == 201, created.text
+    url = f"/v1/channels/{created.json()['id']}"
+    rotating = await api.client.patch(
+        url, json={"credentials": {previous: "old-secret"}}, headers=api.auth(ADMIN_KEY)
+    )
+    assert rotating.status_code == 200, rotating.text
+    assert previous in rotating.json()["credentials_set"]
+
+    finished = await api.client.patch(
+        url, json={"credentials": {previous: None}}, headers=api.auth(ADMIN_KEY)
+    )
+    assert finished.status_code == 200, finished.text
+    assert previous not in finished.json()["credentials_set"]
+    assert finished.json()["credentials_set"] == created.json()["credentials_set"]
+    stored = await api.client.get(url, headers=api.auth(ADMIN_KEY))
+    assert previous not in stored.json()["credentials_set"]
+    again = await api.client.patch(
+        url, json={"credentials": {previous: None}}, headers=api.auth(ADMIN_KEY)
+    )
+    assert again.status_code == 200, "removing an absent optional credential is a no-op"
+
+    refused = await api.client.patch(
+        url, json={"credentials": {required: None}}, headers=api.auth(ADMIN_KEY)
+    )
+    assert refused.status_code == 422
+    message = refused.json()["error"]["message"]
+    assert f"credentials.{required}" in message
+    assert "cannot be removed" in message
+    kept = await api.client.get(url, headers=api.auth(ADMIN_KEY))
+    assert kept.json()["credentials_set"] == created.json()["credentials_set"]
+
+
+async def test_credential_removal_validates_keys_and_empty_is_not_removal(
+    api: RunningApp,
+) -> None:
+    created = (
+        await api.client.post("/v1/channels", json=whatsapp_body(), headers=api.auth(ADMIN_KEY))
+    ).json()
+    url = f"/v1/channels/{created['id']}"
+    unknown = await api.client.patch(
+        url, json={"credentials": {"nonsense": None}}, headers=api.auth(ADMIN_KEY)
+    )
+    assert unknown.status_code == 422
+    assert "credentials.nonsense" in unknown.json()["error"]["message"]
+    empty = await api.client.patch(
+        url, json={"credentials": {"previous_app_secret": ""}}, headers=api.auth(ADMIN_KEY)
+    )
+    assert empty.status_code == 422
+    assert "credentials.previous_app_secret" in empty.json()["error"]["message"]

@@ -162,13 +162,18 @@ CREDENTIAL_MODELS: dict[str, type[BaseModel]] = {
 
 
 class ChannelUpdate(_Strict):
-    """Partial update. `credentials` keys given replace the stored ones; the others are kept."""
+    """Partial update. `credentials` keys given replace the stored ones; the others are kept.
+    A credential given as null is removed (how a rotation ends: `{"previous_app_secret": null}`);
+    a required credential cannot be removed, only replaced."""
 
     name: str | None = Field(default=None, min_length=1, max_length=200)
     api_base_url: HttpUrl | None = None
     send_rate_per_second: float | None = Field(default=None, gt=0, le=10_000)
     enabled: bool | None = None
-    credentials: dict[str, SecretStr] | None = None
+    credentials: dict[str, SecretStr | None] | None = Field(
+        default=None,
+        description="Credentials to replace; null removes an optional one (a previous_* secret)",
+    )
 
 
 class ChannelRead(BaseModel):

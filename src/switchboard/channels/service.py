@@ -108,9 +108,28 @@ async def update(
             value = str(value).rstrip("/") if value else None
         setattr(channel, key, value)
     if body.credentials is not None:
-        merged = box.decrypt_json(channel.secrets)
-        merged.update({k: v.get_secret_value() for k, v in body.credentials.items()})
         model = CREDENTIAL_MODELS[channel.platform]
+        required = [
+            key
+            for key, value in body.credentials.items()
+            if value is None and key in model.model_fields and model.model_fields[key].is_required()
+        ]
+        if required:
+            raise Unprocessable(
+                "invalid credentials: "
+                + "; ".join(
+                    f"credentials.{key}: required, cannot be removed (give a new value instead)"
+                    for key in required
+                )
+            )
+        merged: dict[str, str | None] = dict(box.decrypt_json(channel.secrets))
+        # None removes an optional credential: validated as absent, then dropped by _plain.
+        merged.update(
+            {
+                k: v.get_secret_value() if v is not None else None
+                for k, v in body.credentials.items()
+            }
+        )
         try:
             validated = model.model_validate(merged)
         except ValidationError as exc:
