@@ -618,16 +618,29 @@ class DeliveryWorker:
                 return
 
     async def _write_with_retry(self, batch: list[_Outcome]) -> None:
+        """Write until it succeeds: database errors are waited out. A crash (a bug, e.g. one
+        outcome our code cannot turn into a row) splits the batch so the others are written;
+        a lone outcome that crashes three times is left to its lease, whose expiry recovers
+        the row like a dead worker's claim, rather than holding up every later outcome."""
         backoff = 0.05
         give_up = None
+        crashes = 0
         while True:
             try:
                 await self._write(batch)
                 return
             except _DB_ERRORS as exc:
                 log.warning("outbox.write_failed", error=type(exc).__name__, rows=len(batch))
-            except Exception:  # a bug: keep the batch, say so loudly, try again
+            except Exception:
                 log.exception("outbox.write_crashed", rows=len(batch))
+                if len(batch) > 1:
+                    for outcome in batch:
+                        await self._write_with_retry([outcome])
+                    return
+                crashes += 1
+                if crashes >= 3:
+                    log.error("outbox.outcome_abandoned", message_id=str(batch[0].claim.message.id))
+                    return
             if self._stopping:
                 now = self._clock()
                 give_up = give_up or now + self._settings.outbox_shutdown_deadline

@@ -345,6 +345,37 @@ async def test_exhausted_before_not_after_is_dead_and_expired_rows_are_never_sen
     assert types["message.retrying"] == rows[failing].attempts - (0 if swept else 1)
 
 
+class _CrashOnWrite(DeliveryWorker):
+    """Fault injection: writing the outcome of one message raises, as a bug in our code would."""
+
+    poison: uuid.UUID | None = None
+
+    async def _write(self, batch: list[Any]) -> None:
+        if any(outcome.claim.message.id == self.poison for outcome in batch):
+            raise RuntimeError("injected: outcome cannot be written")
+        await super()._write(batch)
+
+
+async def test_an_outcome_that_cannot_be_written_does_not_hold_up_the_others(
+    resources: Resources, fake: FakePlatformServer
+) -> None:
+    channel = await make_channel(resources, fake)
+    ids = await enqueue(resources, channel, [f"1555070{i}" for i in range(6)])
+    worker = _CrashOnWrite(resources, owner="w1")
+    worker.poison = ids[2]
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        others = [i for i in ids if i != ids[2]]
+        await all_done(resources, others)
+    finally:
+        stop.set()
+        await task
+    rows = await states(resources, ids)
+    assert {rows[i].state for i in others} == {"sent"}
+    assert rows[ids[2]].state == "sending", "left to its lease, recovered after expiry"
+
+
 async def test_conversation_order_holds_under_retries(
     resources: Resources, fake: FakePlatformServer
 ) -> None:
