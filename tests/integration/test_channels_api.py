@@ -282,3 +282,16 @@ async def test_credential_removal_validates_keys_and_empty_is_not_removal(
     )
     assert empty.status_code == 422
     assert "credentials.previous_app_secret" in empty.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("field", ["enabled", "name"])
+async def test_patch_null_for_a_non_nullable_field_is_422(api: RunningApp, field: str) -> None:
+    created = (
+        await api.client.post("/v1/channels", json=whatsapp_body(), headers=api.auth(ADMIN_KEY))
+    ).json()
+    url = f"/v1/channels/{created['id']}"
+    response = await api.client.patch(url, json={field: None}, headers=api.auth(ADMIN_KEY))
+    assert response.status_code == 422, response.text
+    assert f"{field}: cannot be null" in response.json()["error"]["message"]
+    unchanged = await api.client.get(url, headers=api.auth(ADMIN_KEY))
+    assert unchanged.json() == created

@@ -17,6 +17,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import SkipJsonSchema
+from pydantic_core import PydanticCustomError
 
 Platform = Literal["whatsapp", "messenger", "instagram", "telegram", "twilio"]
 
@@ -166,14 +168,23 @@ class ChannelUpdate(_Strict):
     A credential given as null is removed (how a rotation ends: `{"previous_app_secret": null}`);
     a required credential cannot be removed, only replaced."""
 
-    name: str | None = Field(default=None, min_length=1, max_length=200)
+    # Omitted means unchanged; null is refused (the columns are NOT NULL) and not advertised.
+    name: str | SkipJsonSchema[None] = Field(default=None, min_length=1, max_length=200)
     api_base_url: HttpUrl | None = None
     send_rate_per_second: float | None = Field(default=None, gt=0, le=10_000)
-    enabled: bool | None = None
+    enabled: bool | SkipJsonSchema[None] = None
     credentials: dict[str, SecretStr | None] | None = Field(
         default=None,
         description="Credentials to replace; null removes an optional one (a previous_* secret)",
     )
+
+    @field_validator("name", "enabled", mode="before")
+    @classmethod
+    def _not_null(cls, value: object) -> object:
+        # Runs only for values given: an omitted field keeps its default without validation.
+        if value is None:
+            raise PydanticCustomError("not_nullable", "cannot be null; omit it to keep the value")
+        return value
 
 
 class ChannelRead(BaseModel):

@@ -101,8 +101,6 @@ async def update(
 ) -> Channel:
     channel = await get(session, channel_id)
     fields = body.model_dump(exclude_unset=True, exclude={"credentials"})
-    if "name" in fields and fields["name"] is None:
-        raise Unprocessable("name cannot be null")
     for key, value in fields.items():
         if key == "api_base_url":
             value = str(value).rstrip("/") if value else None
