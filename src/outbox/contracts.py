@@ -9,8 +9,8 @@ express at all) are checked by each platform's ``Sender.validate``, not here.
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated, Literal
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
@@ -162,15 +162,39 @@ class SendCommand(_Contract):
     metadata: dict[str, JsonValue] = Field(default_factory=dict)
     not_after: datetime | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: Any) -> Any:
+        """PostgreSQL text and jsonb cannot hold U+0000: refuse it here, anywhere in the
+        command, rather than fail when the row is written."""
+        if _holds_nul(data):
+            raise ValueError("strings must not contain the NUL character (\\u0000)")
+        return data
+
     @model_validator(mode="after")
     def _consistent(self) -> SendCommand:
         if self.not_after is not None and self.not_after.utcoffset() is None:
             raise ValueError("not_after must be an RFC 3339 instant with a UTC offset")
+        if self.not_after is not None:
+            try:
+                self.not_after.astimezone(UTC)
+            except OverflowError:
+                raise ValueError("not_after is out of range") from None
         if self.content.kind == "reaction" and self.reply_to is not None:
             raise ValueError(
                 "a reaction already targets content.reaction.message_id; drop reply_to"
             )
         return self
+
+
+def _holds_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_holds_nul(v) for v in value)
+    return False
 
 
 class LifecycleError(_Contract):

@@ -342,7 +342,10 @@ def decode_cursor(cursor: str) -> int:
         prefix, _, value = raw.partition(":")
         if prefix != "s":
             raise ValueError(cursor)
-        return int(value)
+        seq = int(value)
+        if not 0 <= seq < 2**63:  # a bigint
+            raise ValueError(cursor)
+        return seq
     except (ValueError, UnicodeDecodeError):
         raise BadRequest("invalid cursor: pass the next_cursor of a previous page") from None
 
@@ -355,6 +358,8 @@ async def list_messages(
     if filters.channel_id is not None:
         query = query.where(OutboxMessage.channel_id == filters.channel_id)
     if filters.to is not None:
+        if "\x00" in filters.to:
+            raise BadRequest("to must not contain the NUL character")
         query = query.where(OutboxMessage.recipient == filters.to)
     if filters.states:
         query = query.where(OutboxMessage.state.in_(filters.states))

@@ -4,6 +4,7 @@ actions, listing; lifecycle events relayed to the real broker once each."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
@@ -237,6 +238,19 @@ async def test_channel_and_command_validation(api: RunningApp) -> None:
     assert reaction_reply.status_code == 422
     assert "reaction" in reaction_reply.json()["error"]["message"]
 
+    # PostgreSQL cannot store U+0000: refused up front, wherever it is, not a 500 at insert
+    for nul in (
+        text_body(channel_id) | {"to": "39\u00003"},
+        {**text_body(channel_id), "content": {"kind": "text", "text": "a\u0000b"}},
+        text_body(channel_id) | {"metadata": {"order": ["x\u0000"]}},
+    ):
+        refused = await send(api, nul)
+        assert refused.status_code == 422, refused.text
+        assert "NUL" in refused.json()["error"]["message"]
+    far = await send(api, text_body(channel_id) | {"not_after": "9999-12-31T23:59:59-05:00"})
+    assert far.status_code == 422
+    assert "not_after" in far.json()["error"]["message"]
+
     await api.client.post(f"/v1/channels/{channel_id}/disable", headers=api.auth(ADMIN_KEY))
     disabled = await send(api, text_body(channel_id))
     assert disabled.status_code == 422
@@ -453,6 +467,12 @@ async def test_list_filters_and_cursor_pagination(api: RunningApp) -> None:
     )
     bad = await api.client.get("/v1/messages", params={"cursor": "garbage!"}, headers=auth)
     assert bad.status_code == 400
+    beyond_bigint = base64.urlsafe_b64encode(b"s:9223372036854775808").decode().rstrip("=")
+    huge = await api.client.get("/v1/messages", params={"cursor": beyond_bigint}, headers=auth)
+    assert huge.status_code == 400
+    assert "cursor" in huge.json()["error"]["message"]
+    nul_to = await api.client.get("/v1/messages", params={"to": "a\x00b"}, headers=auth)
+    assert nul_to.status_code == 400
     bad_state = await api.client.get("/v1/messages", params={"state": "lost"}, headers=auth)
     assert bad_state.status_code == 422
 
