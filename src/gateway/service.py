@@ -21,7 +21,9 @@ If the spool write or COMMIT fails, a member is still durable when none of its e
 headed for the spool (they are on Kafka): 200 without dedup; the others get 503
 (``BatchPlan.after_failed_commit``). A failed claim sends the whole batch down the
 "PostgreSQL down" path; a deadlock/serialization failure in the claim is retried once. A slow
-publish holds its batch-mates for at most the publish timeout.
+publish holds its batch-mates for at most the publish timeout. Releasing the connection after
+the batch may fail as well (a stalled server: asyncpg waits for its cancel request): that is
+logged (``gateway.release_failed``), the connection dropped, and the members' answers stand.
 
 Commit cost: the gateway's connections run with ``synchronous_commit = off``, so a commit
 holding only dedup and archive rows does not wait for the WAL flush. Those events are already
@@ -313,7 +315,13 @@ class Gateway:
         try:
             return await self._batch_in_transaction(conn, webhooks, owners, claimed)
         finally:
-            await acquire.__aexit__(None, None, None)
+            try:
+                await acquire.__aexit__(None, None, None)
+            except DB_ERRORS as exc:
+                # The batch's outcome is settled (published, committed or not): a stalled
+                # connection that cannot be reset must not turn it into a 500.
+                log.warning("gateway.release_failed", error=type(exc).__name__)
+                _terminate(conn)
 
     async def _batch_in_transaction(
         self,
@@ -399,6 +407,13 @@ class Gateway:
 
 
 _PARTITIONER = DefaultPartitioner()
+
+
+def _terminate(conn: asyncpg.Connection) -> None:
+    """Drop a pooled connection at once, if it is still attached (asyncpg terminates one
+    whose reset failed and detaches it: then there is nothing left to do)."""
+    with contextlib.suppress(*DB_ERRORS):
+        conn.terminate()
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:

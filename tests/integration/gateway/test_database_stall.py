@@ -1,0 +1,162 @@
+"""A stalled PostgreSQL (connections open, nothing answers): the gateway must still answer,
+200 when the events reached Kafka, 503 when nothing durable could be written.
+
+The stall is real: the app reaches PostgreSQL through a TCP proxy on 127.0.0.1 that stops
+forwarding bytes (and leaves new connections hanging) while ``stall()`` holds, as a server
+that froze or a network path that blackholes would."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+import normalizer
+from gateway.app import component
+from switchboard.settings import Settings
+from tests.integration.gateway.conftest import ACCOUNTS, Ingress, has, read_topic, whatsapp_payload
+from tests.support import running_app
+
+pytestmark = pytest.mark.integration
+
+
+class StallingProxy:
+    """Forwards TCP connections to ``host:port`` until ``stall()``; then holds every byte (and
+    every new connection) until ``resume()``."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        self._flowing = asyncio.Event()
+        self._flowing.set()
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    def stall(self) -> None:
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        self._flowing.set()
+
+    async def close(self) -> None:
+        self.resume()
+        if self._server is not None:
+            self._server.close()
+        for writer in self._writers:
+            writer.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _accept(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        task = asyncio.create_task(self._connect(client_r, client_w))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _connect(
+        self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter
+    ) -> None:
+        self._writers.append(client_w)
+        await self._flowing.wait()
+        server_r, server_w = await asyncio.open_connection(self.host, self.port)
+        self._writers.append(server_w)
+        await asyncio.gather(
+            self._pump(client_r, server_w), self._pump(server_r, client_w), return_exceptions=True
+        )
+        client_w.close()
+        server_w.close()
+
+    async def _pump(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        try:
+            while data := await source.read(65536):
+                await self._flowing.wait()
+                sink.write(data)
+                await sink.drain()
+        finally:
+            with contextlib.suppress(OSError):
+                sink.write_eof()
+
+
+@pytest.fixture
+async def proxy(settings: Settings) -> AsyncIterator[StallingProxy]:
+    url = make_url(settings.database_url.get_secret_value())
+    running = StallingProxy(url.host or "127.0.0.1", url.port or 5432)
+    await running.start()
+    try:
+        yield running
+    finally:
+        await running.close()
+
+
+@pytest.fixture
+async def stall_ingress(
+    settings: Settings, engine: AsyncEngine, proxy: StallingProxy
+) -> AsyncIterator[Ingress]:
+    """The app with every PostgreSQL connection (gateway pool, SQLAlchemy) through ``proxy``."""
+    assert proxy._server is not None
+    port = proxy._server.sockets[0].getsockname()[1]
+    url = make_url(settings.database_url.get_secret_value()).set(host="127.0.0.1", port=port)
+    stall_settings = settings.model_copy(
+        update={
+            "database_url": type(settings.database_url)(url.render_as_string(False)),
+            "gateway_db_timeout_seconds": 1.0,
+            "gateway_publish_timeout_seconds": 2.0,
+            "kafka_request_timeout_ms": 2000,
+            # The relay runs only when woken (spool writes): it holds no connection of its own
+            # when PostgreSQL stalls, so the next batch reuses the warm one.
+            "gateway_relay_interval_seconds": 3600.0,
+        }
+    )
+    async with running_app(stall_settings, [component(stall_settings)]) as app:
+        yield Ingress(app, {})
+        proxy.resume()  # let the shutdown close its connections
+
+
+def event_id(ingress: Ingress, body: bytes) -> str:
+    events = normalizer.normalize(
+        "whatsapp", body, channel_id=ingress.channels["whatsapp"], account_id=ACCOUNTS["whatsapp"]
+    )
+    return events[0].id
+
+
+async def test_stall_after_the_claim_times_out_is_200_once_published(
+    stall_ingress: Ingress, proxy: StallingProxy
+) -> None:
+    """The claim times out on a pooled connection, the events go to Kafka without dedup, and
+    releasing the stalled connection fails too: the webhook is durable, so 200, not a 500."""
+    ingress = stall_ingress
+    await ingress.create_channel("whatsapp")
+    warm = whatsapp_payload(("wamid.ST0", "5", "cache the channel, pool a connection"))
+    assert (await ingress.post_meta("whatsapp", warm)).status_code == 200
+
+    proxy.stall()
+    body = whatsapp_payload(("wamid.ST1", "5", "PostgreSQL stalls"))
+    response = await ingress.post_meta("whatsapp", body, timeout=60)
+    assert response.status_code == 200, response.text
+    assert response.json() == {"events": 1, "new": 1, "duplicates": 0}
+    records = await read_topic(ingress.app.settings, has(event_id(ingress, body)))
+    assert [r["event"]["id"] for r in records].count(event_id(ingress, body)) == 1
+    exposition = (await ingress.client.get("/metrics")).text
+    assert (
+        'switchboard_gateway_events_total{outcome="undeduplicated",platform="whatsapp"}'
+        in exposition
+    )
+
+    proxy.resume()
+    again = whatsapp_payload(("wamid.ST2", "5", "PostgreSQL is back"))
+    started = time.monotonic()
+    response = await ingress.post_meta("whatsapp", again, timeout=60)
+    assert response.status_code == 200, response.text
+    assert response.json()["new"] == 1
+    assert time.monotonic() - started < 5
