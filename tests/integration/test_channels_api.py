@@ -295,3 +295,24 @@ async def test_patch_null_for_a_non_nullable_field_is_422(api: RunningApp, field
     assert f"{field}: cannot be null" in response.json()["error"]["message"]
     unchanged = await api.client.get(url, headers=api.auth(ADMIN_KEY))
     assert unchanged.json() == created
+
+
+async def test_patch_bot_token_must_belong_to_the_channels_bot(api: RunningApp) -> None:
+    created = await api.client.post(
+        "/v1/channels", json=telegram_body(), headers=api.auth(ADMIN_KEY)
+    )
+    assert created.status_code == 201, created.text
+    url = f"/v1/channels/{created.json()['id']}"
+    other_bot = await api.client.patch(
+        url,
+        json={"credentials": {"bot_token": "999:BBBBBBBBBBBBBBBBBBBBBBBBBBBB"}},
+        headers=api.auth(ADMIN_KEY),
+    )
+    assert other_bot.status_code == 422
+    assert "account_id must be the bot id" in other_bot.json()["error"]["message"]
+    same_bot = await api.client.patch(
+        url,
+        json={"credentials": {"bot_token": "123456:CCCCCCCCCCCCCCCCCCCCCCCCCCCC"}},
+        headers=api.auth(ADMIN_KEY),
+    )
+    assert same_bot.status_code == 200, same_bot.text

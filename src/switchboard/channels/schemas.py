@@ -125,10 +125,15 @@ class TelegramChannelCreate(_ChannelCreateBase):
 
     @model_validator(mode="after")
     def _account_is_bot_id(self) -> TelegramChannelCreate:
-        match = _TELEGRAM_TOKEN.match(self.credentials.bot_token.get_secret_value())
-        if match and match.group(1) != self.account_id:
-            raise ValueError("account_id must be the bot id (the digits before ':' in bot_token)")
+        check_bot_token_account(self.credentials.bot_token, self.account_id)
         return self
+
+
+def check_bot_token_account(bot_token: SecretStr, account_id: str) -> None:
+    """A Telegram channel's account_id is its bot id: enforced on create and on a new bot_token."""
+    match = _TELEGRAM_TOKEN.match(bot_token.get_secret_value())
+    if match and match.group(1) != account_id:
+        raise ValueError("account_id must be the bot id (the digits before ':' in bot_token)")
 
 
 class TwilioChannelCreate(_ChannelCreateBase):

@@ -14,6 +14,8 @@ from switchboard.channels.schemas import (
     ChannelCreate,
     ChannelRead,
     ChannelUpdate,
+    TelegramCredentials,
+    check_bot_token_account,
 )
 from switchboard.crypto import SecretBox
 from switchboard.errors import Conflict, NotFound, Unprocessable
@@ -135,6 +137,11 @@ async def update(
                 f"credentials.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()
             )
             raise Unprocessable(f"invalid credentials: {problems}") from None
+        if isinstance(validated, TelegramCredentials):
+            try:
+                check_bot_token_account(validated.bot_token, channel.account_id)
+            except ValueError as exc:
+                raise Unprocessable(f"invalid credentials: credentials.bot_token: {exc}") from None
         channel.secrets = box.encrypt_json(_plain(validated))
     await session.flush()
     await session.refresh(channel)
