@@ -297,6 +297,29 @@ async def test_patch_null_for_a_non_nullable_field_is_422(api: RunningApp, field
     assert unchanged.json() == created
 
 
+@pytest.mark.parametrize(
+    ("patch", "message"),
+    [
+        ({"name": ""}, "name: String should have at least 1 character"),
+        (
+            {"enabled": "maybe"},
+            "enabled: Input should be a valid boolean, unable to interpret input",
+        ),
+    ],
+)
+async def test_patch_errors_name_the_field_only(
+    api: RunningApp, patch: dict[str, object], message: str
+) -> None:
+    created = (
+        await api.client.post("/v1/channels", json=whatsapp_body(), headers=api.auth(ADMIN_KEY))
+    ).json()
+    response = await api.client.patch(
+        f"/v1/channels/{created['id']}", json=patch, headers=api.auth(ADMIN_KEY)
+    )
+    assert response.status_code == 422
+    assert response.json()["error"]["message"] == message
+
+
 async def test_patch_bot_token_must_belong_to_the_channels_bot(api: RunningApp) -> None:
     created = await api.client.post(
         "/v1/channels", json=telegram_body(), headers=api.auth(ADMIN_KEY)

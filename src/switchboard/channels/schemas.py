@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import uuid
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Literal, cast
 
 from pydantic import (
     BaseModel,
@@ -17,7 +17,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic.json_schema import SkipJsonSchema
+from pydantic.config import JsonDict
 from pydantic_core import PydanticCustomError
 
 Platform = Literal["whatsapp", "messenger", "instagram", "telegram", "twilio"]
@@ -168,22 +168,36 @@ CREDENTIAL_MODELS: dict[str, type[BaseModel]] = {
 }
 
 
+_NOT_NULL = ("name", "enabled")
+
+
+def _not_nullable(schema: JsonDict, fields: tuple[str, ...]) -> None:
+    """Advertise optional-but-not-nullable fields as such. (`SkipJsonSchema[None]` would do it
+    but turns the field into a union whose errors name internal branches.)"""
+    properties = cast(dict[str, JsonDict], schema["properties"])
+    for name in fields:
+        variants = cast(list[JsonDict], properties[name].pop("anyOf"))
+        properties[name].update(next(v for v in variants if v != {"type": "null"}))
+
+
 class ChannelUpdate(_Strict):
     """Partial update. `credentials` keys given replace the stored ones; the others are kept.
     A credential given as null is removed (how a rotation ends: `{"previous_app_secret": null}`);
     a required credential cannot be removed, only replaced."""
 
-    # Omitted means unchanged; null is refused (the columns are NOT NULL) and not advertised.
-    name: str | SkipJsonSchema[None] = Field(default=None, min_length=1, max_length=200)
+    model_config = ConfigDict(json_schema_extra=lambda schema: _not_nullable(schema, _NOT_NULL))
+
+    # Omitted means unchanged (None here); an explicit null is refused (NOT NULL columns).
+    name: str | None = Field(default=None, min_length=1, max_length=200)
     api_base_url: HttpUrl | None = None
     send_rate_per_second: float | None = Field(default=None, gt=0, le=10_000)
-    enabled: bool | SkipJsonSchema[None] = None
+    enabled: bool | None = None
     credentials: dict[str, SecretStr | None] | None = Field(
         default=None,
         description="Credentials to replace; null removes an optional one (a previous_* secret)",
     )
 
-    @field_validator("name", "enabled", mode="before")
+    @field_validator(*_NOT_NULL, mode="before")
     @classmethod
     def _not_null(cls, value: object) -> object:
         # Runs only for values given: an omitted field keeps its default without validation.
