@@ -3,8 +3,10 @@
 A webhook must not cost a database round trip just to find its channel's secret. Entries
 (including "no such channel") live ``gateway_channel_cache_ttl_seconds`` (default 5 s), so
 disabling a channel, changing its platform or rotating a secret takes effect within that TTL
-on every replica. Concurrent misses for one id share a single load. The secrets only ever live
-in this process's memory, as they do in the channel service.
+on every replica. Concurrent misses for one id share a single load, bounded by ``timeout``
+(``gateway_db_timeout_seconds``): a stalled PostgreSQL raises ``TimeoutError`` (the webhook
+gets 503) instead of holding every request for that channel. The secrets only ever live in
+this process's memory, as they do in the channel service.
 """
 
 from __future__ import annotations
@@ -28,11 +30,13 @@ class ChannelCache:
         sessionmaker: async_sessionmaker[AsyncSession],
         box: SecretBox,
         ttl: float,
+        timeout: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._sessionmaker = sessionmaker
         self._box = box
         self._ttl = ttl
+        self._timeout = timeout
         self._clock = clock
         self._entries: dict[uuid.UUID, tuple[float, ChannelWithSecrets | None]] = {}
         self._loading: dict[uuid.UUID, asyncio.Future[ChannelWithSecrets | None]] = {}
@@ -50,7 +54,7 @@ class ChannelCache:
         )
         self._loading[channel_id] = future
         try:
-            async with self._sessionmaker() as session:
+            async with asyncio.timeout(self._timeout), self._sessionmaker() as session:
                 channel = await load_with_secrets(session, self._box, channel_id)
         except BaseException as exc:
             future.set_exception(exc)

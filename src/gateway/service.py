@@ -134,6 +134,7 @@ class Gateway:
             resources.sessionmaker,
             resources.secret_box,
             self.settings.gateway_channel_cache_ttl_seconds,
+            self.settings.gateway_db_timeout_seconds,
         )
         self.broker_down_until = 0.0
         self.spool_written = asyncio.Event()

@@ -160,3 +160,29 @@ async def test_stall_after_the_claim_times_out_is_200_once_published(
     assert response.status_code == 200, response.text
     assert response.json()["new"] == 1
     assert time.monotonic() - started < 5
+
+
+async def test_stall_with_the_channel_not_cached_is_503_within_the_db_timeout(
+    stall_ingress: Ingress, proxy: StallingProxy
+) -> None:
+    """Loading an uncached channel from a stalled PostgreSQL gives up after
+    ``gateway_db_timeout_seconds`` (nothing durable could be written: 503), instead of
+    holding the request forever; once PostgreSQL answers again, so does the gateway."""
+    ingress = stall_ingress
+    await ingress.create_channel("whatsapp")  # not in the channel cache: never served yet
+
+    proxy.stall()
+    body = whatsapp_payload(("wamid.SC1", "6", "channel not cached"))
+    started = time.monotonic()
+    responses = await asyncio.gather(
+        *(ingress.post_meta("whatsapp", body, timeout=60) for _ in range(2))
+    )  # the second shares the first's load
+    elapsed = time.monotonic() - started
+    assert [r.status_code for r in responses] == [503, 503], [r.text for r in responses]
+    assert responses[0].json()["error"]["code"] == "service_unavailable"
+    assert elapsed < 5, elapsed
+
+    proxy.resume()
+    response = await ingress.post_meta("whatsapp", body, timeout=60)
+    assert response.status_code == 200, response.text
+    assert response.json()["new"] == 1
