@@ -339,3 +339,60 @@ async def test_patch_bot_token_must_belong_to_the_channels_bot(api: RunningApp) 
         headers=api.auth(ADMIN_KEY),
     )
     assert same_bot.status_code == 200, same_bot.text
+
+
+@pytest.mark.parametrize(
+    ("body", "where"),
+    [
+        (whatsapp_body(name="Support\u0000IT"), "name"),
+        (whatsapp_body(account_id="106540352242922\u0000"), "account_id"),
+        (telegram_body(name="\u0000"), "name"),
+        (twilio_body(account_id="+1555\u00001234567"), "account_id"),
+        (
+            whatsapp_body(
+                credentials={
+                    "access_token": "tok\u0000en",
+                    "app_secret": WA_APP_SECRET,
+                    "verify_token": WA_VERIFY,
+                }
+            ),
+            "credentials.access_token",
+        ),
+        (
+            twilio_body(credentials={"account_sid": "AC" + "0" * 32, "auth_token": "\u0000"}),
+            "credentials.auth_token",
+        ),
+    ],
+)
+async def test_nul_characters_are_422_on_create(
+    api: RunningApp, body: dict[str, object], where: str
+) -> None:
+    response = await api.client.post("/v1/channels", json=body, headers=api.auth(ADMIN_KEY))
+    assert response.status_code == 422, response.text
+    message = response.json()["error"]["message"]
+    assert where in message
+    assert "NUL" in message
+
+
+@pytest.mark.parametrize(
+    ("patch", "where"),
+    [
+        ({"name": "a\u0000b"}, "name"),
+        ({"credentials": {"access_token": "a\u0000b"}}, "credentials.access_token"),
+        ({"credentials": {"previous_app_secret": "\u0000"}}, "credentials.previous_app_secret"),
+    ],
+)
+async def test_nul_characters_are_422_on_update(
+    api: RunningApp, patch: dict[str, object], where: str
+) -> None:
+    created = (
+        await api.client.post("/v1/channels", json=whatsapp_body(), headers=api.auth(ADMIN_KEY))
+    ).json()
+    url = f"/v1/channels/{created['id']}"
+    response = await api.client.patch(url, json=patch, headers=api.auth(ADMIN_KEY))
+    assert response.status_code == 422, response.text
+    message = response.json()["error"]["message"]
+    assert where in message
+    assert "NUL" in message
+    unchanged = await api.client.get(url, headers=api.auth(ADMIN_KEY))
+    assert unchanged.json() == created

@@ -6,9 +6,10 @@ from __future__ import annotations
 import re
 import uuid
 from datetime import datetime
-from typing import Annotated, Literal, cast
+from typing import Annotated, Literal, TypeVar, cast
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -30,7 +31,22 @@ _TWILIO_SENDER = re.compile(
     r"^(whatsapp:)?\+[1-9]\d{6,14}$|^MG[0-9a-fA-F]{32}$|^[A-Za-z0-9 ]{1,11}$"
 )
 
-Secret = Annotated[SecretStr, Field(min_length=1, max_length=4096)]
+_S = TypeVar("_S", str, SecretStr)
+
+
+def _no_nul(value: _S) -> _S:
+    """PostgreSQL text cannot hold NUL, and no platform id, name or token contains one."""
+    raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+    if "\x00" in raw:
+        raise PydanticCustomError("nul_character", "must not contain NUL characters (\\u0000)")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_no_nul)]
+"""A string that fits a text column: every free-form string of the channel resource."""
+# Length first: after a function validator it would only be a generic "Value should have …".
+Text200 = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_no_nul)]
+Secret = Annotated[SecretStr, Field(min_length=1, max_length=4096), AfterValidator(_no_nul)]
 
 
 class _Strict(BaseModel):
@@ -71,7 +87,7 @@ class TelegramCredentials(_Strict):
 
 
 class TwilioCredentials(_Strict):
-    account_sid: str = Field(description="AC followed by 32 hex digits")
+    account_sid: Text = Field(description="AC followed by 32 hex digits")
     auth_token: Secret
     previous_auth_token: Secret | None = None
 
@@ -84,8 +100,8 @@ class TwilioCredentials(_Strict):
 
 
 class _ChannelCreateBase(_Strict):
-    name: str = Field(min_length=1, max_length=200)
-    account_id: str = Field(min_length=1, max_length=200)
+    name: Text200
+    account_id: Text200
     api_base_url: HttpUrl | None = Field(
         default=None, description="Override of the platform API base URL (tests, proxies)"
     )
@@ -188,11 +204,11 @@ class ChannelUpdate(_Strict):
     model_config = ConfigDict(json_schema_extra=lambda schema: _not_nullable(schema, _NOT_NULL))
 
     # Omitted means unchanged (None here); an explicit null is refused (NOT NULL columns).
-    name: str | None = Field(default=None, min_length=1, max_length=200)
+    name: Text200 | None = None
     api_base_url: HttpUrl | None = None
     send_rate_per_second: float | None = Field(default=None, gt=0, le=10_000)
     enabled: bool | None = None
-    credentials: dict[str, SecretStr | None] | None = Field(
+    credentials: dict[str, Annotated[SecretStr, AfterValidator(_no_nul)] | None] | None = Field(
         default=None,
         description="Credentials to replace; null removes an optional one (a previous_* secret)",
     )
