@@ -111,6 +111,7 @@ async def test_duplicate_account_is_a_conflict(api: RunningApp) -> None:
             "credentials.app_secret: Field required",
         ),
         (whatsapp_body(account_id="not-a-number"), "account_id must be the numeric Meta id"),
+        (whatsapp_body(account_id="106540352242922\n"), "account_id must be the numeric Meta id"),
         (
             {
                 "platform": "telegram",

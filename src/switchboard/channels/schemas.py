@@ -74,14 +74,14 @@ class TelegramCredentials(_Strict):
     @field_validator("bot_token")
     @classmethod
     def _bot_token_shape(cls, value: SecretStr) -> SecretStr:
-        if not _TELEGRAM_TOKEN.match(value.get_secret_value()):
+        if not _TELEGRAM_TOKEN.fullmatch(value.get_secret_value()):
             raise ValueError("must look like '<bot id>:<token>' as issued by @BotFather")
         return value
 
     @field_validator("secret_token", "previous_secret_token")
     @classmethod
     def _secret_shape(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and not _TELEGRAM_SECRET.match(value.get_secret_value()):
+        if value is not None and not _TELEGRAM_SECRET.fullmatch(value.get_secret_value()):
             raise ValueError("must be 1-256 characters of A-Z, a-z, 0-9, '_' and '-'")
         return value
 
@@ -94,7 +94,7 @@ class TwilioCredentials(_Strict):
     @field_validator("account_sid")
     @classmethod
     def _sid_shape(cls, value: str) -> str:
-        if not _TWILIO_SID.match(value):
+        if not _TWILIO_SID.fullmatch(value):
             raise ValueError("must be 'AC' followed by 32 hexadecimal digits")
         return value
 
@@ -116,7 +116,7 @@ class _MetaChannelCreate(_ChannelCreateBase):
 
     @model_validator(mode="after")
     def _numeric_account(self) -> _MetaChannelCreate:
-        if not _DIGITS.match(self.account_id):
+        if not _DIGITS.fullmatch(self.account_id):
             raise ValueError(
                 "account_id must be the numeric Meta id (phone_number_id, page or IG id)"
             )
@@ -147,7 +147,7 @@ class TelegramChannelCreate(_ChannelCreateBase):
 
 def check_bot_token_account(bot_token: SecretStr, account_id: str) -> None:
     """A Telegram channel's account_id is its bot id: enforced on create and on a new bot_token."""
-    match = _TELEGRAM_TOKEN.match(bot_token.get_secret_value())
+    match = _TELEGRAM_TOKEN.fullmatch(bot_token.get_secret_value())
     if match and match.group(1) != account_id:
         raise ValueError("account_id must be the bot id (the digits before ':' in bot_token)")
 
@@ -158,7 +158,7 @@ class TwilioChannelCreate(_ChannelCreateBase):
 
     @model_validator(mode="after")
     def _sender_shape(self) -> TwilioChannelCreate:
-        if not _TWILIO_SENDER.match(self.account_id):
+        if not _TWILIO_SENDER.fullmatch(self.account_id):
             raise ValueError(
                 "account_id must be the sender: an E.164 number (+15551234567), "
                 "'whatsapp:+15551234567', a Messaging Service SID (MG…) or an alphanumeric id"
