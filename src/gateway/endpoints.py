@@ -12,7 +12,8 @@ challenge, 403 on a wrong token; Telegram and Twilio have no handshake → 405.
 413     ``Content-Length`` over ``webhook_max_body_bytes``, or the streamed body exceeds it
         (counted while reading: we never buffer more than the limit)
 401     bad or missing signature, no detail
-400     the verified body is malformed (``normalizer.NormalizeError``)
+400     the verified body is malformed (``normalizer.NormalizeError``), or an event or
+        conversation id in it contains NUL (PostgreSQL text cannot hold it)
 503     neither PostgreSQL nor the broker could take the webhook (the platform retries)
 200     durable: published with acks=all and/or committed to PostgreSQL (exactly 200, as Meta
         requires). Twilio gets an empty TwiML ``<Response/>``, others a small JSON summary.

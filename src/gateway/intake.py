@@ -156,6 +156,9 @@ async def _handle(
         )
     except normalizer.NormalizeError as exc:
         raise Malformed(str(exc).splitlines()[0][:200] or "malformed body") from None
+    if any("\x00" in e.id or "\x00" in e.subject for e in events):
+        # PostgreSQL text cannot hold NUL: the batch's claim would fail for every member.
+        raise Malformed("an event or conversation id contains a NUL character")
     archive_headers = {h: headers[h] for h in verifier.signature_headers if h in headers}
     archive_headers["url"] = url
     archive_headers["received_at"] = received_at.isoformat()
