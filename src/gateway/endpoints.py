@@ -48,6 +48,7 @@ from gateway.metrics import webhooks_counter
 from gateway.service import Gateway
 from gateway.verifiers import REGISTRY, Verifier
 from switchboard.auth.dependencies import RequireAdmin
+from switchboard.channels.schemas import Platform
 from switchboard.logging import get_logger
 
 log = get_logger(__name__)
@@ -140,7 +141,7 @@ async def webhook(platform: str, channel_id: str, request: Request) -> Response:
 
 class ReplayRequest(BaseModel):
     channel_id: uuid.UUID | None = None
-    platform: str | None = Field(default=None, description="One of the platform ids")
+    platform: Platform | None = None
     since: datetime | None = Field(default=None, description="Received at or after (RFC 3339)")
     until: datetime | None = Field(default=None, description="Received before (RFC 3339)")
     limit: int = Field(default=10_000, ge=1, le=1_000_000, description="Webhooks at most")

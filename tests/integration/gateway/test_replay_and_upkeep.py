@@ -55,6 +55,11 @@ async def test_admin_replay_republishes_the_same_events(ingress: Ingress) -> Non
         headers=ingress.app.auth(ADMIN_KEY),
     )
     assert nothing.json() == {"webhooks": 0, "events": 0, "failed": 0}
+    for platform in ("line", "what\u0000sapp"):
+        unknown = await ingress.client.post(
+            "/v1/admin/replay", json={"platform": platform}, headers=ingress.app.auth(ADMIN_KEY)
+        )
+        assert unknown.status_code == 422, platform
 
     first, second = wa_ids(ingress, wa)
     records = await read_topic(
