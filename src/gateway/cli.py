@@ -14,6 +14,8 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+import normalizer
+
 
 def _when(value: str) -> datetime:
     try:
@@ -62,8 +64,10 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "replay", help="re-normalise archived webhooks and publish their events again"
     )
     rep.add_argument("--channel", type=uuid.UUID, default=None, help="channel id")
-    rep.add_argument("--platform", default=None)
+    rep.add_argument("--platform", default=None, choices=normalizer.PLATFORMS)
     rep.add_argument("--since", type=_when, default=None, help="received at or after")
     rep.add_argument("--until", type=_when, default=None, help="received before")
-    rep.add_argument("--limit", type=int, default=1_000_000, help="webhooks at most")
+    rep.add_argument(  # higher than the API's 10,000: no HTTP request waits on it
+        "--limit", type=int, default=1_000_000, help="webhooks at most"
+    )
     rep.set_defaults(func=cmd_replay)

@@ -4,7 +4,7 @@
   ``outcome`` is ``accepted`` (something new became durable), ``duplicate`` (every event was
   seen before), ``empty`` (a valid webhook with no events) or ``rejected`` with ``reason``
   (``unauthorized``, ``malformed``, ``not_found``, ``too_large``, ``unsupported_media_type``,
-  ``unavailable``).
+  ``unavailable``; the GET handshake adds ``handshake_refused`` and ``no_handshake``).
 * ``switchboard_gateway_events_total{platform,outcome}``: canonical events ``published``
   directly, ``duplicate``, ``spooled``, ``relayed`` from the spool, ``replayed``, and
   ``undeduplicated`` (published while PostgreSQL was unreachable).

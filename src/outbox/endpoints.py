@@ -41,9 +41,7 @@ IdempotencyKey = Annotated[
 ]
 
 Limit = Annotated[int, Query(ge=1, le=500, description="Page size")]
-Cursor = Annotated[
-    str | None, Query(max_length=64, description="`next_cursor` of the previous page")
-]
+Cursor = Annotated[str | None, Query(description="`next_cursor` of the previous page")]
 
 
 def _location(response: Response, message_id: uuid.UUID) -> None:

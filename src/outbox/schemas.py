@@ -159,7 +159,10 @@ def lifecycle_event_schema() -> dict[str, Any]:
         "required": ["specversion", "id", "source", "type", "time", "subject", "data"],
         "properties": {
             "specversion": {"const": "1.0"},
-            "id": {"type": "string", "description": "Stable per (message, type, attempt)"},
+            "id": {
+                "type": "string",
+                "description": "Random per transition; a republished event keeps it",
+            },
             "source": {"type": "string", "description": "/switchboard/outbox/<channel_id>"},
             "type": {"enum": list(LIFECYCLE_EVENT_TYPES)},
             "time": {"type": "string", "format": "date-time"},

@@ -63,6 +63,12 @@ def test_normalize_bad_input_exits_2_with_one_line() -> None:
         assert len(result.stderr.decode().strip().splitlines()) == 1, result.stderr
 
 
+def test_replay_refuses_an_unknown_platform_before_connecting() -> None:
+    result = switchboard("replay", "--platform", "line")
+    assert result.returncode == 2
+    assert "invalid choice: 'line'" in result.stderr.decode()
+
+
 def test_keygen_prints_a_fernet_key() -> None:
     result = switchboard("keygen")
     assert result.returncode == 0

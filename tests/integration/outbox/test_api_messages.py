@@ -471,6 +471,8 @@ async def test_list_filters_and_cursor_pagination(api: RunningApp) -> None:
     huge = await api.client.get("/v1/messages", params={"cursor": beyond_bigint}, headers=auth)
     assert huge.status_code == 400
     assert "cursor" in huge.json()["error"]["message"]
+    long = await api.client.get("/v1/messages", params={"cursor": "A" * 65}, headers=auth)
+    assert long.status_code == 400
     nul_to = await api.client.get("/v1/messages", params={"to": "a\x00b"}, headers=auth)
     assert nul_to.status_code == 400
     bad_state = await api.client.get("/v1/messages", params={"state": "lost"}, headers=auth)
