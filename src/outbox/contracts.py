@@ -12,11 +12,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
+import orjson
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, model_validator
 
 __all__ = [
     "CONTRACT_VERSION",
     "LIFECYCLE_EVENT_TYPES",
+    "METADATA_MAX_BYTES",
     "SEND_COMMAND_TYPE",
     "Button",
     "Content",
@@ -27,6 +29,7 @@ __all__ = [
     "LifecycleEventType",
     "Media",
     "MediaKind",
+    "Metadata",
     "Reaction",
     "SendCommand",
     "Template",
@@ -62,6 +65,26 @@ ContentKind = Literal["text", "media", "template", "interactive", "reaction"]
 MediaKind = Literal["image", "video", "audio", "document", "sticker"]
 
 NonEmptyStr = Annotated[str, Field(min_length=1)]
+
+METADATA_MAX_BYTES = 16 * 1024
+"""Bound of the command's ``metadata`` as compact JSON (orjson). It is echoed in every lifecycle
+event, which must fit in one Kafka record: an unbounded one would make its events unpublishable."""
+
+
+def _bounded_metadata(value: dict[str, JsonValue]) -> dict[str, JsonValue]:
+    try:
+        size = len(orjson.dumps(value))
+    except orjson.JSONEncodeError:
+        raise ValueError("metadata must be plain JSON (integers within 64 bits)") from None
+    if size > METADATA_MAX_BYTES:
+        raise ValueError(
+            f"metadata is {size} bytes as JSON; at most {METADATA_MAX_BYTES} bytes are allowed"
+        )
+    return value
+
+
+Metadata = Annotated[dict[str, JsonValue], AfterValidator(_bounded_metadata)]
+"""Free-form JSON object, at most ``METADATA_MAX_BYTES`` as compact JSON."""
 
 
 class _Contract(BaseModel):
@@ -150,8 +173,9 @@ class SendCommand(_Contract):
     """``message.send``: the value on ``switchboard.outbound.commands.v1``.
 
     ``POST /v1/messages`` takes the same body without ``id`` (its Idempotency-Key plays that
-    role). ``metadata`` is free-form and echoed in every lifecycle event; a few keys are read
-    by senders as platform hints (documented in each platform module).
+    role). ``metadata`` is free-form (at most 16 KiB as compact JSON) and echoed in
+    every lifecycle event; a few keys are read by senders as platform hints (documented in each
+    platform module).
     """
 
     id: NonEmptyStr
@@ -159,7 +183,11 @@ class SendCommand(_Contract):
     to: NonEmptyStr
     content: Content
     reply_to: NonEmptyStr | None = None
-    metadata: dict[str, JsonValue] = Field(default_factory=dict)
+    metadata: Metadata = Field(
+        default_factory=dict,
+        description=f"Free-form, at most {METADATA_MAX_BYTES} bytes as compact JSON; echoed in "
+        "every lifecycle event",
+    )
     not_after: datetime | None = None
 
     @model_validator(mode="before")

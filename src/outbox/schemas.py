@@ -6,12 +6,14 @@ import uuid
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field
 
 from outbox.contracts import (
     LIFECYCLE_EVENT_TYPES,
+    METADATA_MAX_BYTES,
     Content,
     LifecycleEventData,
+    Metadata,
     NonEmptyStr,
     SendCommand,
 )
@@ -39,8 +41,10 @@ class MessageCreate(BaseModel):
     to: NonEmptyStr = Field(description="wa_id/phone, PSID, IGSID, chat_id or E.164 number")
     content: Content
     reply_to: NonEmptyStr | None = None
-    metadata: dict[str, JsonValue] = Field(
-        default_factory=dict, description="Free-form; echoed in every lifecycle event"
+    metadata: Metadata = Field(
+        default_factory=dict,
+        description=f"Free-form, at most {METADATA_MAX_BYTES} bytes as compact JSON; echoed in "
+        "every lifecycle event",
     )
     not_after: datetime | None = Field(
         default=None, description="Not sent after this instant; default: acceptance + 24 h"

@@ -257,6 +257,23 @@ async def test_channel_and_command_validation(api: RunningApp) -> None:
     assert disabled.json()["error"]["code"] == "channel_disabled"
 
 
+async def test_fields_the_rows_cannot_hold_are_422_and_nothing_is_stored(
+    api: RunningApp, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    """Refused up front rather than a 500 at insert, or an event too large to ever publish."""
+    channel_id = await create_channel(api)
+    big_metadata = await send(api, text_body(channel_id) | {"metadata": {"blob": "a" * 1_100_000}})
+    assert big_metadata.status_code == 422, big_metadata.text
+    assert big_metadata.json()["error"]["code"] == "validation_error"
+    assert "metadata" in big_metadata.json()["error"]["message"]
+    assert "16384 bytes" in big_metadata.json()["error"]["message"]
+    async with sessionmaker() as session:
+        assert (await session.scalars(select(OutboxMessage))).all() == []
+    assert await event_types(sessionmaker) == []
+    fits = await send(api, text_body(channel_id) | {"metadata": {"blob": "a" * 16_000}})
+    assert fits.status_code == 202, fits.text
+
+
 async def test_whatsapp_window(
     api_with_window: RunningApp, sessionmaker: async_sessionmaker[AsyncSession]
 ) -> None:

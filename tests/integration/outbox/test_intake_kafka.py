@@ -11,11 +11,14 @@ from typing import Any
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import MessageSizeTooLargeError
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from outbox import consumer as consumer_module
+from outbox import events as events_module
 from outbox.app import component
+from outbox.contracts import METADATA_MAX_BYTES
 from outbox.models import OutboxEvent, OutboxMessage
 from switchboard import kafka
 from switchboard.app import open_resources
@@ -254,3 +257,105 @@ async def test_crash_before_offset_commit_redelivers_without_duplicate(
     async with sessionmaker() as session:
         assert await session.scalar(select(func.count()).select_from(OutboxMessage)) == 1
         assert await session.scalar(select(func.count()).select_from(OutboxEvent)) == 1
+
+
+async def run_commands_until_committed(resources: Resources) -> None:
+    """The command consumer until every produced record's offset is committed (it fails the
+    test by timeout if a record blocks its partition)."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer_module.run_command_consumer(resources, stop))
+    try:
+        await wait_committed(resources.settings)
+    finally:
+        stop.set()
+        await task
+
+
+async def stored_ids(sessionmaker: async_sessionmaker[AsyncSession]) -> list[str]:
+    async with sessionmaker() as session:
+        return list(
+            await session.scalars(select(OutboxMessage.command_id).order_by(OutboxMessage.seq))
+        )
+
+
+async def test_oversized_metadata_is_dead_lettered_and_the_next_command_stored(
+    resources: Resources, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    tg = await add_channel(resources, "telegram", "123456")
+    big = command("big-metadata", tg) | {"metadata": {"blob": "a" * (METADATA_MAX_BYTES + 1)}}
+    key = f"{tg}:777"
+    await produce(
+        resources,
+        [(key, orjson.dumps(cloudevent(big))), (key, orjson.dumps(command("after", tg)))],
+    )
+    await run_commands_until_committed(resources)
+    (letter,) = await consume(resources.settings, "deadletter.v1", 1)
+    data = orjson.loads(letter.value)["data"]
+    assert data["reason"] == "invalid_command"
+    assert data["detail"].startswith("metadata:")
+    assert f"at most {METADATA_MAX_BYTES} bytes" in data["detail"]
+    assert await stored_ids(sessionmaker) == ["after"]
+
+
+def staged_event(channel_id: str, command_id: str, to: str = "777", **metadata: Any) -> OutboxEvent:
+    message = OutboxMessage(
+        id=uuid.uuid4(),
+        command_id=command_id,
+        channel_id=uuid.UUID(channel_id),
+        platform="telegram",
+        recipient=to,
+        conversation_key=f"{channel_id}:777",
+        attempts=0,
+        message_metadata=metadata,
+    )
+    return OutboxEvent(
+        topic="",  # set by the caller
+        key=f"{channel_id}:777",
+        value=events_module.build_event(message, "message.queued"),
+    )
+
+
+async def test_relay_publishes_past_events_too_large_for_a_record(
+    resources: Resources,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A row the producer or the broker refuses as too large is published without its metadata
+    (or set aside); it never blocks the rows behind it."""
+    settings = resources.settings
+    tg = await add_channel(resources, "telegram", "123456")
+    rows = [
+        staged_event(tg, "huge", blob="a" * 1_100_000),  # refused by the producer's size check
+        staged_event(tg, "hopeless", to="9" * 1_100_000),  # even its short form is too large
+        staged_event(tg, "broker-refuses", note="x" * 2000),  # refused by the broker (simulated)
+        staged_event(tg, "normal", note="y"),
+    ]
+    async with sessionmaker() as session, session.begin():
+        for row in rows:
+            row.topic = settings.topic("outbound.events.v1")
+            session.add(row)
+            await session.flush()  # ids in this order: the commit order
+    real_send = resources.producer.send
+
+    async def send(topic: str, value: bytes, **kwargs: Any) -> Any:
+        if b"broker-refuses" in value and b"_truncated" not in value:
+            refused: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            refused.set_exception(MessageSizeTooLargeError())
+            return refused
+        return await real_send(topic, value, **kwargs)
+
+    monkeypatch.setattr(resources.producer, "send", send)
+    assert await events_module.relay_once(resources) == 4
+    assert await events_module.relay_once(resources) == 0  # nothing left behind
+
+    published = [orjson.loads(r.value) for r in await consume(settings, "outbound.events.v1", 3)]
+    summary = [(e["data"]["command_id"], e["data"]["metadata"]) for e in published]
+    assert summary == [
+        ("huge", {"_truncated": True}),  # in its place
+        ("normal", {"note": "y"}),
+        ("broker-refuses", {"_truncated": True}),  # after the rest of its batch
+    ]
+    assert published[0]["id"] == orjson.loads(rows[0].value)["id"]  # same event id
+    async with sessionmaker() as session:
+        unpublished = select(func.count()).where(OutboxEvent.published_at.is_(None))
+        assert await session.scalar(unpublished) == 0

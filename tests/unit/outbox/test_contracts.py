@@ -5,10 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import pytest
 from pydantic import ValidationError
 
-from outbox.contracts import LifecycleEventData, SendCommand
+from outbox.contracts import METADATA_MAX_BYTES, LifecycleEventData, SendCommand
+from outbox.schemas import MessageCreate
 
 
 def command(content: dict[str, Any], **extra: Any) -> dict[str, Any]:
@@ -84,6 +86,24 @@ def test_commands_are_frozen_and_round_trip_as_json() -> None:
     with pytest.raises(ValidationError, match="frozen"):
         parsed.to = "other"  # type: ignore[misc]
     assert SendCommand.model_validate_json(parsed.model_dump_json()) == parsed
+
+
+def test_metadata_is_bounded_as_compact_json() -> None:
+    """Echoed in every lifecycle event: unbounded, it would make the events unpublishable."""
+    text = {"kind": "text", "text": "x"}
+    overhead = len(orjson.dumps({"blob": ""}))
+    at_limit = {"blob": "a" * (METADATA_MAX_BYTES - overhead)}
+    assert len(orjson.dumps(at_limit)) == METADATA_MAX_BYTES
+    assert SendCommand.model_validate(command(text, metadata=at_limit)).metadata == at_limit
+    over = {"blob": "a" * (METADATA_MAX_BYTES - overhead + 1)}
+    api_body = {k: v for k, v in command(text).items() if k != "id"}
+    for model, body in ((SendCommand, command(text)), (MessageCreate, api_body)):
+        with pytest.raises(ValidationError, match=f"at most {METADATA_MAX_BYTES} bytes"):
+            model.model_validate({**body, "metadata": over})
+        with pytest.raises(ValidationError, match="at most"):
+            model.model_validate({**body, "metadata": {"blob": "a" * 1_100_000}})
+        with pytest.raises(ValidationError, match="plain JSON"):  # orjson cannot write it
+            model.model_validate({**body, "metadata": {"n": 10**30}})
 
 
 def test_lifecycle_event_data_shape() -> None:
