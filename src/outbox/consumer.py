@@ -19,8 +19,10 @@ Outcomes:
   disabled, the platform cannot express the content, the WhatsApp window is closed or
   ``not_after`` is already past;
 * dead-lettered to ``<prefix>deadletter.v1`` (same key): ``not_json``, ``invalid_command``
-  (not an object, wrong CloudEvents type, schema errors), ``unknown_channel`` (a row needs an
-  existing channel) and ``conflict`` (a known command id with a different body).
+  (not an object, wrong CloudEvents type, schema errors, or values PostgreSQL refuses to store
+  with a data error, SQLSTATE class 22: retrying such a record never succeeds, so it is not
+  retried), ``unknown_channel`` (a row needs an existing channel) and ``conflict`` (a known
+  command id with a different body).
 
 Dead-letter record: a CloudEvent of type ``switchboard.deadletter`` whose ``id`` is derived
 from topic/partition/offset (a redelivered poison record gets the same id), ``subject`` the
@@ -52,6 +54,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
+from sqlalchemy.exc import DBAPIError
 
 from normalizer.models import EVENT_ADAPTER, MessageEvent, StatusEvent
 from outbox import intake, receipts
@@ -66,6 +69,7 @@ from switchboard.settings import Settings
 __all__ = [
     "DEADLETTER_TYPE",
     "DeadLetter",
+    "data_error",
     "dead_letter_value",
     "handle_command",
     "parse_command",
@@ -127,6 +131,21 @@ def parse_command(value: bytes | None) -> SendCommand | DeadLetter:
         return SendCommand.model_validate(document)
     except ValidationError as exc:
         return DeadLetter("invalid_command", _validation_summary(exc))
+
+
+def data_error(exc: BaseException) -> str | None:
+    """The SQLSTATE when ``exc`` is a PostgreSQL data exception (class 22: a value too long for
+    its column, a character the encoding cannot hold, …): the record's own values cannot be
+    stored, so retrying it can never succeed. None for anything else (connection lost, lock
+    timeout, …), which is worth retrying."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        state = getattr(cause.orig, "sqlstate", None) if isinstance(cause, DBAPIError) else None
+        state = state or getattr(cause, "sqlstate", None)
+        if isinstance(state, str):
+            return state if state.startswith("22") else None
+        cause = cause.__cause__
+    return None
 
 
 def _rfc3339(value: datetime) -> str:
@@ -201,6 +220,13 @@ async def handle_command(resources: Resources, record: Record) -> None:
             parsed_letter = DeadLetter("conflict", exc.message)
         except UnknownChannel as exc:
             parsed_letter = DeadLetter("unknown_channel", exc.message)
+        except DBAPIError as exc:
+            state = data_error(exc)
+            if state is None:
+                raise  # the database is away, a lock timed out…: the partition retries
+            parsed_letter = DeadLetter(  # the SQLSTATE only: the message may quote the value
+                "invalid_command", f"the command cannot be stored (PostgreSQL SQLSTATE {state})"
+            )
         else:
             if not accepted.replayed:
                 log.debug(

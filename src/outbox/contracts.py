@@ -16,11 +16,15 @@ import orjson
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, model_validator
 
 __all__ = [
+    "COMMAND_ID_MAX",
     "CONTRACT_VERSION",
     "LIFECYCLE_EVENT_TYPES",
     "METADATA_MAX_BYTES",
+    "RECIPIENT_MAX",
+    "REPLY_TO_MAX",
     "SEND_COMMAND_TYPE",
     "Button",
+    "CommandId",
     "Content",
     "ContentKind",
     "Interactive",
@@ -31,6 +35,8 @@ __all__ = [
     "MediaKind",
     "Metadata",
     "Reaction",
+    "Recipient",
+    "ReplyTo",
     "SendCommand",
     "Template",
 ]
@@ -65,6 +71,15 @@ ContentKind = Literal["text", "media", "template", "interactive", "reaction"]
 MediaKind = Literal["image", "video", "audio", "document", "sticker"]
 
 NonEmptyStr = Annotated[str, Field(min_length=1)]
+
+COMMAND_ID_MAX = 200
+RECIPIENT_MAX = 200
+REPLY_TO_MAX = 300
+"""Lengths (characters) of the ``outbox_messages`` columns the command's ``id``, ``to`` and
+``reply_to`` are stored in: longer values are refused here, not by a failing INSERT."""
+CommandId = Annotated[str, Field(min_length=1, max_length=COMMAND_ID_MAX)]
+Recipient = Annotated[str, Field(min_length=1, max_length=RECIPIENT_MAX)]
+ReplyTo = Annotated[str, Field(min_length=1, max_length=REPLY_TO_MAX)]
 
 METADATA_MAX_BYTES = 16 * 1024
 """Bound of the command's ``metadata`` as compact JSON (orjson). It is echoed in every lifecycle
@@ -178,11 +193,11 @@ class SendCommand(_Contract):
     platform module).
     """
 
-    id: NonEmptyStr
+    id: CommandId
     channel_id: NonEmptyStr
-    to: NonEmptyStr
+    to: Recipient
     content: Content
-    reply_to: NonEmptyStr | None = None
+    reply_to: ReplyTo | None = None
     metadata: Metadata = Field(
         default_factory=dict,
         description=f"Free-form, at most {METADATA_MAX_BYTES} bytes as compact JSON; echoed in "

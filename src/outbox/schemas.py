@@ -15,6 +15,8 @@ from outbox.contracts import (
     LifecycleEventData,
     Metadata,
     NonEmptyStr,
+    Recipient,
+    ReplyTo,
     SendCommand,
 )
 from outbox.models import OutboxAttempt, OutboxMessage
@@ -38,9 +40,9 @@ class MessageCreate(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     channel_id: NonEmptyStr
-    to: NonEmptyStr = Field(description="wa_id/phone, PSID, IGSID, chat_id or E.164 number")
+    to: Recipient = Field(description="wa_id/phone, PSID, IGSID, chat_id or E.164 number")
     content: Content
-    reply_to: NonEmptyStr | None = None
+    reply_to: ReplyTo | None = None
     metadata: Metadata = Field(
         default_factory=dict,
         description=f"Free-form, at most {METADATA_MAX_BYTES} bytes as compact JSON; echoed in "

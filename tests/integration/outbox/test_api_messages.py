@@ -270,8 +270,25 @@ async def test_fields_the_rows_cannot_hold_are_422_and_nothing_is_stored(
     async with sessionmaker() as session:
         assert (await session.scalars(select(OutboxMessage))).all() == []
     assert await event_types(sessionmaker) == []
+    # Longer than their varchar columns (was a 500 from the failing INSERT)
+    for body, key, field in (
+        (text_body(channel_id, to="9" * 201), None, "to"),
+        (text_body(channel_id) | {"reply_to": "w" * 301}, None, "reply_to"),
+        (text_body(channel_id), "k" * 201, "Idempotency-Key"),
+    ):
+        refused = await send(api, body, key=key)
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["error"]["code"] == "validation_error"
+        assert field in refused.json()["error"]["message"]
+    async with sessionmaker() as session:
+        assert (await session.scalars(select(OutboxMessage))).all() == []
+    assert await event_types(sessionmaker) == []
+
     fits = await send(api, text_body(channel_id) | {"metadata": {"blob": "a" * 16_000}})
     assert fits.status_code == 202, fits.text
+    longest = text_body(channel_id, to="9" * 200) | {"reply_to": "w" * 300}
+    at_limits = await send(api, longest, key="k" * 200)
+    assert at_limits.status_code == 202, at_limits.text
 
 
 async def test_whatsapp_window(

@@ -297,6 +297,67 @@ async def test_oversized_metadata_is_dead_lettered_and_the_next_command_stored(
     assert await stored_ids(sessionmaker) == ["after"]
 
 
+async def test_a_command_its_row_cannot_hold_is_dead_lettered_not_retried(
+    resources: Resources, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    """A 259-character id (the column holds 200) used to fail the INSERT forever, blocking its
+    partition; the contract now refuses it, and the valid command behind it is stored."""
+    tg = await add_channel(resources, "telegram", "123456")
+    key = f"{tg}:777"
+    await produce(
+        resources,
+        [
+            (key, orjson.dumps(cloudevent(command("p-" + "x" * 257, tg)))),
+            (key, orjson.dumps(command("long-to", tg, "9" * 201))),
+            (key, orjson.dumps(cloudevent(command("behind", tg)))),
+        ],
+    )
+    async with asyncio.timeout(15):  # no 10 s back-off waits: nothing is retried
+        await run_commands_until_committed(resources)
+    letters = [
+        orjson.loads(r.value)["data"] for r in await consume(resources.settings, "deadletter.v1", 2)
+    ]
+    assert [d["reason"] for d in letters] == ["invalid_command", "invalid_command"]
+    assert letters[0]["detail"].startswith("id: String should have at most 200 characters")
+    assert letters[1]["detail"].startswith("to: String should have at most 200 characters")
+    assert await stored_ids(sessionmaker) == ["behind"]
+
+
+async def test_a_data_error_at_insert_is_dead_lettered_not_retried(
+    resources: Resources,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The safety net behind the contract: a value PostgreSQL refuses with a data error
+    (SQLSTATE class 22) dead-letters the record instead of retrying it forever."""
+    tg = await add_channel(resources, "telegram", "123456")
+    long_id = "q-" + "x" * 257
+    real_parse = consumer_module.parse_command
+
+    def parse_without_length_checks(value: bytes | None) -> Any:
+        if value is not None and long_id.encode() in value:  # as if the contract let it through
+            parsed = real_parse(value.replace(long_id.encode(), b"short"))
+            return parsed.model_copy(update={"id": long_id})
+        return real_parse(value)
+
+    monkeypatch.setattr(consumer_module, "parse_command", parse_without_length_checks)
+    key = f"{tg}:777"
+    await produce(
+        resources,
+        [
+            (key, orjson.dumps(cloudevent(command(long_id, tg)))),
+            (key, orjson.dumps(cloudevent(command("behind", tg)))),
+        ],
+    )
+    async with asyncio.timeout(15):
+        await run_commands_until_committed(resources)
+    (letter,) = await consume(resources.settings, "deadletter.v1", 1)
+    data = orjson.loads(letter.value)["data"]
+    assert data["reason"] == "invalid_command"
+    assert data["detail"] == "the command cannot be stored (PostgreSQL SQLSTATE 22001)"
+    assert await stored_ids(sessionmaker) == ["behind"]
+
+
 def staged_event(channel_id: str, command_id: str, to: str = "777", **metadata: Any) -> OutboxEvent:
     message = OutboxMessage(
         id=uuid.uuid4(),

@@ -88,6 +88,19 @@ def test_commands_are_frozen_and_round_trip_as_json() -> None:
     assert SendCommand.model_validate_json(parsed.model_dump_json()) == parsed
 
 
+@pytest.mark.parametrize(("field", "limit"), [("id", 200), ("to", 200), ("reply_to", 300)])
+def test_fields_stored_in_bounded_columns_are_bounded(field: str, limit: int) -> None:
+    """As long as the ``outbox_messages`` columns: longer would fail the INSERT instead."""
+    text = {"kind": "text", "text": "x"}
+    assert getattr(SendCommand.model_validate(command(text, **{field: "9" * limit})), field)
+    with pytest.raises(ValidationError, match=f"at most {limit} characters"):
+        SendCommand.model_validate(command(text, **{field: "9" * (limit + 1)}))
+    if field != "id":  # the API takes the id from the Idempotency-Key header (max 200)
+        api_body = {k: v for k, v in command(text).items() if k != "id"}
+        with pytest.raises(ValidationError, match=f"at most {limit} characters"):
+            MessageCreate.model_validate({**api_body, field: "9" * (limit + 1)})
+
+
 def test_metadata_is_bounded_as_compact_json() -> None:
     """Echoed in every lifecycle event: unbounded, it would make the events unpublishable."""
     text = {"kind": "text", "text": "x"}

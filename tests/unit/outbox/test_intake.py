@@ -7,12 +7,14 @@ import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, cast
 
+import asyncpg
 import orjson
 import pytest
 from aiokafka import ConsumerRecord
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from outbox.consumer import DeadLetter, dead_letter_value, parse_command
+from outbox.consumer import DeadLetter, data_error, dead_letter_value, parse_command
 from outbox.contracts import SendCommand
 from outbox.errors import ContentNotSupported, WindowClosed
 from outbox.intake import check, needs_window, request_hash, window_key
@@ -166,3 +168,26 @@ def test_dead_letter_record_embeds_the_original() -> None:
     assert original["value_encoding"] == "base64"
     assert base64.b64decode(original["value"]) == b"\xff binary"
     assert value["data"]["reason"] == "not_json"
+
+
+class _AdaptedError(Exception):
+    """What SQLAlchemy's asyncpg adapter puts in ``DBAPIError.orig``: it carries the SQLSTATE."""
+
+    def __init__(self, sqlstate: str | None) -> None:
+        super().__init__("db error")
+        self.sqlstate = sqlstate
+
+
+def test_data_errors_are_told_from_failures_worth_retrying() -> None:
+    too_long = DBAPIError("INSERT …", None, _AdaptedError("22001"))
+    assert data_error(too_long) == "22001"
+    assert data_error(DBAPIError("INSERT …", None, _AdaptedError("22P05"))) == "22P05"
+    # the asyncpg exception itself, as the cause of a wrapper
+    wrapped = DBAPIError("INSERT …", None, _AdaptedError(None))
+    wrapped.__cause__ = asyncpg.exceptions.StringDataRightTruncationError("value too long")
+    assert data_error(wrapped) == "22001"
+    # not the record's fault: retried
+    assert data_error(OperationalError("SELECT 1", None, _AdaptedError("57P01"))) is None
+    assert data_error(DBAPIError("INSERT …", None, _AdaptedError("40001"))) is None
+    assert data_error(DBAPIError("INSERT …", None, _AdaptedError(None))) is None
+    assert data_error(ConnectionResetError()) is None
