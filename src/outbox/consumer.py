@@ -36,7 +36,8 @@ original key, and ``data``::
 
 Receipts (``<prefix>inbound.v1``, group ``outbox_receipts_consumer_group`` or
 ``<kafka_consumer_group>-receipts``): see ``outbox.receipts``. Records that are not canonical
-events are logged and skipped (the gateway owns that topic; they are not ours to dead-letter).
+events are logged and skipped (the gateway owns that topic; they are not ours to dead-letter),
+and so are records whose values cannot be stored (each is applied in its own savepoint).
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from normalizer.models import EVENT_ADAPTER, MessageEvent, StatusEvent
 from outbox import intake, receipts
@@ -375,9 +377,62 @@ def receipts_group(settings: Settings) -> str:
     return settings.outbox_receipts_consumer_group or f"{settings.kafka_consumer_group}-receipts"
 
 
+def _record_fault(exc: BaseException) -> bool:
+    """Whether ``exc`` is the record's own fault (it would fail the same way on every retry):
+    a PostgreSQL data error, or a value our code cannot handle. Not the database being away,
+    a lock timeout, …: those fail the batch, which is retried."""
+    if data_error(exc) is not None:
+        return True
+    if isinstance(exc, SQLAlchemyError | OSError | TimeoutError):
+        return False
+    return isinstance(exc, ValueError | TypeError | LookupError | ArithmeticError)
+
+
+async def _apply_status(
+    session: AsyncSession, settings: Settings, record: Record, status: StatusEvent
+) -> None:
+    """One receipt in its own savepoint: if it cannot be stored, it alone is skipped."""
+    try:
+        async with session.begin_nested():
+            await receipts.apply_status(session, settings, status)
+    except Exception as exc:
+        if not _record_fault(exc):
+            raise
+        log.warning(
+            "outbox.receipt_skipped",
+            reason=type(exc).__name__,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+        )
+
+
+async def _record_windows(session: AsyncSession, latest: dict[str, datetime]) -> None:
+    """All windows in one upsert; if that fails on a value, each in its own savepoint so only
+    the windows that cannot be stored are skipped."""
+    try:
+        async with session.begin_nested():
+            await receipts.record_windows(session, latest)
+        return
+    except Exception as exc:
+        if not _record_fault(exc):
+            raise
+    for key, when in sorted(latest.items()):
+        try:
+            async with session.begin_nested():
+                await receipts.record_windows(session, {key: when})
+        except Exception as exc:
+            if not _record_fault(exc):
+                raise
+            log.warning("outbox.receipt_skipped", reason=type(exc).__name__, length=len(key))
+
+
 async def handle_inbound(resources: Resources, records: Sequence[Record]) -> int:
-    """One transaction per partition batch: statuses in order, then the windows."""
-    statuses: list[StatusEvent] = []
+    """One transaction per partition batch: statuses in order, then the windows. Each status
+    (and the windows) in a savepoint: a record that cannot be stored is skipped and logged
+    (``outbox.receipt_skipped``) and never fails the batch; a database failure does (the batch
+    is retried)."""
+    statuses: list[tuple[Record, StatusEvent]] = []
     received: list[MessageEvent] = []
     for record in records:
         if record.value is None:
@@ -393,16 +448,19 @@ async def handle_inbound(resources: Resources, records: Sequence[Record]) -> int
             )
             continue
         if isinstance(event, StatusEvent):
-            statuses.append(event)
+            statuses.append((record, event))
         elif isinstance(event, MessageEvent) and event.type == "message.received":
             received.append(event)
     if not statuses and not received:
         return len(records)
+    settings = resources.settings
     try:
         async with resources.sessionmaker() as session, session.begin():
-            for status in statuses:
-                await receipts.apply_status(session, resources.settings, status)
-            await receipts.record_windows(session, receipts.window_updates(received))
+            for record, status in statuses:
+                await _apply_status(session, settings, record, status)
+            latest = receipts.window_updates(received)
+            if latest:
+                await _record_windows(session, latest)
     except Exception as exc:
         log.warning("outbox.receipts_failed", error=type(exc).__name__, records=len(records))
         return 0

@@ -20,6 +20,11 @@ was lost and that was sent again under a new id) is gone after the TTL.
 ``message.received`` events (not echoes of our own messages) record the last inbound instant per
 ``channel_id:contact.id`` for WhatsApp's 24-hour window (``outbox.intake.window_key``).
 
+A receipt whose ids cannot be stored (a platform message id or a window key longer than its
+column, 300 characters, or holding U+0000, which PostgreSQL text cannot hold) cannot match any
+message either: it is skipped and logged ``outbox.receipt_skipped``, as is a
+``message.received`` whose ``time`` is not a real instant.
+
 Everything here runs in the caller's transaction; the consumer commits, then commits offsets.
 """
 
@@ -45,14 +50,32 @@ from switchboard.logging import get_logger
 from switchboard.settings import Settings
 
 __all__ = [
+    "PLATFORM_ID_MAX",
+    "WINDOW_KEY_MAX",
     "Transition",
     "apply_status",
     "record_windows",
     "settle_pending",
+    "storable",
     "window_updates",
 ]
 
 log = get_logger(__name__)
+
+PLATFORM_ID_MAX = 300
+"""``outbox_messages.platform_message_id`` / ``outbox_pending_receipts.platform_message_id``."""
+WINDOW_KEY_MAX = 300
+"""``outbox_conversation_windows.conversation_key``."""
+
+
+def storable(value: str, limit: int) -> bool:
+    """Whether ``value`` fits a ``varchar(limit)`` column (PostgreSQL text cannot hold NUL)."""
+    return len(value) <= limit and "\x00" not in value
+
+
+def _skipped(reason: str, **fields: object) -> None:
+    log.warning("outbox.receipt_skipped", reason=reason, **fields)
+
 
 _FORWARD: dict[str, frozenset[str]] = {
     "delivered": frozenset({"sent"}),
@@ -111,7 +134,20 @@ async def apply_status(
         channel_id = uuid.UUID(event.data.channel_id)
     except ValueError:
         return None
-    error = status.error.model_dump(mode="json") if status.error is not None else None
+    if not storable(status.message_id, PLATFORM_ID_MAX):
+        _skipped(  # no message can carry it: holding it would fail the transaction
+            "unstorable_platform_message_id",
+            event_id=event.id,
+            channel_id=str(channel_id),
+            length=len(status.message_id),
+        )
+        return None
+    error = None
+    if status.error is not None:  # jsonb cannot hold NUL either: dropped from the texts
+        error = {
+            k: v.replace("\x00", "") if isinstance(v, str) else v
+            for k, v in status.error.model_dump(mode="json").items()
+        }
     message = await _locked_message(session, channel_id, status.message_id)
     if message is None:
         held = await session.scalar(
@@ -227,8 +263,15 @@ def window_updates(
             continue
         when = now
         if event.time is not None:
-            when = min(datetime.fromisoformat(event.time.replace("Z", "+00:00")), now)
+            try:
+                when = min(datetime.fromisoformat(event.time.replace("Z", "+00:00")), now)
+            except ValueError:  # matches the pattern, is no instant (month 13, …)
+                _skipped("invalid_time", event_id=event.id)
+                continue
         key = window_key(data.channel_id, data.platform, data.contact.id)
+        if not storable(key, WINDOW_KEY_MAX):
+            _skipped("unstorable_window_key", event_id=event.id, length=len(key))
+            continue
         if key not in latest or latest[key] < when:
             latest[key] = when
     return latest

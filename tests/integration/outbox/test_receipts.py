@@ -12,10 +12,11 @@ from typing import Any
 
 import orjson
 import pytest
-from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from fake_platforms.server import FakePlatformServer
+from outbox import receipts as receipts_module
 from outbox.consumer import run_receipts_consumer
 from outbox.models import ConversationWindow, OutboxEvent, OutboxMessage, PendingReceipt
 from switchboard.app import open_resources
@@ -225,6 +226,80 @@ async def test_receipts_move_forward_only_and_windows_open(resources: Resources)
     assert f"{channel_id}:393330000000" not in windows
     # the unmatched receipt is held for its message; another channel's is not ours to hold
     assert await held_receipts(res) == [("wamid.unknown", "delivered")]
+
+
+async def test_a_receipt_that_cannot_be_stored_does_not_stop_the_others(
+    resources: Resources, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One batch, one transaction: a status whose id cannot be stored (over 300 characters,
+    NUL) or that fails in the database used to fail the batch forever, stopping the windows
+    and receipts of the whole partition. Now it alone is skipped."""
+    res = resources
+    channel_id, _ = await seed(res)
+    now = datetime.now(UTC)
+    real_apply = receipts_module.apply_status
+
+    async def apply_or_fail(session: AsyncSession, settings: Settings, event: Any) -> Any:
+        transition = await real_apply(session, settings, event)
+        if event.data.status.recipient_id == "poison":  # a data error after a change
+            await session.execute(text("SELECT CAST('x' AS integer)"))
+        return transition
+
+    monkeypatch.setattr(receipts_module, "apply_status", apply_or_fail)
+    poison = orjson.loads(status(channel_id, "wamid.1", "delivered"))
+    poison["data"]["status"]["recipient_id"] = "poison"
+    not_an_instant = orjson.loads(received(channel_id, "393330000001", now))
+    not_an_instant["time"] = "2026-13-45T00:00:00Z"  # matches the pattern, is no instant
+    await consume_until_sentinel(
+        res,
+        channel_id,
+        [
+            status(channel_id, "wamid." + "A" * 300, "delivered"),  # longer than the column
+            status(channel_id, "wamid.nul\u0000x", "delivered"),  # PostgreSQL cannot hold NUL
+            orjson.dumps(poison),  # rolled back alone (its savepoint)
+            received(channel_id, "9" * 300, now),  # window key longer than the column
+            orjson.dumps(not_an_instant),
+            received(channel_id, USER, now - timedelta(hours=1)),  # opens the window
+            status(channel_id, "wamid.1", "read"),
+            status(channel_id, "wamid.2", "failed", code="131026", title="bad\u0000title"),
+        ],
+    )
+
+    async with res.sessionmaker() as session:
+        rows = {m.command_id: m for m in await session.scalars(select(OutboxMessage))}
+        events = [
+            orjson.loads(e.value)
+            for e in await session.scalars(select(OutboxEvent).order_by(OutboxEvent.id))
+        ]
+        windows = {w.conversation_key for w in await session.scalars(select(ConversationWindow))}
+    assert rows["read_first"].state == "read"
+    assert rows["fails"].state == "failed"
+    assert rows["fails"].last_error is not None
+    assert rows["fails"].last_error["title"] == "badtitle"  # NUL dropped: jsonb cannot hold it
+    assert [(e["data"]["command_id"], e["type"]) for e in events] == [
+        ("read_first", "message.read"),  # not message.delivered: the poison was rolled back
+        ("fails", "message.failed"),
+    ]
+    assert windows == {f"{channel_id}:{USER}", f"{channel_id}:sentinel"}
+    assert await held_receipts(res) == []
+
+
+async def test_a_window_that_cannot_be_stored_does_not_stop_the_others(
+    resources: Resources, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The windows go in one upsert; if it fails on a value, each goes in its own savepoint."""
+    res = resources
+    channel_id, _ = await seed(res)
+    real_updates = receipts_module.window_updates
+
+    def with_an_unstorable_key(received: Any) -> dict[str, datetime]:
+        return {**real_updates(received), "bad\u0000key": datetime.now(UTC)}  # past the checks
+
+    monkeypatch.setattr(receipts_module, "window_updates", with_an_unstorable_key)
+    await consume_until_sentinel(res, channel_id, [received(channel_id, USER, datetime.now(UTC))])
+    async with res.sessionmaker() as session:
+        windows = {w.conversation_key for w in await session.scalars(select(ConversationWindow))}
+    assert windows == {f"{channel_id}:{USER}", f"{channel_id}:sentinel"}
 
 
 def fake_wamid(n: int) -> str:
