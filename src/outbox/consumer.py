@@ -32,7 +32,13 @@ original key, and ``data``::
      "detail": "<human-readable, never the value itself>",
      "consumer": "outbox.commands",
      "original": {"topic", "partition", "offset", "timestamp" (RFC 3339), "key",
-                  "value_encoding": "utf-8" | "base64" | null, "value": "<the original bytes>"}}
+                  "value_encoding": "utf-8" | "base64" | null, "value": "<the original bytes>",
+                  "value_truncated": bool, "value_size": <bytes> | null}}
+
+The value is embedded up to ``DEADLETTER_VALUE_MAX`` bytes (256 KiB; ``value_truncated``). If
+Kafka still refuses the dead letter as too large, it is published without the value, then also
+without the key texts (``outbox.dead_letter_too_large``): a poison record never blocks its
+partition.
 
 Receipts (``<prefix>inbound.v1``, group ``outbox_receipts_consumer_group`` or
 ``<kafka_consumer_group>-receipts``): see ``outbox.receipts``. Records that are not canonical
@@ -62,7 +68,7 @@ from normalizer.models import EVENT_ADAPTER, MessageEvent, StatusEvent
 from outbox import intake, receipts
 from outbox.contracts import SEND_COMMAND_TYPE, SendCommand
 from outbox.errors import IdempotencyConflict, UnknownChannel
-from outbox.events import run_relay
+from outbox.events import UNPUBLISHABLE_ERRORS, run_relay
 from switchboard.kafka import CE_HEADERS, create_consumer
 from switchboard.logging import get_logger
 from switchboard.resources import Resources
@@ -70,6 +76,7 @@ from switchboard.settings import Settings
 
 __all__ = [
     "DEADLETTER_TYPE",
+    "DEADLETTER_VALUE_MAX",
     "DeadLetter",
     "data_error",
     "dead_letter_value",
@@ -86,6 +93,10 @@ log = get_logger(__name__)
 DEADLETTER_TYPE = "switchboard.deadletter"
 _DEADLETTER_NAMESPACE = uuid.UUID("0d6f4a52-9c1e-4a8e-b1f7-3e5c2d7a9b41")
 _POLL_MS = 500
+DEADLETTER_VALUE_MAX = 256 * 1024
+"""Bytes of the original value embedded in a dead-letter record (base64 adds a third): a
+~1 MB poison record must not make a dead letter too large to publish."""
+_DETAIL_MAX = 4096
 _RESTART_BACKOFF = (0.5, 30.0)
 
 Record: TypeAlias = Any
@@ -154,18 +165,41 @@ def _rfc3339(value: datetime) -> str:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def dead_letter_value(record: Record, letter: DeadLetter, *, consumer: str) -> bytes:
+def dead_letter_value(
+    record: Record,
+    letter: DeadLetter,
+    *,
+    consumer: str,
+    include_value: bool = True,
+    include_key: bool = True,
+) -> bytes:
+    """The dead-letter CloudEvent of ``record``. The original value is embedded up to
+    ``DEADLETTER_VALUE_MAX`` bytes (``value_truncated``, ``value_size`` tell), as text if the
+    whole value is UTF-8, else base64; ``include_value``/``include_key`` False leave the value
+    / the key texts out (for a record still too large to publish)."""
     raw: bytes | None = record.value
     encoding: str | None = None
     text: str | None = None
+    truncated = False
     if raw is not None:
+        kept = raw[:DEADLETTER_VALUE_MAX] if include_value else b""
+        truncated = len(kept) < len(raw)
         try:
-            text, encoding = raw.decode("utf-8"), "utf-8"
+            raw.decode("utf-8")  # the whole value decides the encoding, not the kept prefix
         except UnicodeDecodeError:
-            text, encoding = base64.b64encode(raw).decode("ascii"), "base64"
+            encoding = "base64"
+            text = base64.b64encode(kept).decode("ascii") if include_value else None
+        else:  # a cut may split the last character: only that one is dropped
+            encoding = "utf-8"
+            text = kept.decode("utf-8", errors="ignore") if include_value else None
+        if not include_value:
+            encoding = None
     key: bytes | None = record.key
-    key_text = key.decode("utf-8", errors="replace") if key is not None else None
+    key_text = key.decode("utf-8", errors="replace") if key is not None and include_key else None
     where = f"{record.topic}:{record.partition}:{record.offset}"
+    detail = letter.detail
+    if len(detail) > _DETAIL_MAX:
+        detail = detail[: _DETAIL_MAX - 1] + "…"
     envelope: dict[str, Any] = {
         "specversion": "1.0",
         "id": str(uuid.uuid5(_DEADLETTER_NAMESPACE, where)),
@@ -176,7 +210,7 @@ def dead_letter_value(record: Record, letter: DeadLetter, *, consumer: str) -> b
         "datacontenttype": "application/json",
         "data": {
             "reason": letter.reason,
-            "detail": letter.detail,
+            "detail": detail,
             "consumer": consumer,
             "original": {
                 "topic": record.topic,
@@ -186,22 +220,49 @@ def dead_letter_value(record: Record, letter: DeadLetter, *, consumer: str) -> b
                 "key": key_text,
                 "value_encoding": encoding,
                 "value": text,
+                "value_truncated": truncated,
+                "value_size": len(raw) if raw is not None else None,
             },
         },
     }
     return orjson.dumps(envelope)
 
 
+_DEADLETTER_SHAPES = (
+    {"include_value": True, "include_key": True},
+    {"include_value": False, "include_key": True},
+    {"include_value": False, "include_key": False},
+)
+"""Tried in turn while Kafka refuses the record as too large: the (capped) value, then
+without the value, then without the key texts (and without a record key)."""
+
+
 async def _dead_letter(resources: Resources, record: Record, letter: DeadLetter) -> None:
-    """Publish and wait for the broker's ack: the offset is committed only after it."""
+    """Publish and wait for the broker's ack: the offset is committed only after it. A record
+    Kafka refuses as too large is published again smaller (``_DEADLETTER_SHAPES``)."""
     settings = resources.settings
-    future = await resources.producer.send(
-        settings.topic("deadletter.v1"),
-        dead_letter_value(record, letter, consumer="outbox.commands"),
-        key=record.key,
-        headers=CE_HEADERS,
-    )
-    await future
+    for attempt, shape in enumerate(_DEADLETTER_SHAPES):
+        value = dead_letter_value(record, letter, consumer="outbox.commands", **shape)
+        try:
+            future = await resources.producer.send(
+                settings.topic("deadletter.v1"),
+                value,
+                key=record.key if shape["include_key"] else None,
+                headers=CE_HEADERS,
+            )
+            await future
+        except UNPUBLISHABLE_ERRORS:
+            if attempt == len(_DEADLETTER_SHAPES) - 1:
+                raise
+            log.warning(
+                "outbox.dead_letter_too_large",
+                size=len(value),
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+            )
+            continue
+        break
     log.warning(
         "outbox.command_dead_lettered",
         reason=letter.reason,

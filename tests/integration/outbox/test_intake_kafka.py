@@ -4,6 +4,7 @@ idempotent on redelivery, poison records dead-lettered with a reason, refusals s
 from __future__ import annotations
 
 import asyncio
+import base64
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -358,6 +359,59 @@ async def test_a_data_error_at_insert_is_dead_lettered_not_retried(
     assert await stored_ids(sessionmaker) == ["behind"]
 
 
+async def test_a_poison_record_too_large_to_embed_is_dead_lettered_truncated(
+    resources: Resources,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A ~900 KB non-UTF-8 value used to become a ~1.2 MB dead letter (base64), over the
+    producer's limit: dead-lettering failed forever and the partition was stuck."""
+    tg = await add_channel(resources, "telegram", "123456")
+    key = f"{tg}:777"
+    big = b"\xff" + bytes(range(256)) * 3600
+    await produce(
+        resources,
+        [(key, big), (key, orjson.dumps(command("after-big", tg)))],
+    )
+    async with asyncio.timeout(20):
+        await run_commands_until_committed(resources)
+    (letter,) = await consume(resources.settings, "deadletter.v1", 1)
+    data = orjson.loads(letter.value)["data"]
+    assert letter.key == key.encode()
+    assert data["reason"] == "not_json"
+    original = data["original"]
+    assert original["value_encoding"] == "base64"
+    assert base64.b64decode(original["value"]) == big[: consumer_module.DEADLETTER_VALUE_MAX]
+    assert original["value_truncated"] is True
+    assert original["value_size"] == len(big)
+    assert await stored_ids(sessionmaker) == ["after-big"]
+
+    # A broker whose limit is below even the capped dead letter: published without the value
+    real_send = resources.producer.send
+
+    async def send(topic: str, value: bytes, *args: Any, **kwargs: Any) -> Any:
+        if topic.endswith("deadletter.v1") and len(value) > 100_000:
+            refused: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            refused.set_exception(MessageSizeTooLargeError())
+            return refused
+        return await real_send(topic, value, *args, **kwargs)
+
+    monkeypatch.setattr(resources.producer, "send", send)
+    await produce(
+        resources,
+        [(key, big + b"2"), (key, orjson.dumps(command("after-big-2", tg)))],
+    )
+    async with asyncio.timeout(20):
+        await run_commands_until_committed(resources)
+    letters = await consume(resources.settings, "deadletter.v1", 2)
+    original = orjson.loads(letters[1].value)["data"]["original"]
+    assert original["value"] is None
+    assert original["value_truncated"] is True
+    assert original["value_size"] == len(big) + 1
+    assert original["key"] == key
+    assert await stored_ids(sessionmaker) == ["after-big", "after-big-2"]
+
+
 def staged_event(channel_id: str, command_id: str, to: str = "777", **metadata: Any) -> OutboxEvent:
     message = OutboxMessage(
         id=uuid.uuid4(),
@@ -398,12 +452,12 @@ async def test_relay_publishes_past_events_too_large_for_a_record(
             await session.flush()  # ids in this order: the commit order
     real_send = resources.producer.send
 
-    async def send(topic: str, value: bytes, **kwargs: Any) -> Any:
+    async def send(topic: str, value: bytes, *args: Any, **kwargs: Any) -> Any:
         if b"broker-refuses" in value and b"_truncated" not in value:
             refused: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             refused.set_exception(MessageSizeTooLargeError())
             return refused
-        return await real_send(topic, value, **kwargs)
+        return await real_send(topic, value, *args, **kwargs)
 
     monkeypatch.setattr(resources.producer, "send", send)
     assert await events_module.relay_once(resources) == 4
