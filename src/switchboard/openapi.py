@@ -49,6 +49,14 @@ DEADLETTER_SCHEMA: dict[str, Any] = {
                         "key": {"type": ["string", "null"]},
                         "value_encoding": {"enum": ["utf-8", "base64", None]},
                         "value": {"type": ["string", "null"]},
+                        "value_truncated": {
+                            "type": "boolean",
+                            "description": "value holds only the first 256 KiB of the original",
+                        },
+                        "value_size": {
+                            "type": ["integer", "null"],
+                            "description": "size of the original value in bytes",
+                        },
                     },
                 },
             },
