@@ -8,6 +8,8 @@ dead-lettered). A crash before the offset commit redelivers the records: intake 
 on the command id and receipts only move states forward, so a redelivery changes nothing.
 On a database or broker failure a partition is rewound to its first unfinished record and the
 loop backs off; if the consumer itself fails it is restarted (new consumer, same group).
+``stop`` wins over every wait on the broker: a start (bootstrap, group join) still under way is
+abandoned, and stopping a consumer is bounded (``_STOP_TIMEOUT``).
 
 Commands (``<prefix>outbound.commands.v1``, group ``kafka_consumer_group``): the value is a
 CloudEvents 1.0 structured event of type ``message.send`` whose ``data`` is the send command,
@@ -98,6 +100,11 @@ DEADLETTER_VALUE_MAX = 256 * 1024
 ~1 MB poison record must not make a dead letter too large to publish."""
 _DETAIL_MAX = 4096
 _RESTART_BACKOFF = (0.5, 30.0)
+_STOP_TIMEOUT = 5.0
+"""Seconds a started consumer gets to stop (leave its group) once ``stop`` is set: a broker
+that never answers must not keep the process up."""
+_ABANDON_TIMEOUT = 0.5
+"""Seconds a start abandoned for ``stop`` gets to unwind and close (it holds no partitions)."""
 
 Record: TypeAlias = Any
 """``aiokafka.ConsumerRecord[bytes, bytes]`` (aiokafka ships no type information)."""
@@ -377,6 +384,57 @@ async def _consume(
             backoff = 0.2
 
 
+async def _start(consumer: AIOKafkaConsumer, stop: asyncio.Event) -> bool:
+    """Start ``consumer`` (bootstrap, topic metadata, group join) unless ``stop`` comes first.
+
+    ``consumer.start()`` waits for the group join without any bound of its own (a join the
+    coordinator never completes keeps it waiting forever), so it runs as a task raced against
+    ``stop``: True once started, False if ``stop`` won (the start is cancelled; the caller still
+    closes the consumer). A failed start raises, as before."""
+    starting = asyncio.ensure_future(consumer.start())
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        if not starting.done():
+            starting.cancel()
+            # a cancelled start unwinds at once; bounded all the same, never waited on forever
+            await asyncio.wait({starting}, timeout=_ABANDON_TIMEOUT)
+            starting.add_done_callback(_retrieve)
+    if not starting.done() or starting.cancelled():  # stop won (or the start would not unwind)
+        return False
+    starting.result()  # a failed start raises here (the supervisor restarts it)
+    return True
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Mark an abandoned task's outcome as seen (no "exception was never retrieved")."""
+    if not task.cancelled():
+        task.exception()
+
+
+async def _close(consumer: AIOKafkaConsumer, name: str, grace: float) -> None:
+    """Stop ``consumer`` within ``grace`` seconds. ``consumer.stop()`` first waits for the group
+    coordinator's task, which may be stuck in a join the broker never answers; past the bound
+    that wait is cancelled and the connections are closed directly."""
+    try:
+        async with asyncio.timeout(grace):
+            await consumer.stop()
+        return
+    except TimeoutError:
+        log.warning(f"outbox.{name}_consumer_stop_timed_out", timeout=grace)
+    except Exception as exc:
+        log.warning(f"outbox.{name}_consumer_stop_failed", error=repr(exc))
+    # ``stop()`` was cut short before closing the client (aiokafka has no public way left):
+    # close its connections so an abandoned consumer does not keep sockets open.
+    client = getattr(consumer, "_client", None)
+    if client is not None:
+        with contextlib.suppress(Exception, TimeoutError):
+            async with asyncio.timeout(grace):
+                await client.close()
+
+
 async def _supervise(
     name: str,
     resources: Resources,
@@ -389,16 +447,19 @@ async def _supervise(
     backoff = _RESTART_BACKOFF[0]
     while not stop.is_set():
         consumer = make_consumer()
+        started = False
         try:
-            await consumer.start()
+            started = await _start(consumer, stop)
+            if not started:
+                log.info(f"outbox.{name}_consumer_start_abandoned")
+                break
             log.info(f"outbox.{name}_consumer_started")
             await _consume(resources, consumer, stop, handle_partition)
             backoff = _RESTART_BACKOFF[0]
         except Exception as exc:
             log.error(f"outbox.{name}_consumer_failed", error=repr(exc))
-        finally:
-            with contextlib.suppress(Exception):
-                await consumer.stop()
+        finally:  # a consumer that never joined has no partitions to hand over: no grace
+            await _close(consumer, name, _STOP_TIMEOUT if started else _ABANDON_TIMEOUT)
         if not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), backoff)

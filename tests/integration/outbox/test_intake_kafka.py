@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import dataclasses
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -224,6 +227,67 @@ async def test_commands_stored_refused_and_dead_lettered(
 async def resources(kafka_settings: Settings, engine: AsyncEngine) -> AsyncIterator[Resources]:
     async with open_resources(kafka_settings) as res:
         yield res
+
+
+@contextlib.asynccontextmanager
+async def silent_broker() -> AsyncIterator[tuple[str, asyncio.Event]]:
+    """A TCP listener on 127.0.0.1 that accepts connections and never answers a byte: a
+    consumer's start (bootstrap, then the group join) waits on it as long as it lets itself.
+    Yields its address and an event set once somebody connected."""
+    connections: list[asyncio.StreamWriter] = []
+    connected = asyncio.Event()
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
+        connected.set()
+        while await reader.read(65536):  # swallow the requests, answer nothing
+            pass
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"127.0.0.1:{port}", connected
+    finally:
+        server.close()
+        for writer in connections:
+            writer.close()
+        await server.wait_closed()
+
+
+@pytest.mark.parametrize(
+    "run", [consumer_module.run_command_consumer, consumer_module.run_receipts_consumer]
+)
+async def test_stop_during_a_start_the_broker_never_answers_returns_promptly(
+    resources: Resources, run: Any
+) -> None:
+    """SIGTERM while the consumer is still starting (a broker, or a group join, that never
+    answers) must not wait for the start: ``stop`` wins and the loop returns at once."""
+    async with silent_broker() as (address, connected):
+        settings = resources.settings.model_copy(update={"kafka_bootstrap_servers": address})
+        stop = asyncio.Event()
+        loop = asyncio.create_task(run(dataclasses.replace(resources, settings=settings), stop))
+        await asyncio.wait_for(connected.wait(), 10)  # the start waits on the silent broker
+        await asyncio.sleep(0.5)
+        assert not loop.done()
+        stop.set()
+        began = time.monotonic()
+        await asyncio.wait_for(loop, 10)
+        assert time.monotonic() - began < 2.0
+
+
+async def test_stop_during_the_group_join_on_the_real_broker_returns_promptly(
+    resources: Resources,
+) -> None:
+    """The same on the real broker: the group join (seconds on a fresh group, possibly forever
+    on a reused one) is abandoned for ``stop``."""
+    stop = asyncio.Event()
+    loop = asyncio.create_task(consumer_module.run_command_consumer(resources, stop))
+    await asyncio.sleep(0.3)  # bootstrap done, the join under way (it takes ~2 s here)
+    assert not loop.done()
+    stop.set()
+    began = time.monotonic()
+    await asyncio.wait_for(loop, 10)
+    assert time.monotonic() - began < 1.5
 
 
 async def test_crash_before_offset_commit_redelivers_without_duplicate(
