@@ -12,8 +12,15 @@ not block the rows behind it. It is published shortened instead: same envelope a
 its place when the producer refuses it (its own size check, the usual case), after the rest of
 its batch when the broker refuses it (a broker limit below the producer's). If even the short
 form is refused, the row is set aside (marked published, logged ``outbox.event_unpublishable``)
-and the relay goes on. Any other failure (broker away, timeout) rolls the batch back and it is
-retried whole, as before.
+and the relay goes on.
+
+Any other failure (broker away, timeout) leaves rows for the next pass, but only those: the
+rows the broker acknowledged are marked published, except that per key (per conversation)
+marking stops at the first row not acknowledged, and once a ``send`` itself fails nothing
+behind it is sent. So a broker outage in the middle of a batch republishes only what was not
+acknowledged. A conversation's stream may then hold a row twice (same id), but the copies
+published last are in commit order: a row is never left published only ahead of an earlier row
+of its key.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import orjson
@@ -103,9 +111,29 @@ def emit(
     )
 
 
+def rows_to_mark(keys: Sequence[str], settled: Sequence[bool]) -> list[int]:
+    """Indexes of the rows of a batch (in commit order) to mark published: every settled row
+    (acknowledged by the broker, or shortened / set aside) unless an earlier row of the same key
+    is not settled. That earlier row is published again by the next pass, and so are the rows
+    of its key behind it, so each key's events end up in Kafka in commit order."""
+    unsettled_keys: set[str] = set()
+    marked: list[int] = []
+    for index, (key, done) in enumerate(zip(keys, settled, strict=True)):
+        if not done:
+            unsettled_keys.add(key)
+        elif key not in unsettled_keys:
+            marked.append(index)
+    return marked
+
+
 async def relay_once(resources: Resources) -> int:
     """Publish the oldest unpublished events, in commit order; return how many rows were
-    handled (published, shortened or set aside)."""
+    handled (published, shortened or set aside) and marked published.
+
+    Only what the broker acknowledged is marked (per key, up to its first unacknowledged row);
+    the rest is left for the next pass. If anything failed (broker away, timeout…), the first
+    failure is raised once the acknowledged rows are marked, so ``run_relay`` backs off."""
+    failure: BaseException | None = None
     async with resources.sessionmaker() as session, session.begin():
         locked = await session.scalar(
             text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": _RELAY_LOCK}
@@ -124,38 +152,67 @@ async def relay_once(resources: Resources) -> int:
             return 0
         futures: list[asyncio.Future[object] | None] = []
         for row in rows:
+            future: asyncio.Future[object] | None
             try:
-                futures.append(await _send(resources, row.topic, row.key, row.value))
-            except UNPUBLISHABLE_ERRORS:  # refused before sending: the short form, in its place
-                futures.append(await _send_shortened(resources, row))
+                try:
+                    future = await _send(resources, row.topic, row.key, row.value)
+                except UNPUBLISHABLE_ERRORS:  # refused before sending: the short form, in place
+                    future = await _send_shortened(resources, row)
+            except Exception as exc:  # no metadata, buffer full…: this row and the rest wait
+                failure = exc
+                break
+            futures.append(future)
         results = await asyncio.gather(
             *(f for f in futures if f is not None), return_exceptions=True
         )
-        failures = [r for r in results if isinstance(r, BaseException)]
-        for failure in failures:
-            if not isinstance(failure, UNPUBLISHABLE_ERRORS):
-                raise failure  # broker away, timeout…: the whole batch again, later
-        if failures:  # refused by the broker itself (its limit is below the producer's)
-            outcomes = iter(results)
-            refused = [
-                row
-                for row, future in zip(rows, futures, strict=True)
-                if future is not None and isinstance(next(outcomes), BaseException)
-            ]
-            retries = [(row, await _send_shortened(resources, row)) for row in refused]
-            for row, retry in retries:
-                if retry is None:
-                    continue
-                try:
-                    await retry
-                except UNPUBLISHABLE_ERRORS:
-                    _unpublishable(row)
-        await session.execute(
-            update(OutboxEvent)
-            .where(OutboxEvent.id.in_([r.id for r in rows]))
-            .values(published_at=datetime.now(UTC))
-        )
-    return len(rows)
+        outcomes = iter(results)
+        settled = [False] * len(rows)  # rows never sent (after a failed send) stay unsettled
+        failed_keys: set[str] = set()  # keys with an earlier row that failed for good this pass
+        refused: list[int] = []
+        for index, future in enumerate(futures):
+            result = None if future is None else next(outcomes)  # None: set aside
+            if not isinstance(result, BaseException):
+                settled[index] = True
+            elif isinstance(result, UNPUBLISHABLE_ERRORS):
+                # refused by the broker itself (its limit is below the producer's): shortened
+                # after the rest of the batch, unless its key already waits for the next pass
+                if rows[index].key not in failed_keys:
+                    refused.append(index)
+            else:
+                failure = failure or result
+                failed_keys.add(rows[index].key)
+        for index in refused:
+            retried = await _retry_shortened(resources, rows[index])
+            if isinstance(retried, BaseException):
+                failure = failure or retried
+            else:
+                settled[index] = True
+        marked = [rows[i] for i in rows_to_mark([r.key for r in rows], settled)]
+        if marked:
+            await session.execute(
+                update(OutboxEvent)
+                .where(OutboxEvent.id.in_([r.id for r in marked]))
+                .values(published_at=datetime.now(UTC))
+            )
+    if failure is not None:
+        log.warning("outbox.relay_incomplete", marked=len(marked), left=len(rows) - len(marked))
+        raise failure
+    return len(marked)
+
+
+async def _retry_shortened(resources: Resources, row: OutboxEvent) -> BaseException | None:
+    """Publish the short form of a row the broker refused and wait for the ack. None when done
+    (published, or set aside because even the short form is refused); the failure otherwise
+    (broker away…: the row waits for the next pass)."""
+    try:
+        retry = await _send_shortened(resources, row)
+        if retry is not None:
+            await retry
+    except UNPUBLISHABLE_ERRORS:
+        _unpublishable(row)
+    except Exception as exc:
+        return exc
+    return None
 
 
 async def _send(resources: Resources, topic: str, key: str, value: bytes) -> asyncio.Future[object]:

@@ -15,8 +15,8 @@ from typing import Any
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import MessageSizeTooLargeError
-from sqlalchemy import func, select
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from outbox import consumer as consumer_module
@@ -538,3 +538,67 @@ async def test_relay_publishes_past_events_too_large_for_a_record(
     async with sessionmaker() as session:
         unpublished = select(func.count()).where(OutboxEvent.published_at.is_(None))
         assert await session.scalar(unpublished) == 0
+
+
+async def test_relay_after_a_failed_send_keeps_the_rest_for_the_next_pass(
+    kafka_settings: Settings,
+    engine: AsyncEngine,
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    """A real failure in the middle of a batch (a row for a topic the broker refuses to know:
+    the producer's ``send`` fails after its metadata timeout, and the batches in flight meanwhile
+    fail too) marks only acknowledged rows and sends nothing behind the failed ``send``; the
+    next pass publishes the rest. No event is lost, and per key the copies published last are
+    in commit order. (Which rows the broker acknowledged in the middle of such a failure is the
+    broker's timing; ``rows_to_mark`` is unit-tested in tests/unit/outbox/test_relay_marking.py.)"""
+    settings = kafka_settings.model_copy(update={"kafka_request_timeout_ms": 1000})
+    events_topic = settings.topic("outbound.events.v1")
+    async with open_resources(settings) as resources:
+        tg = await add_channel(resources, "telegram", "123456")
+        staged = [("a1", "k1"), ("b1", "k2"), ("bad", "k3"), ("a2", "k1"), ("b2", "k2")]
+        ids: dict[str, int] = {}
+        async with sessionmaker() as session, session.begin():
+            for name, key in staged:
+                row = staged_event(tg, name)
+                row.key = key
+                row.topic = "not a valid topic!" if name == "bad" else events_topic
+                session.add(row)
+                await session.flush()
+                ids[name] = row.id
+
+        with pytest.raises(KafkaError):
+            await events_module.relay_once(resources)
+        async with sessionmaker() as session:
+            unpublished = set(
+                await session.scalars(
+                    select(OutboxEvent.id).where(OutboxEvent.published_at.is_(None))
+                )
+            )
+        assert {ids["bad"], ids["a2"], ids["b2"]} <= unpublished  # the failed row and behind it
+
+        async with sessionmaker() as session, session.begin():  # the topic fixed: next pass
+            await session.execute(
+                update(OutboxEvent).where(OutboxEvent.id == ids["bad"]).values(topic=events_topic)
+            )
+        assert await events_module.relay_once(resources) == len(unpublished)
+        assert await events_module.relay_once(resources) == 0
+
+    probe = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await probe.start()
+    try:
+        partitions = [
+            TopicPartition(events_topic, p) for p in range(settings.kafka_topic_partitions)
+        ]
+        total = sum((await probe.end_offsets(partitions)).values())
+    finally:
+        await probe.stop()
+    published = await consume(settings, "outbound.events.v1", total)
+    by_key: dict[str, list[str]] = {}
+    for record in published:
+        by_key.setdefault(record.key.decode(), []).append(
+            orjson.loads(record.value)["data"]["command_id"]
+        )
+    last_copies = {key: list(dict.fromkeys(reversed(names)))[::-1] for key, names in by_key.items()}
+    assert last_copies == {"k1": ["a1", "a2"], "k2": ["b1", "b2"], "k3": ["bad"]}
+    names = [name for names in by_key.values() for name in names]
+    assert all(names.count(n) == 1 for n in ("bad", "a2", "b2"))  # never sent before the fix
