@@ -272,22 +272,9 @@ async def test_stop_during_a_start_the_broker_never_answers_returns_promptly(
         stop.set()
         began = time.monotonic()
         await asyncio.wait_for(loop, 10)
-        assert time.monotonic() - began < 2.0
-
-
-async def test_stop_during_the_group_join_on_the_real_broker_returns_promptly(
-    resources: Resources,
-) -> None:
-    """The same on the real broker: the group join (seconds on a fresh group, possibly forever
-    on a reused one) is abandoned for ``stop``."""
-    stop = asyncio.Event()
-    loop = asyncio.create_task(consumer_module.run_command_consumer(resources, stop))
-    await asyncio.sleep(0.3)  # bootstrap done, the join under way (it takes ~2 s here)
-    assert not loop.done()
-    stop.set()
-    began = time.monotonic()
-    await asyncio.wait_for(loop, 10)
-    assert time.monotonic() - began < 1.5
+        # before the fix it waited for the start's own timeouts (> 10 s); the bound is loose on
+        # purpose: this asserts that stop wins, not how fast the machine is
+        assert time.monotonic() - began < 5.0
 
 
 async def test_crash_before_offset_commit_redelivers_without_duplicate(
