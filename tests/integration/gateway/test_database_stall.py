@@ -159,7 +159,7 @@ async def test_stall_after_the_claim_times_out_is_200_once_published(
     response = await ingress.post_meta("whatsapp", again, timeout=60)
     assert response.status_code == 200, response.text
     assert response.json()["new"] == 1
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 15  # no hang (it waited for the client's 60 s)
 
 
 async def test_stall_with_the_channel_not_cached_is_503_within_the_db_timeout(
@@ -180,7 +180,7 @@ async def test_stall_with_the_channel_not_cached_is_503_within_the_db_timeout(
     elapsed = time.monotonic() - started
     assert [r.status_code for r in responses] == [503, 503], [r.text for r in responses]
     assert responses[0].json()["error"]["code"] == "service_unavailable"
-    assert elapsed < 5, elapsed
+    assert elapsed < 15, elapsed  # bounded by the DB timeout, not the client's 60 s
 
     proxy.resume()
     response = await ingress.post_meta("whatsapp", body, timeout=60)
