@@ -179,6 +179,8 @@ class DeliveryWorker:
         self._claims: dict[uuid.UUID, _Claim] = {}
         self._channels: dict[uuid.UUID, _Channel] = {}
         self._throttles: dict[uuid.UUID, float] = {}
+        self._unloadable: dict[uuid.UUID, float] = {}
+        """Channels whose settings could not be loaded → monotonic time to try them again."""
         self._outcomes: asyncio.Queue[_Outcome | None] = asyncio.Queue()
         self._wake = asyncio.Event()
         self._stopping = False
@@ -266,8 +268,10 @@ class DeliveryWorker:
             plan = plan_ownership(
                 self.owner, held=self._channels, busy=busy, views=views, live_workers=live
             )
+            self._unloadable = {c: t for c, t in self._unloadable.items() if t > started}
+            take = [c for c in plan.take if c not in self._unloadable]
             grants = await leases.acquire_channels(
-                session, self.owner, sorted(plan.keep + plan.take), s.outbox_channel_lease
+                session, self.owner, sorted(plan.keep + take), s.outbox_channel_lease
             )
             await leases.release_channels(session, self.owner, plan.release, s.outbox_handover_gap)
         idle = plan.release
@@ -288,18 +292,23 @@ class DeliveryWorker:
                 self._release_queue(lost)  # waiting claims go back for the next owner
                 lost.arrived.set()
         new = False
+        unusable: list[uuid.UUID] = []
         for grant in grants:
-            channel = self._channels.get(grant.channel_id)
+            cid = grant.channel_id
+            channel = self._channels.get(cid)
             if channel is None or started - channel.loaded_at > _CHANNEL_REFRESH:
-                loaded = await self._load_channel(grant.channel_id, started)
-                if loaded is None:
-                    continue
+                loaded = await self._try_load_channel(cid, started, held=channel is not None)
                 if channel is None:
-                    channel = self._channels[grant.channel_id] = loaded
+                    if loaded is None:  # not usable here: do not hold its lease
+                        unusable.append(cid)
+                        continue
+                    channel = self._channels[cid] = loaded
                     new = True
                     if grant.throttled_for > 0 and self._pacing:
                         self._pacer.penalize(channel.limit.key, retry_after=grant.throttled_for)
-                    log.info("outbox.channel_acquired", channel_id=str(grant.channel_id))
+                    log.info("outbox.channel_acquired", channel_id=str(cid))
+                elif loaded is None:  # keep the settings it was sending with; retry later
+                    channel.loaded_at = started
                 else:  # in place: claim tasks hold a reference
                     channel.config = loaded.config
                     channel.rate = loaded.rate
@@ -309,6 +318,26 @@ class DeliveryWorker:
             channel.valid_until = started + s.outbox_channel_lease
         if new:
             self._wake.set()
+        await self._release_channels(unusable)
+
+    async def _try_load_channel(
+        self, channel_id: uuid.UUID, now: float, *, held: bool
+    ) -> _Channel | None:
+        """``_load_channel``, but one channel that cannot be loaded (e.g. secrets the configured
+        keys cannot decrypt after a key-rotation mistake) must not stop the others' round: it
+        is logged and skipped, and not taken again here for ``_CHANNEL_REFRESH`` seconds, so a
+        worker that can load it (or the not_after sweep) gets its messages."""
+        try:
+            return await self._load_channel(channel_id, now)
+        except Exception as exc:
+            log.error(
+                "outbox.channel_load_failed",
+                channel_id=str(channel_id),
+                error=type(exc).__name__,
+                held=held,
+            )
+            self._unloadable[channel_id] = now + _CHANNEL_REFRESH
+            return None
 
     async def _load_channel(self, channel_id: uuid.UUID, now: float) -> _Channel | None:
         async with self._resources.sessionmaker() as session:

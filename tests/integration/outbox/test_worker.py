@@ -38,6 +38,7 @@ from outbox.worker import DeliveryWorker
 from switchboard import kafka
 from switchboard.app import open_resources
 from switchboard.channels.models import Channel
+from switchboard.crypto import SecretBox, generate_key
 from switchboard.resources import Resources
 from switchboard.settings import Settings
 
@@ -96,6 +97,12 @@ async def make_channel(
         session.add(channel)
         await session.flush()
         return channel.id
+
+
+def foreign_secrets() -> bytes:
+    """Channel secrets encrypted with a key this deployment does not have (a key-rotation
+    mistake): ``SecretBoxError`` when the worker loads the channel."""
+    return SecretBox([generate_key()]).encrypt_json({"access_token": "EAAlost"})
 
 
 async def enqueue(
@@ -343,6 +350,54 @@ async def test_exhausted_before_not_after_is_dead_and_expired_rows_are_never_sen
     assert failing_code in {"500", "expired"}
     swept = failing_code == "expired"
     assert types["message.retrying"] == rows[failing].attempts - (0 if swept else 1)
+
+
+async def test_a_channel_whose_secrets_cannot_be_decrypted_does_not_stop_the_others(
+    resources: Resources, fake: FakePlatformServer
+) -> None:
+    broken = await make_channel(resources, fake)
+    async with resources.sessionmaker() as session, session.begin():
+        row = await session.get(Channel, broken)
+        assert row is not None
+        row.secrets = foreign_secrets()
+    healthy = [await make_channel(resources, fake) for _ in range(3)]  # granted after it
+    stuck = await enqueue(resources, broken, ["15550801"], tag="b")
+    ids: list[uuid.UUID] = []
+    for n, channel in enumerate(healthy):
+        ids += await enqueue(resources, channel, [f"1555081{n}"], tag=f"h{n}")
+    async with running(resources):
+        await all_done(resources, ids)
+
+        async def released() -> bool:  # not held on to (renewed): another worker may load it
+            async with resources.sessionmaker() as session:
+                lease = await session.get(ChannelLease, broken, populate_existing=True)
+                db_now = await session.scalar(select(func.now()))
+            assert db_now is not None
+            return lease is None or lease.expires_at <= db_now + timedelta(seconds=1.5)
+
+        await eventually(released)
+        await asyncio.sleep(0.5)  # several ownership rounds: still not taken back
+        assert await released()
+    assert {m.state for m in (await states(resources, ids)).values()} == {"sent"}
+    assert (await states(resources, stuck))[stuck[0]].state == "queued"
+    assert not [r for r in fake.requests if r.recipient == "15550801"]
+
+
+async def test_a_held_channel_keeps_sending_when_its_reloaded_secrets_fail(
+    resources: Resources, fake: FakePlatformServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("outbox.worker._CHANNEL_REFRESH", 0.0)  # reload every round
+    channel = await make_channel(resources, fake, rate=2)  # busy longer than the channel lease
+    ids = await enqueue(resources, channel, [f"1555090{i}" for i in range(9)])
+    async with running(resources):
+        await eventually(lambda: asyncio.sleep(0, len(fake.requests) >= 1))
+        async with resources.sessionmaker() as session, session.begin():
+            row = await session.get(Channel, channel)
+            assert row is not None
+            row.secrets = foreign_secrets()
+        await all_done(resources, ids)  # with the settings it had loaded
+    assert {m.state for m in (await states(resources, ids)).values()} == {"sent"}
+    assert len(fake.requests) == len(ids)
 
 
 class _CrashOnWrite(DeliveryWorker):
