@@ -37,7 +37,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -749,10 +749,12 @@ class DeliveryWorker:
                 for message_id, t in transitions.items():
                     if message_id not in changed:
                         continue
-                    t.message.attempts = t.attempt
+                    # a copy: the claim keeps its claimed values until the commit succeeds,
+                    # so a retried write numbers the attempt the same (not once per try)
+                    after = replace(t.message, attempts=t.attempt)
                     if t.decision.platform_message_id is not None:
-                        t.message.platform_message_id = t.decision.platform_message_id
-                    events.append(self._event_row(t.message, t.decision, now))
+                        after.platform_message_id = t.decision.platform_message_id
+                    events.append(self._event_row(after, t.decision, now))
                 if events:
                     await session.execute(insert(OutboxEvent), events)
                 if throttles:

@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from fake_platforms.server import FakePlatformServer, Fault, RecordedRequest
@@ -429,6 +429,58 @@ async def test_an_outcome_that_cannot_be_written_does_not_hold_up_the_others(
     rows = await states(resources, ids)
     assert {rows[i].state for i in others} == {"sent"}
     assert rows[ids[2]].state == "sending", "left to its lease, recovered after expiry"
+
+
+@contextlib.asynccontextmanager
+async def first_event_commit_fails(engine: AsyncEngine) -> AsyncIterator[None]:
+    """The first transaction that stages a lifecycle event fails at COMMIT, as PostgreSQL
+    reports it (a serialization failure from a deferred trigger; the sequence that counts the
+    tries is not rolled back with it). The ones after it commit."""
+    statements = [
+        "CREATE SEQUENCE t_commit_tries",
+        """CREATE FUNCTION t_fail_first_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF nextval('t_commit_tries') = 1 THEN
+                RAISE EXCEPTION 'injected: commit fails' USING ERRCODE = '40001';
+            END IF;
+            RETURN NULL;
+        END $$""",
+        """CREATE CONSTRAINT TRIGGER t_fail_first_commit AFTER INSERT ON outbox_events
+        DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION t_fail_first_commit()""",
+    ]
+    async with engine.begin() as conn:
+        for statement in statements:
+            await conn.execute(text(statement))
+    try:
+        yield
+    finally:
+        async with engine.begin() as conn:
+            await conn.execute(text("DROP TRIGGER t_fail_first_commit ON outbox_events"))
+            await conn.execute(text("DROP FUNCTION t_fail_first_commit()"))
+            await conn.execute(text("DROP SEQUENCE t_commit_tries"))
+
+
+async def test_a_retried_outcome_write_counts_the_attempt_once(
+    resources: Resources, fake: FakePlatformServer, engine: AsyncEngine
+) -> None:
+    channel = await make_channel(resources, fake)
+    fake.inject(Fault.server_error(503, recipient="15550950", times=1))
+    (mid,) = await enqueue(resources, channel, ["15550950"])
+    async with first_event_commit_fails(engine):
+        async with running(resources):
+            await all_done(resources, [mid])
+        async with engine.connect() as conn:
+            tries = await conn.scalar(text("SELECT last_value FROM t_commit_tries"))
+    assert tries == 3, "the first write failed at COMMIT, was retried, then one more"
+    row = (await states(resources, [mid]))[mid]
+    assert (row.state, row.attempts) == ("sent", 2)
+    history = await attempts_of(resources, mid)
+    assert [(a.attempt, a.outcome) for a in history] == [(1, "retryable"), (2, "sent")]
+    events = await staged_events(resources)
+    assert [(e["type"], e["data"]["attempt"]) for e in events] == [
+        ("message.retrying", 1),
+        ("message.sent", 2),
+    ]
 
 
 async def test_conversation_order_holds_under_retries(
