@@ -36,10 +36,10 @@ import socket
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import orjson
 from pydantic import ValidationError
@@ -80,6 +80,17 @@ _CHANNEL_REFRESH = 30.0
 _DEFAULT_THROTTLE_PAUSE = 1.0
 _MAINTENANCE_BATCH = 500
 _DB_ERRORS = (SQLAlchemyError, OSError)
+_STOP_GRACE = 1.0
+"""Seconds a claim statement in flight when ``stop`` is set gets to finish. Past it (a database
+that stopped answering) it is abandoned; rows it may have claimed are recovered after their
+lease, like a dead worker's."""
+
+_T = TypeVar("_T")
+
+
+class _Abandoned(Exception):
+    """A database call given up on because the worker is stopping (see ``_until_stopped``)."""
+
 
 OutcomeKind = Literal["result", "release", "expired"]
 
@@ -184,6 +195,8 @@ class DeliveryWorker:
         self._outcomes: asyncio.Queue[_Outcome | None] = asyncio.Queue()
         self._wake = asyncio.Event()
         self._stopping = False
+        self._abandoned: set[asyncio.Future[Any]] = set()
+        """Cancelled calls whose cleanup (closing a stalled connection) is still running."""
         self.stats = WorkerStats()
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -203,15 +216,28 @@ class DeliveryWorker:
             await self._claim_loop(stop)
         finally:
             self._stopping = True
-            for task in background:
+            for task in background:  # they stop on their own at ``stop``, even mid-statement
                 task.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
+            _, stuck = await asyncio.wait(background, timeout=_STOP_GRACE)
+            for task in stuck:
+                self._abandon(task)
             await self._drain()
             self._outcomes.put_nowait(None)
-            await writer
-            await self._release_channels(list(self._channels))
+            # The database steps of the shutdown share one deadline: a database that stopped
+            # answering must not hold the process (the rows keep their leases, the channel
+            # leases and the heartbeat expire on their own).
+            give_up = self._clock() + self._settings.outbox_shutdown_deadline
+            try:
+                await self._within(writer, give_up)
+            except _Abandoned:
+                log.error("outbox.outcomes_lost", rows=len(self._claims))
+            channels = list(self._channels)
             self._channels.clear()
-            await self._retire()
+            try:
+                await self._within(self._release_channels(channels), give_up)
+                await self._within(self._retire(), give_up)
+            except _Abandoned:
+                log.warning("outbox.release_abandoned", channels=len(channels))
             if self._client is None:
                 await self._http.close()
             log.info("outbox.worker_stopped", owner=self.owner, **asdict(self.stats))
@@ -242,13 +268,59 @@ class DeliveryWorker:
         while channel.queue:
             self._finish(channel.queue.popleft(), "release")
 
+    async def _until_stopped(
+        self, stop: asyncio.Event, call: Awaitable[_T], grace: float = 0.0
+    ) -> _T:
+        """Await ``call`` unless ``stop`` is set first: it then gets ``grace`` seconds more and
+        is abandoned (``_Abandoned``). A statement on a connection to a database that stopped
+        answering never returns, and its cancellation's cleanup (closing that connection) can
+        itself take seconds, so it is not waited for."""
+        task = asyncio.ensure_future(call)
+        try:
+            if not stop.is_set():
+                stopped = asyncio.ensure_future(stop.wait())
+                try:
+                    await asyncio.wait((task, stopped), return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    stopped.cancel()
+            if not task.done():
+                await asyncio.wait((task,), timeout=grace)
+        except BaseException:
+            self._abandon(task)
+            raise
+        if not task.done():
+            self._abandon(task)
+            raise _Abandoned
+        return task.result()
+
+    async def _within(self, call: Awaitable[_T], give_up: float) -> _T:
+        """Await ``call`` until ``give_up`` (monotonic); past it, abandon it (``_Abandoned``)."""
+        task = asyncio.ensure_future(call)
+        try:
+            await asyncio.wait((task,), timeout=max(0.0, give_up - self._clock()))
+        except BaseException:
+            self._abandon(task)
+            raise
+        if not task.done():
+            self._abandon(task)
+            raise _Abandoned
+        return task.result()
+
+    def _abandon(self, task: asyncio.Future[Any]) -> None:
+        task.cancel()
+        self._abandoned.add(task)  # a strong reference until its cleanup is over
+        task.add_done_callback(_forget)
+        task.add_done_callback(self._abandoned.discard)
+
     # ---- channel ownership -------------------------------------------------------------------
 
     async def _ownership_loop(self, stop: asyncio.Event) -> None:
         interval = self._settings.outbox_channel_renew_interval
         while not stop.is_set():
             try:
-                await self._refresh_ownership()
+                await self._until_stopped(stop, self._refresh_ownership())
+            except _Abandoned:
+                return
             except _DB_ERRORS as exc:
                 log.warning("outbox.ownership_failed", error=type(exc).__name__)
             except Exception:
@@ -420,7 +492,12 @@ class DeliveryWorker:
                 claimed = 0
                 if budgets:
                     try:
-                        claimed = await self._claim(budgets)
+                        claimed = await self._until_stopped(
+                            stop, self._claim(budgets), grace=_STOP_GRACE
+                        )
+                    except _Abandoned:
+                        log.warning("outbox.claim_abandoned", channels=len(budgets))
+                        return
                     except _DB_ERRORS as exc:
                         log.warning("outbox.claim_failed", error=type(exc).__name__)
                         with contextlib.suppress(TimeoutError):
@@ -809,13 +886,17 @@ class DeliveryWorker:
         interval = self._settings.outbox_maintenance_interval
         while not stop.is_set():
             try:
-                await self.maintain()
+                await self._until_stopped(stop, self.maintain())
+            except _Abandoned:
+                return
             except _DB_ERRORS as exc:
                 log.warning("outbox.maintenance_failed", error=type(exc).__name__)
             except Exception:
                 log.exception("outbox.maintenance_crashed")
             try:
-                await self.settle_receipts()
+                await self._until_stopped(stop, self.settle_receipts())
+            except _Abandoned:
+                return
             except _DB_ERRORS as exc:  # e.g. a deadlock with the receipts consumer: next round
                 log.warning("outbox.settle_receipts_failed", error=type(exc).__name__)
             except Exception:
@@ -873,6 +954,12 @@ class DeliveryWorker:
             self._wake.set()
         self.stats.swept += len(swept)
         return len(lost), len(swept)
+
+
+def _forget(task: asyncio.Future[Any]) -> None:
+    """Retrieve an abandoned call's outcome, so that asyncio does not report it as lost."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _local_failure(code: str, title: str, *, retryable: bool = False) -> SendResult:

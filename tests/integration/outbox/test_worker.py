@@ -13,6 +13,7 @@ import contextlib
 import os
 import signal
 import sys
+import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -23,6 +24,7 @@ from typing import Any
 import orjson
 import pytest
 from sqlalchemy import func, select, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from fake_platforms.server import FakePlatformServer, Fault, RecordedRequest
@@ -599,6 +601,98 @@ async def test_stop_lets_in_flight_sends_finish_and_releases_the_rest(
         await all_done(resources, ids)
     assert {m.state for m in (await states(resources, ids)).values()} == {"sent"}
     assert Counter(text_of(r) for r in fake.requests).most_common(1)[0][1] == 1
+
+
+class StallingProxy:
+    """A TCP proxy to PostgreSQL that, from ``stall()``, forwards no byte and leaves new
+    connections hanging: a frozen server or a blackholed network path, as the worker sees it.
+    (The same idea as tests/integration/gateway/test_database_stall.py.)"""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        self._flowing = asyncio.Event()
+        self._flowing.set()
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    def stall(self) -> None:
+        self._flowing.clear()
+
+    async def close(self) -> None:
+        self._flowing.set()
+        if self._server is not None:
+            self._server.close()
+        for writer in self._writers:
+            writer.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _accept(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        task = asyncio.create_task(self._connect(client_r, client_w))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _connect(
+        self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter
+    ) -> None:
+        self._writers.append(client_w)
+        await self._flowing.wait()
+        server_r, server_w = await asyncio.open_connection(self.host, self.port)
+        self._writers.append(server_w)
+        await asyncio.gather(
+            self._pump(client_r, server_w), self._pump(server_r, client_w), return_exceptions=True
+        )
+        client_w.close()
+        server_w.close()
+
+    async def _pump(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        try:
+            while data := await source.read(65536):
+                await self._flowing.wait()
+                sink.write(data)
+                await sink.drain()
+        finally:
+            with contextlib.suppress(OSError):
+                sink.write_eof()
+
+
+async def test_stop_while_postgresql_stalls_returns_within_the_shutdown_deadline(
+    settings: Settings, engine: AsyncEngine, fake: FakePlatformServer
+) -> None:
+    url = make_url(settings.database_url.get_secret_value())
+    proxy = StallingProxy(url.host or "127.0.0.1", url.port or 5432)
+    port = await proxy.start()
+    proxied = url.set(host="127.0.0.1", port=port).render_as_string(hide_password=False)
+    stalled = tune(settings, database_url=type(settings.database_url)(proxied))
+    deadline = stalled.outbox_shutdown_deadline
+    try:
+        async with open_resources(stalled) as res:
+            channel = await make_channel(res, fake, rate=2)  # claims keep waiting and coming
+            await enqueue(res, channel, [f"1555450{i:02d}" for i in range(12)])
+            stop = asyncio.Event()
+            worker = DeliveryWorker(res, owner="w1")
+            task = asyncio.create_task(worker.run(stop))
+            await eventually(lambda: asyncio.sleep(0, len(fake.requests) >= 2))
+            proxy.stall()
+            await asyncio.sleep(0.5)  # every loop is now waiting on PostgreSQL
+            stop.set()
+            started = time.monotonic()
+            done, _ = await asyncio.wait({task}, timeout=deadline + 5)
+            elapsed = time.monotonic() - started
+            await proxy.close()  # let the resources (and a run() still waiting) go on
+            await task
+            assert done, "run() was still waiting on the stalled database"
+            assert elapsed < deadline + 2, elapsed
+    finally:
+        await proxy.close()
 
 
 # ---- replicas ----------------------------------------------------------------------------------
