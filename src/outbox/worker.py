@@ -36,10 +36,10 @@ import socket
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import orjson
 from pydantic import ValidationError
@@ -80,6 +80,17 @@ _CHANNEL_REFRESH = 30.0
 _DEFAULT_THROTTLE_PAUSE = 1.0
 _MAINTENANCE_BATCH = 500
 _DB_ERRORS = (SQLAlchemyError, OSError)
+_STOP_GRACE = 1.0
+"""Seconds a claim statement in flight when ``stop`` is set gets to finish. Past it (a database
+that stopped answering) it is abandoned; rows it may have claimed are recovered after their
+lease, like a dead worker's."""
+
+_T = TypeVar("_T")
+
+
+class _Abandoned(Exception):
+    """A database call given up on because the worker is stopping (see ``_until_stopped``)."""
+
 
 OutcomeKind = Literal["result", "release", "expired"]
 
@@ -179,9 +190,13 @@ class DeliveryWorker:
         self._claims: dict[uuid.UUID, _Claim] = {}
         self._channels: dict[uuid.UUID, _Channel] = {}
         self._throttles: dict[uuid.UUID, float] = {}
+        self._unloadable: dict[uuid.UUID, float] = {}
+        """Channels whose settings could not be loaded → monotonic time to try them again."""
         self._outcomes: asyncio.Queue[_Outcome | None] = asyncio.Queue()
         self._wake = asyncio.Event()
         self._stopping = False
+        self._abandoned: set[asyncio.Future[Any]] = set()
+        """Cancelled calls whose cleanup (closing a stalled connection) is still running."""
         self.stats = WorkerStats()
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -201,15 +216,28 @@ class DeliveryWorker:
             await self._claim_loop(stop)
         finally:
             self._stopping = True
-            for task in background:
+            for task in background:  # they stop on their own at ``stop``, even mid-statement
                 task.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
+            _, stuck = await asyncio.wait(background, timeout=_STOP_GRACE)
+            for task in stuck:
+                self._abandon(task)
             await self._drain()
             self._outcomes.put_nowait(None)
-            await writer
-            await self._release_channels(list(self._channels))
+            # The database steps of the shutdown share one deadline: a database that stopped
+            # answering must not hold the process (the rows keep their leases, the channel
+            # leases and the heartbeat expire on their own).
+            give_up = self._clock() + self._settings.outbox_shutdown_deadline
+            try:
+                await self._within(writer, give_up)
+            except _Abandoned:
+                log.error("outbox.outcomes_lost", rows=len(self._claims))
+            channels = list(self._channels)
             self._channels.clear()
-            await self._retire()
+            try:
+                await self._within(self._release_channels(channels), give_up)
+                await self._within(self._retire(), give_up)
+            except _Abandoned:
+                log.warning("outbox.release_abandoned", channels=len(channels))
             if self._client is None:
                 await self._http.close()
             log.info("outbox.worker_stopped", owner=self.owner, **asdict(self.stats))
@@ -240,13 +268,59 @@ class DeliveryWorker:
         while channel.queue:
             self._finish(channel.queue.popleft(), "release")
 
+    async def _until_stopped(
+        self, stop: asyncio.Event, call: Awaitable[_T], grace: float = 0.0
+    ) -> _T:
+        """Await ``call`` unless ``stop`` is set first: it then gets ``grace`` seconds more and
+        is abandoned (``_Abandoned``). A statement on a connection to a database that stopped
+        answering never returns, and its cancellation's cleanup (closing that connection) can
+        itself take seconds, so it is not waited for."""
+        task = asyncio.ensure_future(call)
+        try:
+            if not stop.is_set():
+                stopped = asyncio.ensure_future(stop.wait())
+                try:
+                    await asyncio.wait((task, stopped), return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    stopped.cancel()
+            if not task.done():
+                await asyncio.wait((task,), timeout=grace)
+        except BaseException:
+            self._abandon(task)
+            raise
+        if not task.done():
+            self._abandon(task)
+            raise _Abandoned
+        return task.result()
+
+    async def _within(self, call: Awaitable[_T], give_up: float) -> _T:
+        """Await ``call`` until ``give_up`` (monotonic); past it, abandon it (``_Abandoned``)."""
+        task = asyncio.ensure_future(call)
+        try:
+            await asyncio.wait((task,), timeout=max(0.0, give_up - self._clock()))
+        except BaseException:
+            self._abandon(task)
+            raise
+        if not task.done():
+            self._abandon(task)
+            raise _Abandoned
+        return task.result()
+
+    def _abandon(self, task: asyncio.Future[Any]) -> None:
+        task.cancel()
+        self._abandoned.add(task)  # a strong reference until its cleanup is over
+        task.add_done_callback(_forget)
+        task.add_done_callback(self._abandoned.discard)
+
     # ---- channel ownership -------------------------------------------------------------------
 
     async def _ownership_loop(self, stop: asyncio.Event) -> None:
         interval = self._settings.outbox_channel_renew_interval
         while not stop.is_set():
             try:
-                await self._refresh_ownership()
+                await self._until_stopped(stop, self._refresh_ownership())
+            except _Abandoned:
+                return
             except _DB_ERRORS as exc:
                 log.warning("outbox.ownership_failed", error=type(exc).__name__)
             except Exception:
@@ -266,8 +340,10 @@ class DeliveryWorker:
             plan = plan_ownership(
                 self.owner, held=self._channels, busy=busy, views=views, live_workers=live
             )
+            self._unloadable = {c: t for c, t in self._unloadable.items() if t > started}
+            take = [c for c in plan.take if c not in self._unloadable]
             grants = await leases.acquire_channels(
-                session, self.owner, sorted(plan.keep + plan.take), s.outbox_channel_lease
+                session, self.owner, sorted(plan.keep + take), s.outbox_channel_lease
             )
             await leases.release_channels(session, self.owner, plan.release, s.outbox_handover_gap)
         idle = plan.release
@@ -288,18 +364,23 @@ class DeliveryWorker:
                 self._release_queue(lost)  # waiting claims go back for the next owner
                 lost.arrived.set()
         new = False
+        unusable: list[uuid.UUID] = []
         for grant in grants:
-            channel = self._channels.get(grant.channel_id)
+            cid = grant.channel_id
+            channel = self._channels.get(cid)
             if channel is None or started - channel.loaded_at > _CHANNEL_REFRESH:
-                loaded = await self._load_channel(grant.channel_id, started)
-                if loaded is None:
-                    continue
+                loaded = await self._try_load_channel(cid, started, held=channel is not None)
                 if channel is None:
-                    channel = self._channels[grant.channel_id] = loaded
+                    if loaded is None:  # not usable here: do not hold its lease
+                        unusable.append(cid)
+                        continue
+                    channel = self._channels[cid] = loaded
                     new = True
                     if grant.throttled_for > 0 and self._pacing:
                         self._pacer.penalize(channel.limit.key, retry_after=grant.throttled_for)
-                    log.info("outbox.channel_acquired", channel_id=str(grant.channel_id))
+                    log.info("outbox.channel_acquired", channel_id=str(cid))
+                elif loaded is None:  # keep the settings it was sending with; retry later
+                    channel.loaded_at = started
                 else:  # in place: claim tasks hold a reference
                     channel.config = loaded.config
                     channel.rate = loaded.rate
@@ -309,6 +390,26 @@ class DeliveryWorker:
             channel.valid_until = started + s.outbox_channel_lease
         if new:
             self._wake.set()
+        await self._release_channels(unusable)
+
+    async def _try_load_channel(
+        self, channel_id: uuid.UUID, now: float, *, held: bool
+    ) -> _Channel | None:
+        """``_load_channel``, but one channel that cannot be loaded (e.g. secrets the configured
+        keys cannot decrypt after a key-rotation mistake) must not stop the others' round: it
+        is logged and skipped, and not taken again here for ``_CHANNEL_REFRESH`` seconds, so a
+        worker that can load it (or the not_after sweep) gets its messages."""
+        try:
+            return await self._load_channel(channel_id, now)
+        except Exception as exc:
+            log.error(
+                "outbox.channel_load_failed",
+                channel_id=str(channel_id),
+                error=type(exc).__name__,
+                held=held,
+            )
+            self._unloadable[channel_id] = now + _CHANNEL_REFRESH
+            return None
 
     async def _load_channel(self, channel_id: uuid.UUID, now: float) -> _Channel | None:
         async with self._resources.sessionmaker() as session:
@@ -391,7 +492,12 @@ class DeliveryWorker:
                 claimed = 0
                 if budgets:
                     try:
-                        claimed = await self._claim(budgets)
+                        claimed = await self._until_stopped(
+                            stop, self._claim(budgets), grace=_STOP_GRACE
+                        )
+                    except _Abandoned:
+                        log.warning("outbox.claim_abandoned", channels=len(budgets))
+                        return
                     except _DB_ERRORS as exc:
                         log.warning("outbox.claim_failed", error=type(exc).__name__)
                         with contextlib.suppress(TimeoutError):
@@ -720,10 +826,12 @@ class DeliveryWorker:
                 for message_id, t in transitions.items():
                     if message_id not in changed:
                         continue
-                    t.message.attempts = t.attempt
+                    # a copy: the claim keeps its claimed values until the commit succeeds,
+                    # so a retried write numbers the attempt the same (not once per try)
+                    after = replace(t.message, attempts=t.attempt)
                     if t.decision.platform_message_id is not None:
-                        t.message.platform_message_id = t.decision.platform_message_id
-                    events.append(self._event_row(t.message, t.decision, now))
+                        after.platform_message_id = t.decision.platform_message_id
+                    events.append(self._event_row(after, t.decision, now))
                 if events:
                     await session.execute(insert(OutboxEvent), events)
                 if throttles:
@@ -778,13 +886,17 @@ class DeliveryWorker:
         interval = self._settings.outbox_maintenance_interval
         while not stop.is_set():
             try:
-                await self.maintain()
+                await self._until_stopped(stop, self.maintain())
+            except _Abandoned:
+                return
             except _DB_ERRORS as exc:
                 log.warning("outbox.maintenance_failed", error=type(exc).__name__)
             except Exception:
                 log.exception("outbox.maintenance_crashed")
             try:
-                await self.settle_receipts()
+                await self._until_stopped(stop, self.settle_receipts())
+            except _Abandoned:
+                return
             except _DB_ERRORS as exc:  # e.g. a deadlock with the receipts consumer: next round
                 log.warning("outbox.settle_receipts_failed", error=type(exc).__name__)
             except Exception:
@@ -842,6 +954,12 @@ class DeliveryWorker:
             self._wake.set()
         self.stats.swept += len(swept)
         return len(lost), len(swept)
+
+
+def _forget(task: asyncio.Future[Any]) -> None:
+    """Retrieve an abandoned call's outcome, so that asyncio does not report it as lost."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _local_failure(code: str, title: str, *, retryable: bool = False) -> SendResult:

@@ -50,6 +50,15 @@ class TimestampMixin:
     )
 
 
+CONNECT_TIMEOUT = 10.0
+"""Seconds to open a connection (TCP, TLS, authentication) before giving up (asyncpg's own
+default is 60 s)."""
+COMMAND_TIMEOUT = 30.0
+"""Seconds any one statement (and closing a connection) may take. Without it a query on a
+connection to a database that stopped answering (a frozen server, a blackholed network path)
+waits forever; no statement of ours is meant to run anywhere near this long."""
+
+
 def create_engine(settings: Settings, *, pool_size: int | None = None) -> AsyncEngine:
     return create_async_engine(
         settings.database_url.get_secret_value(),
@@ -57,6 +66,7 @@ def create_engine(settings: Settings, *, pool_size: int | None = None) -> AsyncE
         max_overflow=settings.database_max_overflow,
         pool_pre_ping=True,
         pool_recycle=1800,
+        connect_args={"timeout": CONNECT_TIMEOUT, "command_timeout": COMMAND_TIMEOUT},
     )
 
 

@@ -13,6 +13,7 @@ import contextlib
 import os
 import signal
 import sys
+import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -22,7 +23,8 @@ from typing import Any
 
 import orjson
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from fake_platforms.server import FakePlatformServer, Fault, RecordedRequest
@@ -38,6 +40,7 @@ from outbox.worker import DeliveryWorker
 from switchboard import kafka
 from switchboard.app import open_resources
 from switchboard.channels.models import Channel
+from switchboard.crypto import SecretBox, generate_key
 from switchboard.resources import Resources
 from switchboard.settings import Settings
 
@@ -96,6 +99,12 @@ async def make_channel(
         session.add(channel)
         await session.flush()
         return channel.id
+
+
+def foreign_secrets() -> bytes:
+    """Channel secrets encrypted with a key this deployment does not have (a key-rotation
+    mistake): ``SecretBoxError`` when the worker loads the channel."""
+    return SecretBox([generate_key()]).encrypt_json({"access_token": "EAAlost"})
 
 
 async def enqueue(
@@ -345,6 +354,54 @@ async def test_exhausted_before_not_after_is_dead_and_expired_rows_are_never_sen
     assert types["message.retrying"] == rows[failing].attempts - (0 if swept else 1)
 
 
+async def test_a_channel_whose_secrets_cannot_be_decrypted_does_not_stop_the_others(
+    resources: Resources, fake: FakePlatformServer
+) -> None:
+    broken = await make_channel(resources, fake)
+    async with resources.sessionmaker() as session, session.begin():
+        row = await session.get(Channel, broken)
+        assert row is not None
+        row.secrets = foreign_secrets()
+    healthy = [await make_channel(resources, fake) for _ in range(3)]  # granted after it
+    stuck = await enqueue(resources, broken, ["15550801"], tag="b")
+    ids: list[uuid.UUID] = []
+    for n, channel in enumerate(healthy):
+        ids += await enqueue(resources, channel, [f"1555081{n}"], tag=f"h{n}")
+    async with running(resources):
+        await all_done(resources, ids)
+
+        async def released() -> bool:  # not held on to (renewed): another worker may load it
+            async with resources.sessionmaker() as session:
+                lease = await session.get(ChannelLease, broken, populate_existing=True)
+                db_now = await session.scalar(select(func.now()))
+            assert db_now is not None
+            return lease is None or lease.expires_at <= db_now + timedelta(seconds=1.5)
+
+        await eventually(released)
+        await asyncio.sleep(0.5)  # several ownership rounds: still not taken back
+        assert await released()
+    assert {m.state for m in (await states(resources, ids)).values()} == {"sent"}
+    assert (await states(resources, stuck))[stuck[0]].state == "queued"
+    assert not [r for r in fake.requests if r.recipient == "15550801"]
+
+
+async def test_a_held_channel_keeps_sending_when_its_reloaded_secrets_fail(
+    resources: Resources, fake: FakePlatformServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("outbox.worker._CHANNEL_REFRESH", 0.0)  # reload every round
+    channel = await make_channel(resources, fake, rate=2)  # busy longer than the channel lease
+    ids = await enqueue(resources, channel, [f"1555090{i}" for i in range(9)])
+    async with running(resources):
+        await eventually(lambda: asyncio.sleep(0, len(fake.requests) >= 1))
+        async with resources.sessionmaker() as session, session.begin():
+            row = await session.get(Channel, channel)
+            assert row is not None
+            row.secrets = foreign_secrets()
+        await all_done(resources, ids)  # with the settings it had loaded
+    assert {m.state for m in (await states(resources, ids)).values()} == {"sent"}
+    assert len(fake.requests) == len(ids)
+
+
 class _CrashOnWrite(DeliveryWorker):
     """Fault injection: writing the outcome of one message raises, as a bug in our code would."""
 
@@ -374,6 +431,58 @@ async def test_an_outcome_that_cannot_be_written_does_not_hold_up_the_others(
     rows = await states(resources, ids)
     assert {rows[i].state for i in others} == {"sent"}
     assert rows[ids[2]].state == "sending", "left to its lease, recovered after expiry"
+
+
+@contextlib.asynccontextmanager
+async def first_event_commit_fails(engine: AsyncEngine) -> AsyncIterator[None]:
+    """The first transaction that stages a lifecycle event fails at COMMIT, as PostgreSQL
+    reports it (a serialization failure from a deferred trigger; the sequence that counts the
+    tries is not rolled back with it). The ones after it commit."""
+    statements = [
+        "CREATE SEQUENCE t_commit_tries",
+        """CREATE FUNCTION t_fail_first_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF nextval('t_commit_tries') = 1 THEN
+                RAISE EXCEPTION 'injected: commit fails' USING ERRCODE = '40001';
+            END IF;
+            RETURN NULL;
+        END $$""",
+        """CREATE CONSTRAINT TRIGGER t_fail_first_commit AFTER INSERT ON outbox_events
+        DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION t_fail_first_commit()""",
+    ]
+    async with engine.begin() as conn:
+        for statement in statements:
+            await conn.execute(text(statement))
+    try:
+        yield
+    finally:
+        async with engine.begin() as conn:
+            await conn.execute(text("DROP TRIGGER t_fail_first_commit ON outbox_events"))
+            await conn.execute(text("DROP FUNCTION t_fail_first_commit()"))
+            await conn.execute(text("DROP SEQUENCE t_commit_tries"))
+
+
+async def test_a_retried_outcome_write_counts_the_attempt_once(
+    resources: Resources, fake: FakePlatformServer, engine: AsyncEngine
+) -> None:
+    channel = await make_channel(resources, fake)
+    fake.inject(Fault.server_error(503, recipient="15550950", times=1))
+    (mid,) = await enqueue(resources, channel, ["15550950"])
+    async with first_event_commit_fails(engine):
+        async with running(resources):
+            await all_done(resources, [mid])
+        async with engine.connect() as conn:
+            tries = await conn.scalar(text("SELECT last_value FROM t_commit_tries"))
+    assert tries == 3, "the first write failed at COMMIT, was retried, then one more"
+    row = (await states(resources, [mid]))[mid]
+    assert (row.state, row.attempts) == ("sent", 2)
+    history = await attempts_of(resources, mid)
+    assert [(a.attempt, a.outcome) for a in history] == [(1, "retryable"), (2, "sent")]
+    events = await staged_events(resources)
+    assert [(e["type"], e["data"]["attempt"]) for e in events] == [
+        ("message.retrying", 1),
+        ("message.sent", 2),
+    ]
 
 
 async def test_conversation_order_holds_under_retries(
@@ -492,6 +601,98 @@ async def test_stop_lets_in_flight_sends_finish_and_releases_the_rest(
         await all_done(resources, ids)
     assert {m.state for m in (await states(resources, ids)).values()} == {"sent"}
     assert Counter(text_of(r) for r in fake.requests).most_common(1)[0][1] == 1
+
+
+class StallingProxy:
+    """A TCP proxy to PostgreSQL that, from ``stall()``, forwards no byte and leaves new
+    connections hanging: a frozen server or a blackholed network path, as the worker sees it.
+    (The same idea as tests/integration/gateway/test_database_stall.py.)"""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        self._flowing = asyncio.Event()
+        self._flowing.set()
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    def stall(self) -> None:
+        self._flowing.clear()
+
+    async def close(self) -> None:
+        self._flowing.set()
+        if self._server is not None:
+            self._server.close()
+        for writer in self._writers:
+            writer.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _accept(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        task = asyncio.create_task(self._connect(client_r, client_w))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _connect(
+        self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter
+    ) -> None:
+        self._writers.append(client_w)
+        await self._flowing.wait()
+        server_r, server_w = await asyncio.open_connection(self.host, self.port)
+        self._writers.append(server_w)
+        await asyncio.gather(
+            self._pump(client_r, server_w), self._pump(server_r, client_w), return_exceptions=True
+        )
+        client_w.close()
+        server_w.close()
+
+    async def _pump(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        try:
+            while data := await source.read(65536):
+                await self._flowing.wait()
+                sink.write(data)
+                await sink.drain()
+        finally:
+            with contextlib.suppress(OSError):
+                sink.write_eof()
+
+
+async def test_stop_while_postgresql_stalls_returns_within_the_shutdown_deadline(
+    settings: Settings, engine: AsyncEngine, fake: FakePlatformServer
+) -> None:
+    url = make_url(settings.database_url.get_secret_value())
+    proxy = StallingProxy(url.host or "127.0.0.1", url.port or 5432)
+    port = await proxy.start()
+    proxied = url.set(host="127.0.0.1", port=port).render_as_string(hide_password=False)
+    stalled = tune(settings, database_url=type(settings.database_url)(proxied))
+    deadline = stalled.outbox_shutdown_deadline
+    try:
+        async with open_resources(stalled) as res:
+            channel = await make_channel(res, fake, rate=2)  # claims keep waiting and coming
+            await enqueue(res, channel, [f"1555450{i:02d}" for i in range(12)])
+            stop = asyncio.Event()
+            worker = DeliveryWorker(res, owner="w1")
+            task = asyncio.create_task(worker.run(stop))
+            await eventually(lambda: asyncio.sleep(0, len(fake.requests) >= 2))
+            proxy.stall()
+            await asyncio.sleep(0.5)  # every loop is now waiting on PostgreSQL
+            stop.set()
+            started = time.monotonic()
+            done, _ = await asyncio.wait({task}, timeout=deadline + 5)
+            elapsed = time.monotonic() - started
+            await proxy.close()  # let the resources (and a run() still waiting) go on
+            await task
+            assert done, "run() was still waiting on the stalled database"
+            assert elapsed < deadline + 2, elapsed
+    finally:
+        await proxy.close()
 
 
 # ---- replicas ----------------------------------------------------------------------------------
