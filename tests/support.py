@@ -58,3 +58,66 @@ async def running_app(
         finally:
             server.should_exit = True
             await task
+
+
+class StallingProxy:
+    """Forwards TCP connections to ``host:port`` until ``stall()``; then holds every byte (and
+    every new connection) until ``resume()``."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        self._flowing = asyncio.Event()
+        self._flowing.set()
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    def stall(self) -> None:
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        self._flowing.set()
+
+    async def close(self) -> None:
+        self.resume()
+        if self._server is not None:
+            self._server.close()
+        for writer in self._writers:
+            writer.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _accept(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        task = asyncio.create_task(self._connect(client_r, client_w))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _connect(
+        self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter
+    ) -> None:
+        self._writers.append(client_w)
+        await self._flowing.wait()
+        server_r, server_w = await asyncio.open_connection(self.host, self.port)
+        self._writers.append(server_w)
+        await asyncio.gather(
+            self._pump(client_r, server_w), self._pump(server_r, client_w), return_exceptions=True
+        )
+        client_w.close()
+        server_w.close()
+
+    async def _pump(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        try:
+            while data := await source.read(65536):
+                await self._flowing.wait()
+                sink.write(data)
+                await sink.drain()
+        finally:
+            with contextlib.suppress(OSError):
+                sink.write_eof()

@@ -43,6 +43,7 @@ from switchboard.channels.models import Channel
 from switchboard.crypto import SecretBox, generate_key
 from switchboard.resources import Resources
 from switchboard.settings import Settings
+from tests.support import StallingProxy
 
 pytestmark = pytest.mark.integration
 
@@ -601,67 +602,6 @@ async def test_stop_lets_in_flight_sends_finish_and_releases_the_rest(
         await all_done(resources, ids)
     assert {m.state for m in (await states(resources, ids)).values()} == {"sent"}
     assert Counter(text_of(r) for r in fake.requests).most_common(1)[0][1] == 1
-
-
-class StallingProxy:
-    """A TCP proxy to PostgreSQL that, from ``stall()``, forwards no byte and leaves new
-    connections hanging: a frozen server or a blackholed network path, as the worker sees it.
-    (The same idea as tests/integration/gateway/test_database_stall.py.)"""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.host = host
-        self.port = port
-        self._flowing = asyncio.Event()
-        self._flowing.set()
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._writers: list[asyncio.StreamWriter] = []
-
-    async def start(self) -> int:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        port: int = self._server.sockets[0].getsockname()[1]
-        return port
-
-    def stall(self) -> None:
-        self._flowing.clear()
-
-    async def close(self) -> None:
-        self._flowing.set()
-        if self._server is not None:
-            self._server.close()
-        for writer in self._writers:
-            writer.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    def _accept(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        task = asyncio.create_task(self._connect(client_r, client_w))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _connect(
-        self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter
-    ) -> None:
-        self._writers.append(client_w)
-        await self._flowing.wait()
-        server_r, server_w = await asyncio.open_connection(self.host, self.port)
-        self._writers.append(server_w)
-        await asyncio.gather(
-            self._pump(client_r, server_w), self._pump(server_r, client_w), return_exceptions=True
-        )
-        client_w.close()
-        server_w.close()
-
-    async def _pump(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-        try:
-            while data := await source.read(65536):
-                await self._flowing.wait()
-                sink.write(data)
-                await sink.drain()
-        finally:
-            with contextlib.suppress(OSError):
-                sink.write_eof()
 
 
 async def test_stop_while_postgresql_stalls_returns_within_the_shutdown_deadline(
