@@ -276,22 +276,16 @@ class DeliveryWorker:
         answering never returns, and its cancellation's cleanup (closing that connection) can
         itself take seconds, so it is not waited for."""
         task = asyncio.ensure_future(call)
-        try:
-            if not stop.is_set():
-                stopped = asyncio.ensure_future(stop.wait())
-                try:
-                    await asyncio.wait((task, stopped), return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    stopped.cancel()
-            if not task.done():
-                await asyncio.wait((task,), timeout=grace)
-        except BaseException:
-            self._abandon(task)
-            raise
-        if not task.done():
-            self._abandon(task)
-            raise _Abandoned
-        return task.result()
+        if not stop.is_set():
+            stopped = asyncio.ensure_future(stop.wait())
+            try:
+                await asyncio.wait((task, stopped), return_when=asyncio.FIRST_COMPLETED)
+            except BaseException:
+                self._abandon(task)
+                raise
+            finally:
+                stopped.cancel()
+        return await self._within(task, self._clock() + grace)
 
     async def _within(self, call: Awaitable[_T], give_up: float) -> _T:
         """Await ``call`` until ``give_up`` (monotonic); past it, abandon it (``_Abandoned``)."""
