@@ -41,6 +41,7 @@ __all__ = [
     "SendResult",
     "Sender",
     "UnsupportedContent",
+    "basic_credentials",
     "make_http_client",
     "parse_retry_after",
     "post",
@@ -160,10 +161,20 @@ class Sender(Protocol):
 
 
 def scrub(text: str, secrets: Iterable[str]) -> str:
+    """Redact each secret as sent and as a server may echo it percent-encoded (a Telegram
+    token's ``:`` in an echoed path becomes ``%3A``)."""
     for secret in secrets:
         if secret:
-            text = text.replace(secret, _REDACTED)
+            quoted = (urllib.parse.quote(secret, safe=""), urllib.parse.quote(secret))
+            for form in dict.fromkeys((secret, *quoted)):
+                text = text.replace(form, _REDACTED)
     return text
+
+
+def basic_credentials(user: str, password: str) -> str:
+    """The ``Authorization: Basic`` value; a secret in its own right (it encodes the password
+    whole, and no part of it lines up with the password's own base64)."""
+    return base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
 
 
 def excerpt(body: bytes, secrets: Iterable[str]) -> str | None:
@@ -296,7 +307,7 @@ async def post(
         content = urllib.parse.urlencode(pairs).encode()
         request_headers["Content-Type"] = "application/x-www-form-urlencoded"
     if auth is not None:
-        token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode("ascii")
+        token = basic_credentials(*auth)
         request_headers["Authorization"] = f"Basic {token}"
     started = time.perf_counter()
     try:

@@ -37,6 +37,7 @@ from outbox.platforms.base import (
     HttpExchange,
     SendResult,
     UnsupportedContent,
+    basic_credentials,
     excerpt,
     missing_credential,
     parse_json,
@@ -163,7 +164,7 @@ class TwilioSender:
             return missing_credential("account_sid")
         if not token:
             return missing_credential("auth_token")
-        secrets = (token,)
+        secrets = (token, basic_credentials(sid, token))
         base = (channel.api_base_url or TWILIO_BASE_URL).rstrip("/")
         exchange = await post(
             client,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import urllib.parse
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -753,6 +754,25 @@ async def test_secrets_echoed_by_the_platform_are_scrubbed(
     assert result.outcome == "permanent"
     assert "***" in (result.error_title or "")
     assert "***" in (result.response_excerpt or "")
+
+
+async def test_secrets_echoed_encoded_are_scrubbed_too(
+    server: FakePlatformServer, client: HttpClient
+) -> None:
+    """A proxy or framework may echo the request path percent-encoded, or its headers: the
+    token's ``:`` becomes ``%3A``, Twilio's password travels base64-encoded with the SID."""
+    quoted = urllib.parse.quote(f"/bot{BOT_TOKEN}/sendMessage", safe="/")
+    server.inject(Fault(status=404, code=404, message=f"Cannot POST {quoted}"))
+    telegram = await send(server, client, "telegram", cmd("1", HELLO))
+    basic = base64.b64encode(f"{TWILIO_SID}:{TWILIO_TOKEN}".encode()).decode()
+    server.inject(Fault(status=400, code=21211, message=f"echo Authorization: Basic {basic}"))
+    twilio = await send(server, client, "twilio", cmd("+15551230000", HELLO))
+    leaked = (BOT_TOKEN, urllib.parse.quote(BOT_TOKEN, safe=""), TWILIO_TOKEN, basic)
+    for result in (telegram, twilio):
+        assert result.outcome == "permanent"
+        texts = (result.error_title or "", result.response_excerpt or "")
+        assert all(secret not in text for secret in leaked for text in texts), texts
+        assert "***" in texts[1]
 
 
 @pytest.mark.parametrize(
