@@ -375,6 +375,19 @@ async def test_nul_characters_are_422_on_create(
     assert "NUL" in message
 
 
+async def test_control_characters_in_credentials_are_422(api: RunningApp) -> None:
+    """A pasted token with a trailing newline would make every send fail in the HTTP layer."""
+    body = whatsapp_body(
+        credentials={"access_token": "SEKRIT\n", "app_secret": WA_APP_SECRET, "verify_token": "v"}
+    )
+    response = await api.client.post("/v1/channels", json=body, headers=api.auth(ADMIN_KEY))
+    assert response.status_code == 422, response.text
+    message = response.json()["error"]["message"]
+    assert "credentials.access_token" in message
+    assert "control characters" in message
+    assert "SEKRIT" not in response.text
+
+
 @pytest.mark.parametrize(
     ("patch", "where"),
     [

@@ -46,7 +46,19 @@ Text = Annotated[str, AfterValidator(_no_nul)]
 """A string that fits a text column: every free-form string of the channel resource."""
 # Length first: after a function validator it would only be a generic "Value should have …".
 Text200 = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_no_nul)]
-Secret = Annotated[SecretStr, Field(min_length=1, max_length=4096), AfterValidator(_no_nul)]
+
+
+def _no_control(value: SecretStr) -> SecretStr:
+    """Credentials travel in HTTP headers and URL paths, where a control character (a stray
+    newline from a copy-paste) makes every send fail: refuse it when the channel is saved."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in value.get_secret_value()):
+        raise PydanticCustomError(
+            "control_character", "must not contain control characters (newline, tab, NUL, …)"
+        )
+    return value
+
+
+Secret = Annotated[SecretStr, Field(min_length=1, max_length=4096), AfterValidator(_no_control)]
 
 
 class _Strict(BaseModel):
