@@ -550,10 +550,11 @@ async def _record_windows(session: AsyncSession, latest: dict[str, datetime]) ->
 
 
 async def handle_inbound(resources: Resources, records: Sequence[Record]) -> int:
-    """One transaction per partition batch: statuses in order, then the windows. Each status
-    (and the windows) in a savepoint: a record that cannot be stored is skipped and logged
-    (``outbox.receipt_skipped``) and never fails the batch; a database failure does (the batch
-    is retried)."""
+    """One transaction per partition batch: statuses in order, then the windows. If a record
+    cannot be stored (its own fault, see ``_record_fault``), the batch is applied again with
+    each status (and the windows) in a savepoint, so that record alone is skipped and logged
+    (``outbox.receipt_skipped``); savepoints cost two round trips each, so only then. A
+    database failure fails the batch (it is retried)."""
     statuses: list[tuple[Record, StatusEvent]] = []
     received: list[MessageEvent] = []
     for record in records:
@@ -576,17 +577,26 @@ async def handle_inbound(resources: Resources, records: Sequence[Record]) -> int
     if not statuses and not received:
         return len(records)
     settings = resources.settings
-    try:
-        async with resources.sessionmaker() as session, session.begin():
-            for record, status in statuses:
-                await _apply_status(session, settings, record, status)
-            latest = receipts.window_updates(received)
-            if latest:
-                await _record_windows(session, latest)
-    except Exception as exc:
-        log.warning("outbox.receipts_failed", error=type(exc).__name__, records=len(records))
-        return 0
-    return len(records)
+    latest = receipts.window_updates(received)
+    for isolated in (False, True):
+        try:
+            async with resources.sessionmaker() as session, session.begin():
+                for record, status in statuses:
+                    if isolated:
+                        await _apply_status(session, settings, record, status)
+                    else:
+                        await receipts.apply_status(session, settings, status)
+                if latest and isolated:
+                    await _record_windows(session, latest)
+                elif latest:
+                    await receipts.record_windows(session, latest)
+        except Exception as exc:
+            if not isolated and _record_fault(exc):
+                continue
+            log.warning("outbox.receipts_failed", error=type(exc).__name__, records=len(records))
+            return 0
+        return len(records)
+    raise AssertionError("unreachable: the isolated pass returns")
 
 
 async def run_receipts_consumer(resources: Resources, stop: asyncio.Event) -> None:
