@@ -71,6 +71,7 @@ from outbox import intake, receipts
 from outbox.contracts import SEND_COMMAND_TYPE, SendCommand
 from outbox.errors import IdempotencyConflict, UnknownChannel
 from outbox.events import UNPUBLISHABLE_ERRORS, run_relay
+from switchboard.aio import abandon, first_of
 from switchboard.kafka import CE_HEADERS, create_consumer
 from switchboard.logging import get_logger
 from switchboard.resources import Resources
@@ -392,26 +393,21 @@ async def _start(consumer: AIOKafkaConsumer, stop: asyncio.Event) -> bool:
     ``stop``: True once started, False if ``stop`` won (the start is cancelled; the caller still
     closes the consumer). A failed start raises, as before."""
     starting = asyncio.ensure_future(consumer.start())
-    stopping = asyncio.ensure_future(stop.wait())
     try:
-        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopping.cancel()
+        await first_of(starting, stop)
+    except BaseException:
+        abandon(starting)
+        raise
+    if not starting.done():
+        starting.cancel()  # a cancelled start unwinds at once; bounded all the same
+        await asyncio.wait({starting}, timeout=_ABANDON_TIMEOUT)
         if not starting.done():
-            starting.cancel()
-            # a cancelled start unwinds at once; bounded all the same, never waited on forever
-            await asyncio.wait({starting}, timeout=_ABANDON_TIMEOUT)
-            starting.add_done_callback(_retrieve)
-    if not starting.done() or starting.cancelled():  # stop won (or the start would not unwind)
+            abandon(starting)
+            return False
+    if starting.cancelled():
         return False
     starting.result()  # a failed start raises here (the supervisor restarts it)
     return True
-
-
-def _retrieve(task: asyncio.Future[Any]) -> None:
-    """Mark an abandoned task's outcome as seen (no "exception was never retrieved")."""
-    if not task.cancelled():
-        task.exception()
 
 
 async def _close(consumer: AIOKafkaConsumer, name: str, grace: float) -> None:

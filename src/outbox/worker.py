@@ -65,6 +65,7 @@ from outbox.platforms import SENDERS, ChannelConfig, SendResult, UnsupportedCont
 from outbox.platforms.base import HttpClient, make_http_client
 from outbox.ratelimit import Limit, Pacer, Rate, channel_key, recipient_key
 from outbox.retry import RetryPolicy
+from switchboard.aio import abandon, first_of
 from switchboard.channels.service import load_with_secrets
 from switchboard.logging import get_logger
 from switchboard.resources import Resources
@@ -195,8 +196,6 @@ class DeliveryWorker:
         self._outcomes: asyncio.Queue[_Outcome | None] = asyncio.Queue()
         self._wake = asyncio.Event()
         self._stopping = False
-        self._abandoned: set[asyncio.Future[Any]] = set()
-        """Cancelled calls whose cleanup (closing a stalled connection) is still running."""
         self.stats = WorkerStats()
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -220,7 +219,7 @@ class DeliveryWorker:
                 task.cancel()
             _, stuck = await asyncio.wait(background, timeout=_STOP_GRACE)
             for task in stuck:
-                self._abandon(task)
+                abandon(task)
             await self._drain()
             self._outcomes.put_nowait(None)
             # The database steps of the shutdown share one deadline: a database that stopped
@@ -276,15 +275,11 @@ class DeliveryWorker:
         answering never returns, and its cancellation's cleanup (closing that connection) can
         itself take seconds, so it is not waited for."""
         task = asyncio.ensure_future(call)
-        if not stop.is_set():
-            stopped = asyncio.ensure_future(stop.wait())
-            try:
-                await asyncio.wait((task, stopped), return_when=asyncio.FIRST_COMPLETED)
-            except BaseException:
-                self._abandon(task)
-                raise
-            finally:
-                stopped.cancel()
+        try:
+            await first_of(task, stop)
+        except BaseException:
+            abandon(task)
+            raise
         return await self._within(task, self._clock() + grace)
 
     async def _within(self, call: Awaitable[_T], give_up: float) -> _T:
@@ -293,18 +288,12 @@ class DeliveryWorker:
         try:
             await asyncio.wait((task,), timeout=max(0.0, give_up - self._clock()))
         except BaseException:
-            self._abandon(task)
+            abandon(task)
             raise
         if not task.done():
-            self._abandon(task)
+            abandon(task)
             raise _Abandoned
         return task.result()
-
-    def _abandon(self, task: asyncio.Future[Any]) -> None:
-        task.cancel()
-        self._abandoned.add(task)  # a strong reference until its cleanup is over
-        task.add_done_callback(_forget)
-        task.add_done_callback(self._abandoned.discard)
 
     # ---- channel ownership -------------------------------------------------------------------
 
@@ -948,12 +937,6 @@ class DeliveryWorker:
             self._wake.set()
         self.stats.swept += len(swept)
         return len(lost), len(swept)
-
-
-def _forget(task: asyncio.Future[Any]) -> None:
-    """Retrieve an abandoned call's outcome, so that asyncio does not report it as lost."""
-    if not task.cancelled():
-        task.exception()
 
 
 def _local_failure(code: str, title: str, *, retryable: bool = False) -> SendResult:
