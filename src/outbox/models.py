@@ -30,7 +30,12 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
+from outbox.contracts import COMMAND_ID_MAX, RECIPIENT_MAX, REPLY_TO_MAX
 from switchboard.db import Base, TimestampMixin, new_id
+
+PLATFORM_MESSAGE_ID_MAX = 300
+CONVERSATION_KEY_MAX = 300
+"""``channel_id:recipient``: a uuid, a colon and up to ``RECIPIENT_MAX`` characters fit."""
 
 MESSAGE_STATES = (
     "queued",
@@ -78,7 +83,9 @@ class OutboxMessage(TimestampMixin, Base):
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
     seq: Mapped[int] = mapped_column(BigInteger, Identity(always=True), unique=True)
     command_id: Mapped[str] = mapped_column(
-        String(200), unique=True, doc="Client-chosen id (Idempotency-Key / Kafka command id)"
+        String(COMMAND_ID_MAX),
+        unique=True,
+        doc="Client-chosen id (Idempotency-Key / Kafka command id)",
     )
     request_hash: Mapped[str] = mapped_column(
         String(64), doc="SHA-256 of the canonical command, to tell a replay from a conflict"
@@ -88,10 +95,10 @@ class OutboxMessage(TimestampMixin, Base):
         Uuid, ForeignKey("channels.id", ondelete="RESTRICT")
     )
     platform: Mapped[str] = mapped_column(String(32))
-    recipient: Mapped[str] = mapped_column(String(200))
-    conversation_key: Mapped[str] = mapped_column(String(300))
+    recipient: Mapped[str] = mapped_column(String(RECIPIENT_MAX))
+    conversation_key: Mapped[str] = mapped_column(String(CONVERSATION_KEY_MAX))
     content: Mapped[dict[str, Any]] = mapped_column(JSONB)
-    reply_to: Mapped[str | None] = mapped_column(String(300))
+    reply_to: Mapped[str | None] = mapped_column(String(REPLY_TO_MAX))
     message_metadata: Mapped[dict[str, Any]] = mapped_column("metadata", JSONB, default=dict)
     state: Mapped[str] = mapped_column(String(16), default="queued")
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
@@ -105,7 +112,7 @@ class OutboxMessage(TimestampMixin, Base):
     not_after: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     lease_owner: Mapped[str | None] = mapped_column(String(200))
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    platform_message_id: Mapped[str | None] = mapped_column(String(300))
+    platform_message_id: Mapped[str | None] = mapped_column(String(PLATFORM_MESSAGE_ID_MAX))
     last_error: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -180,7 +187,7 @@ class ConversationWindow(Base):
 
     __tablename__ = "outbox_conversation_windows"
 
-    conversation_key: Mapped[str] = mapped_column(String(300), primary_key=True)
+    conversation_key: Mapped[str] = mapped_column(String(CONVERSATION_KEY_MAX), primary_key=True)
     last_inbound_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
@@ -198,7 +205,7 @@ class PendingReceipt(Base):
     id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
     channel_id: Mapped[uuid.UUID] = mapped_column(Uuid)
     """No foreign key: a receipt is held only for an existing channel, and expires anyway."""
-    platform_message_id: Mapped[str] = mapped_column(String(300))
+    platform_message_id: Mapped[str] = mapped_column(String(PLATFORM_MESSAGE_ID_MAX))
     state: Mapped[str] = mapped_column(String(16))
     error: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     """The receipt's ``status.error`` (code, title, detail) for a ``failed`` receipt."""

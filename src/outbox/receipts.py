@@ -45,7 +45,13 @@ from normalizer.models import MessageEvent, StatusEvent
 from outbox import events
 from outbox.contracts import LifecycleError, LifecycleEventType
 from outbox.intake import window_key
-from outbox.models import ConversationWindow, OutboxMessage, PendingReceipt
+from outbox.models import (
+    CONVERSATION_KEY_MAX,
+    PLATFORM_MESSAGE_ID_MAX,
+    ConversationWindow,
+    OutboxMessage,
+    PendingReceipt,
+)
 from switchboard.logging import get_logger
 from switchboard.settings import Settings
 
@@ -62,10 +68,8 @@ __all__ = [
 
 log = get_logger(__name__)
 
-PLATFORM_ID_MAX = 300
-"""``outbox_messages.platform_message_id`` / ``outbox_pending_receipts.platform_message_id``."""
-WINDOW_KEY_MAX = 300
-"""``outbox_conversation_windows.conversation_key``."""
+PLATFORM_ID_MAX = PLATFORM_MESSAGE_ID_MAX
+WINDOW_KEY_MAX = CONVERSATION_KEY_MAX
 
 
 def storable(value: str, limit: int) -> bool:
