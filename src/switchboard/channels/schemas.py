@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import uuid
 from datetime import datetime
-from typing import Annotated, Literal, TypeVar, cast
+from typing import Annotated, Literal, cast
 
 from pydantic import (
     AfterValidator,
@@ -31,13 +31,10 @@ _TWILIO_SENDER = re.compile(
     r"^(whatsapp:)?\+[1-9]\d{6,14}$|^MG[0-9a-fA-F]{32}$|^[A-Za-z0-9 ]{1,11}$"
 )
 
-_S = TypeVar("_S", str, SecretStr)
 
-
-def _no_nul(value: _S) -> _S:
-    """PostgreSQL text cannot hold NUL, and no platform id, name or token contains one."""
-    raw = value.get_secret_value() if isinstance(value, SecretStr) else value
-    if "\x00" in raw:
+def _no_nul(value: str) -> str:
+    """PostgreSQL text cannot hold NUL, and no platform id or name contains one."""
+    if "\x00" in value:
         raise PydanticCustomError("nul_character", "must not contain NUL characters (\\u0000)")
     return value
 
@@ -220,7 +217,7 @@ class ChannelUpdate(_Strict):
     api_base_url: HttpUrl | None = None
     send_rate_per_second: float | None = Field(default=None, gt=0, le=10_000)
     enabled: bool | None = None
-    credentials: dict[str, Annotated[SecretStr, AfterValidator(_no_nul)] | None] | None = Field(
+    credentials: dict[str, Secret | None] | None = Field(
         default=None,
         description="Credentials to replace; null removes an optional one (a previous_* secret)",
     )
