@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from outbox.consumer import run_intake
+from outbox.commands import run_intake
 from outbox.endpoints import router
 from outbox.schemas import lifecycle_event_schema, send_command_schema
 from switchboard.app import Component
@@ -56,8 +56,9 @@ async def run_worker(resources: Resources, stop: asyncio.Event) -> None:
     ``outbox_shutdown_deadline``); the relay runs until delivery is done, then publishes what
     the drain staged, so a clean stop leaves no unpublished lifecycle event behind.
     """
-    from outbox.consumer import run_command_consumer, run_receipts_consumer
+    from outbox.commands import run_command_consumer
     from outbox.events import relay_once, run_relay
+    from outbox.receipts_consumer import run_receipts_consumer
     from outbox.worker import DeliveryWorker
 
     relay_stop = asyncio.Event()

@@ -19,14 +19,17 @@ from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from outbox import consumer as consumer_module
+from outbox import commands as commands_module
 from outbox import events as events_module
 from outbox.app import component
 from outbox.contracts import METADATA_MAX_BYTES
+from outbox.deadletter import DEADLETTER_VALUE_MAX
 from outbox.models import OutboxEvent, OutboxMessage
+from outbox.receipts_consumer import run_receipts_consumer
 from switchboard import kafka
 from switchboard.app import open_resources
 from switchboard.channels.models import Channel
+from switchboard.consume import commit_offsets
 from switchboard.kafka import CE_HEADERS
 from switchboard.resources import Resources
 from switchboard.settings import Settings
@@ -254,9 +257,7 @@ async def silent_broker() -> AsyncIterator[tuple[str, asyncio.Event]]:
         await server.wait_closed()
 
 
-@pytest.mark.parametrize(
-    "run", [consumer_module.run_command_consumer, consumer_module.run_receipts_consumer]
-)
+@pytest.mark.parametrize("run", [commands_module.run_command_consumer, run_receipts_consumer])
 async def test_stop_during_a_start_the_broker_never_answers_returns_promptly(
     resources: Resources, run: Any
 ) -> None:
@@ -280,11 +281,9 @@ async def test_stop_during_a_start_the_broker_never_answers_returns_promptly(
 async def test_crash_before_offset_commit_redelivers_without_duplicate(
     resources: Resources,
     sessionmaker: async_sessionmaker[AsyncSession],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     settings = resources.settings
     tg = await add_channel(resources, "telegram", "123456")
-    real_commit = consumer_module._commit
     crashes: list[int] = []
 
     async def commit_or_die(consumer: Any, offsets: dict[TopicPartition, int]) -> None:
@@ -294,12 +293,13 @@ async def test_crash_before_offset_commit_redelivers_without_duplicate(
         if not crashes:
             crashes.append(1)
             raise RuntimeError("killed between the database commit and the offset commit")
-        await real_commit(consumer, offsets)
+        await commit_offsets(consumer, offsets)
 
-    monkeypatch.setattr(consumer_module, "_commit", commit_or_die)
     await produce(resources, [(f"{tg}:777", orjson.dumps(cloudevent(command("once", tg))))])
     stop = asyncio.Event()
-    task = asyncio.create_task(consumer_module.run_command_consumer(resources, stop))
+    task = asyncio.create_task(
+        commands_module.run_command_consumer(resources, stop, commit=commit_or_die)
+    )
     try:
         await wait_committed(settings)
     finally:
@@ -315,7 +315,7 @@ async def run_commands_until_committed(resources: Resources) -> None:
     """The command consumer until every produced record's offset is committed (it fails the
     test by timeout if a record blocks its partition)."""
     stop = asyncio.Event()
-    task = asyncio.create_task(consumer_module.run_command_consumer(resources, stop))
+    task = asyncio.create_task(commands_module.run_command_consumer(resources, stop))
     try:
         await wait_committed(resources.settings)
     finally:
@@ -384,7 +384,7 @@ async def test_a_data_error_at_insert_is_dead_lettered_not_retried(
     (SQLSTATE class 22) dead-letters the record instead of retrying it forever."""
     tg = await add_channel(resources, "telegram", "123456")
     long_id = "q-" + "x" * 257
-    real_parse = consumer_module.parse_command
+    real_parse = commands_module.parse_command
 
     def parse_without_length_checks(value: bytes | None) -> Any:
         if value is not None and long_id.encode() in value:  # as if the contract let it through
@@ -392,7 +392,7 @@ async def test_a_data_error_at_insert_is_dead_lettered_not_retried(
             return parsed.model_copy(update={"id": long_id})
         return real_parse(value)
 
-    monkeypatch.setattr(consumer_module, "parse_command", parse_without_length_checks)
+    monkeypatch.setattr(commands_module, "parse_command", parse_without_length_checks)
     key = f"{tg}:777"
     await produce(
         resources,
@@ -432,7 +432,7 @@ async def test_a_poison_record_too_large_to_embed_is_dead_lettered_truncated(
     assert data["reason"] == "not_json"
     original = data["original"]
     assert original["value_encoding"] == "base64"
-    assert base64.b64decode(original["value"]) == big[: consumer_module.DEADLETTER_VALUE_MAX]
+    assert base64.b64decode(original["value"]) == big[:DEADLETTER_VALUE_MAX]
     assert original["value_truncated"] is True
     assert original["value_size"] == len(big)
     assert await stored_ids(sessionmaker) == ["after-big"]

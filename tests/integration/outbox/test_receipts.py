@@ -17,8 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from fake_platforms.server import FakePlatformServer
 from outbox import receipts as receipts_module
-from outbox.consumer import run_receipts_consumer
 from outbox.models import ConversationWindow, OutboxEvent, OutboxMessage, PendingReceipt
+from outbox.receipts_consumer import run_receipts_consumer
 from switchboard.app import open_resources
 from switchboard.channels.models import Channel
 from switchboard.resources import Resources

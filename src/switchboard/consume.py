@@ -1,0 +1,216 @@
+"""A supervised Kafka consume loop with manual offset commits, for any service.
+
+``ConsumeLoop.run(stop)`` polls with ``getmany`` (at most ``batch_size`` records in flight),
+hands each partition's records, in offset order, to ``handle`` (partitions run concurrently),
+and commits, through the ``commit`` it was given, the offsets of the records ``handle`` says
+it finished. A record that is not finished is not committed: its partition is rewound to it
+(``seek``) and the loop backs off before polling again, so the caller's outcome must be
+durable before ``handle`` counts the record. A crash before the commit redelivers the records;
+handlers are expected to be idempotent.
+
+If the consumer itself fails (start, poll, …) it is closed (uncommitted records go back to
+whoever owns the partition next) and a new one, from ``make_consumer``, is started after a
+back-off. ``stop`` wins over every wait on the broker: a start (bootstrap, topic metadata, the
+group join, which a broker may never complete) still under way is abandoned
+(``switchboard.aio``) and the consumer closed within ``abandon_grace``; a started consumer
+finishes its batch, commits, and gets ``stop_grace`` to leave its group before its connections
+are closed anyway.
+
+Log events carry ``consumer=<name>``: ``kafka.consumer_started``,
+``kafka.consumer_start_abandoned``, ``kafka.consumer_failed``, ``kafka.consumer_stop_timed_out``,
+``kafka.consumer_stop_failed``, ``kafka.commit_failed``; ``per_record`` logs
+``kafka.record_failed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from switchboard.aio import abandon, first_of
+from switchboard.logging import get_logger
+
+__all__ = [
+    "Commit",
+    "ConsumeLoop",
+    "PartitionHandler",
+    "Record",
+    "commit_offsets",
+    "consumer_options",
+    "per_record",
+]
+
+log = get_logger(__name__)
+
+Record: TypeAlias = Any
+"""``aiokafka.ConsumerRecord[bytes, bytes]`` (aiokafka ships no type information)."""
+
+PartitionHandler = Callable[[Sequence[Record]], Awaitable[int]]
+"""Handles records of one partition in offset order; returns how many, from the first, are
+finished (their outcome is durable). Fewer than all means: commit those, retry the rest."""
+
+Commit = Callable[[AIOKafkaConsumer, dict[TopicPartition, int]], Awaitable[None]]
+"""Commits ``{partition: next offset}`` for a consumer (``commit_offsets``, or a wrapper)."""
+
+
+async def commit_offsets(consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
+    """The plain commit: ``consumer.commit(offsets)``."""
+    await consumer.commit(offsets)
+
+
+def consumer_options(*, batch_size: int, session_timeout_ms: int) -> dict[str, object]:
+    """aiokafka options matching a loop's ``batch_size``: the poll bound, and a session timeout
+    (how long a dead process keeps its partitions) with heartbeats at a third of it."""
+    return {
+        "max_poll_records": batch_size,
+        "session_timeout_ms": session_timeout_ms,
+        "heartbeat_interval_ms": max(session_timeout_ms // 3, 300),
+    }
+
+
+def per_record(handle: Callable[[Record], Awaitable[None]]) -> PartitionHandler:
+    """A partition handler that handles records one at a time, stopping at the first that
+    raises (logged, retried later with the rest of its partition)."""
+
+    async def handle_partition(records: Sequence[Record]) -> int:
+        done = 0
+        for record in records:
+            try:
+                await handle(record)
+            except Exception as exc:
+                log.warning(
+                    "kafka.record_failed",
+                    error=type(exc).__name__,
+                    topic=record.topic,
+                    partition=record.partition,
+                    offset=record.offset,
+                )
+                return done
+            done += 1
+        return done
+
+    return handle_partition
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ConsumeLoop:
+    """One supervised consumer: see the module docstring. Durations are in seconds."""
+
+    name: str
+    make_consumer: Callable[[], AIOKafkaConsumer]
+    handle: PartitionHandler
+    commit: Commit
+    batch_size: int
+    poll_ms: int = 500
+    stop_grace: float = 5.0
+    """How long a started consumer gets to stop (leave its group) once ``stop`` is set: a
+    broker that never answers must not keep the process up."""
+    abandon_grace: float = 0.5
+    """How long a start abandoned for ``stop`` gets to unwind and close (it holds no
+    partitions)."""
+    retry_backoff: tuple[float, float] = (0.2, 10.0)
+    """First and largest wait before polling again after a partition did not finish."""
+    restart_backoff: tuple[float, float] = (0.5, 30.0)
+    """First and largest wait before starting a new consumer after one failed."""
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until ``stop`` is set (then finish the batch, commit, close)."""
+        backoff = self.restart_backoff[0]
+        while not stop.is_set():
+            consumer = self.make_consumer()
+            started = False
+            try:
+                started = await self._start(consumer, stop)
+                if not started:
+                    log.info("kafka.consumer_start_abandoned", consumer=self.name)
+                    break
+                log.info("kafka.consumer_started", consumer=self.name)
+                await self._consume(consumer, stop)
+                backoff = self.restart_backoff[0]
+            except Exception as exc:
+                log.error("kafka.consumer_failed", consumer=self.name, error=repr(exc))
+            finally:  # a consumer that never joined has no partitions to hand over: no grace
+                await self._close(consumer, self.stop_grace if started else self.abandon_grace)
+            if not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), backoff)
+                backoff = min(backoff * 2, self.restart_backoff[1])
+
+    async def _consume(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
+        backoff = self.retry_backoff[0]
+        while not stop.is_set():
+            batch = await consumer.getmany(timeout_ms=self.poll_ms, max_records=self.batch_size)
+            if not batch:
+                continue
+            partitions = list(batch.items())
+            handled = await asyncio.gather(*(self.handle(records) for _, records in partitions))
+            offsets: dict[TopicPartition, int] = {}
+            stalled = False
+            for (tp, records), count in zip(partitions, handled, strict=True):
+                if count:
+                    offsets[tp] = records[count - 1].offset + 1
+                if count < len(records):
+                    consumer.seek(tp, records[count].offset)
+                    stalled = True
+            if offsets:
+                try:
+                    await self.commit(consumer, offsets)
+                except KafkaError as exc:  # e.g. a rebalance: the records come back
+                    log.warning("kafka.commit_failed", consumer=self.name, error=type(exc).__name__)
+            if stalled:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), backoff)
+                backoff = min(backoff * 2, self.retry_backoff[1])
+            else:
+                backoff = self.retry_backoff[0]
+
+    async def _start(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> bool:
+        """Start ``consumer`` (bootstrap, topic metadata, group join) unless ``stop`` comes
+        first.
+
+        ``consumer.start()`` waits for the group join without any bound of its own (a join the
+        coordinator never completes keeps it waiting forever), so it runs as a task raced
+        against ``stop``: True once started, False if ``stop`` won (the start is cancelled; the
+        caller still closes the consumer). A failed start raises."""
+        starting = asyncio.ensure_future(consumer.start())
+        try:
+            await first_of(starting, stop)
+        except BaseException:
+            abandon(starting)
+            raise
+        if not starting.done():
+            starting.cancel()  # a cancelled start unwinds at once; bounded all the same
+            await asyncio.wait({starting}, timeout=self.abandon_grace)
+            if not starting.done():
+                abandon(starting)
+                return False
+        if starting.cancelled():
+            return False
+        starting.result()
+        return True
+
+    async def _close(self, consumer: AIOKafkaConsumer, grace: float) -> None:
+        """Stop ``consumer`` within ``grace``. ``consumer.stop()`` first waits for the group
+        coordinator's task, which may be stuck in a join the broker never answers; past the
+        bound that wait is cancelled and the connections are closed directly."""
+        try:
+            async with asyncio.timeout(grace):
+                await consumer.stop()
+            return
+        except TimeoutError:
+            log.warning("kafka.consumer_stop_timed_out", consumer=self.name, timeout=grace)
+        except Exception as exc:
+            log.warning("kafka.consumer_stop_failed", consumer=self.name, error=repr(exc))
+        # ``stop()`` was cut short before closing the client (aiokafka has no public way left):
+        # close its connections so an abandoned consumer does not keep sockets open.
+        client = getattr(consumer, "_client", None)
+        if client is not None:
+            with contextlib.suppress(Exception, TimeoutError):
+                async with asyncio.timeout(grace):
+                    await client.close()

@@ -1,0 +1,117 @@
+"""The generic consume loop on the real broker: partition order, the rewind of an unfinished
+record, offsets committed through the injected commit, and a new consumer of the same group
+resuming after them."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from switchboard import kafka
+from switchboard.consume import ConsumeLoop, Record, commit_offsets, consumer_options
+from switchboard.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+async def wait_committed(settings: Settings, topic: str, group: str) -> None:
+    """Until ``group``'s committed offsets reach the end of every partition of ``topic``."""
+    probe = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers, group_id=group, enable_auto_commit=False
+    )
+    await probe.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in range(settings.kafka_topic_partitions)]
+        ends = await probe.end_offsets(partitions)
+        async with asyncio.timeout(30):
+            while True:
+                committed = {tp: await probe.committed(tp) for tp in partitions}
+                if all((committed[tp] or 0) >= ends[tp] for tp in partitions):
+                    return
+                await asyncio.sleep(0.1)
+    finally:
+        await probe.stop()
+
+
+class Handler:
+    """Keeps what it finished, per partition; refuses each value of ``refuse`` once."""
+
+    def __init__(self, refuse: set[bytes] | None = None) -> None:
+        self.refuse = refuse or set()
+        self.finished: dict[int, list[tuple[int, bytes]]] = {}
+
+    async def __call__(self, records: Sequence[Record]) -> int:
+        for done, record in enumerate(records):
+            if record.value in self.refuse:
+                self.refuse.discard(record.value)
+                return done
+            self.finished.setdefault(record.partition, []).append((record.offset, record.value))
+        return len(records)
+
+    def values(self) -> list[bytes]:
+        return sorted(v for entries in self.finished.values() for _, v in entries)
+
+
+async def run_until_committed(
+    settings: Settings, topic: str, group: str, handle: Handler
+) -> list[dict[TopicPartition, int]]:
+    commits: list[dict[TopicPartition, int]] = []
+
+    async def commit(consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
+        commits.append(dict(offsets))
+        await commit_offsets(consumer, offsets)
+
+    loop = ConsumeLoop(
+        name="test",
+        make_consumer=lambda: kafka.create_consumer(
+            settings,
+            topic,
+            group_id=group,
+            **consumer_options(batch_size=50, session_timeout_ms=3000),
+        ),
+        handle=handle,
+        commit=commit,
+        batch_size=50,
+        retry_backoff=(0.05, 0.1),
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(loop.run(stop))
+    try:
+        await wait_committed(settings, topic, group)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+    return commits
+
+
+async def test_records_are_committed_once_finished_and_not_handled_again(
+    settings: Settings,
+) -> None:
+    topic = settings.topic("consume-test")
+    await kafka.ensure_topics(settings, [topic])
+    producer = kafka.create_producer(settings)
+    await producer.start()
+    try:
+        for n in range(9):
+            await producer.send_and_wait(topic, f"v{n}".encode(), key=f"k{n % 3}".encode())
+        group = f"g-{uuid.uuid4().hex[:8]}"
+        first = Handler(refuse={b"v4"})
+        commits = await run_until_committed(settings, topic, group, first)
+
+        assert first.values() == sorted(f"v{n}".encode() for n in range(9))
+        assert first.refuse == set()  # v4 was refused once, then redelivered and finished
+        for entries in first.finished.values():  # each partition in order, nothing twice
+            offsets = [offset for offset, _ in entries]
+            assert offsets == list(range(len(offsets)))
+        assert commits  # through the injected commit
+
+        await producer.send_and_wait(topic, b"v9", key=b"k0")
+        second = Handler()
+        await run_until_committed(settings, topic, group, second)
+        assert second.values() == [b"v9"]  # the group resumes after the committed offsets
+    finally:
+        await producer.stop()
