@@ -199,9 +199,7 @@ def _message(
                     "address": None,
                 }
         else:
-            url = c.text(payload.get("url"))
-            if url is not None or kind != "unsupported":
-                media = c.media(c.ident(payload.get("attachment_id")), url=url)
+            media = _attachment_media(first, kind)
             if text is None and kind == "unsupported":
                 text = c.text(payload.get("title"))
     if msg.get("is_unsupported") is True:
@@ -210,7 +208,34 @@ def _message(
     reply_to = c.text(reply_to_obj.get("mid")) or c.ident(
         c.obj(reply_to_obj.get("story")).get("id")
     )
+    items = [
+        part
+        for a in attachments[1:]
+        if type(a) is dict
+        and (part := _attachment_media(a, _attachment_kind(a.get("type")))) is not None
+    ]
     body = c.message(
-        mid, kind, text, media=media, location=location, reply=reply, reply_to=reply_to, echo=echo
+        mid,
+        kind,
+        text,
+        media=media,
+        location=location,
+        reply=reply,
+        reply_to=reply_to,
+        echo=echo,
+        attachments=([media] if media else []) + items,
     )
     em.message("message.received", key, time, account, peer, person, body, ev)
+
+
+def _attachment_kind(atype: object) -> str:
+    return ATTACHMENT_KINDS.get(atype, "unsupported") if type(atype) is str else "unsupported"
+
+
+def _attachment_media(attachment: dict[str, Any], kind: str) -> c.Part | None:
+    if kind == "location":
+        return None
+    url = c.text(c.obj(attachment.get("payload")).get("url"))
+    if url is None and kind == "unsupported":
+        return None
+    return c.media(c.ident(c.obj(attachment.get("payload")).get("attachment_id")), url=url)
