@@ -9,11 +9,19 @@ Routes (the real paths under any base URL):
 Every request is recorded (unless ``record=False``, for benchmarks) and may be answered by an
 injected ``Fault`` instead of the success body. Faults match in insertion order; each serves
 ``times`` requests (None = until ``reset``).
+
+Twilio status callbacks: like Twilio, a successful send that carried ``StatusCallback`` is
+followed by one form POST per state in ``twilio_callback_states`` (default ``sent`` then
+``delivered``) to that URL, signed with ``X-Twilio-Signature`` by the auth token of the send's
+Basic credentials. Each is recorded in ``callbacks`` with the status the receiver answered.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
 import itertools
 import json
 import time
@@ -23,9 +31,10 @@ from types import TracebackType
 from typing import Any, Literal, Self
 from urllib.parse import parse_qs
 
+import aiohttp
 from aiohttp import web
 
-__all__ = ["FakePlatformServer", "Fault", "Platform", "RecordedRequest"]
+__all__ = ["FakePlatformServer", "Fault", "Platform", "PostedCallback", "RecordedRequest"]
 
 Platform = Literal["whatsapp", "messenger", "telegram", "twilio"]
 
@@ -45,6 +54,22 @@ class RecordedRequest:
     """``time.monotonic()`` at arrival."""
     status: int
     """The status the server answered (or would have, for hangs: 0)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PostedCallback:
+    """A status callback the fake Twilio posted to a ``StatusCallback`` URL."""
+
+    url: str
+    params: Mapping[str, str]
+    status: int
+    """The receiver's HTTP status (0: the request failed)."""
+
+
+def twilio_signature(token: str, url: str, params: Mapping[str, str]) -> str:
+    """``X-Twilio-Signature``: base64(HMAC-SHA1(auth token, URL + sorted name/value pairs))."""
+    data = url + "".join(name + params[name] for name in sorted(params))
+    return base64.b64encode(hmac.new(token.encode(), data.encode(), hashlib.sha1).digest()).decode()
 
 
 @dataclass(slots=True)
@@ -141,6 +166,10 @@ class FakePlatformServer:
         self._closing = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self.base_url = ""
+        self.twilio_callback_states: tuple[str, ...] = ("sent", "delivered")
+        self.callbacks: list[PostedCallback] = []
+        self._background: set[asyncio.Task[None]] = set()
+        self._session: aiohttp.ClientSession | None = None
 
     def inject(self, fault: Fault) -> Fault:
         self.faults.append(fault)
@@ -164,6 +193,12 @@ class FakePlatformServer:
 
     async def close(self) -> None:
         self._closing.set()
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -333,7 +368,7 @@ class FakePlatformServer:
             if authorized
             else Fault(status=401, code=20003, message="Authentication Error - No credentials")
         )
-        return await self._answer(
+        response = await self._answer(
             request,
             "twilio",
             json_body=None,
@@ -342,6 +377,43 @@ class FakePlatformServer:
             success=success,
             auth_error=auth_error,
         )
+        callback = form.get("StatusCallback", [None])[0]
+        if response.status == 200 and callback:
+            params: dict[str, str] = {
+                "AccountSid": sid,
+                "MessageSid": str(success["sid"]),
+                "SmsSid": str(success["sid"]),
+                "From": str(success["from"] or ""),
+                "To": to or "",
+                "ApiVersion": "2010-04-01",
+            }
+            token = _basic_password(request.headers.get("Authorization", ""))
+            task = asyncio.create_task(self._post_status_callbacks(callback, params, token))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        return response
+
+    async def _post_status_callbacks(self, url: str, params: Mapping[str, str], token: str) -> None:
+        await asyncio.sleep(0.05)  # after the send's answer, as Twilio does
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+        for state in self.twilio_callback_states:
+            form = {**params, "MessageStatus": state, "SmsStatus": state}
+            headers = {"X-Twilio-Signature": twilio_signature(token, url, form)}
+            try:
+                async with self._session.post(url, data=form, headers=headers) as reply:
+                    status = reply.status
+            except (aiohttp.ClientError, OSError, TimeoutError):
+                status = 0
+            self.callbacks.append(PostedCallback(url, form, status))
+
+
+def _basic_password(header: str) -> str:
+    try:
+        decoded = base64.b64decode(header.removeprefix("Basic ").strip()).decode()
+    except (ValueError, UnicodeDecodeError):
+        return ""
+    return decoded.partition(":")[2]
 
 
 def _loads(raw: bytes) -> Any:

@@ -20,6 +20,11 @@ Mapping of the contract (decisions):
   ``parameter_name`` when given, else by its 1-based position (``{"1": …, "2": …}``).
 - interactive, reaction and reply_to are refused: plain Messages cannot express them (buttons
   need a Content template, i.e. a ``template`` command).
+- every send passes ``StatusCallback`` = the channel's webhook URL (``ChannelConfig.webhook_url``)
+  when known: Twilio then posts the message's status changes there, the gateway verifies and
+  normalizes them like any Twilio webhook, and the outbox correlates them by ``MessageSid``
+  (the ``sid`` the send returned). Without it, statuses come back only through a Messaging
+  Service configured by hand.
 """
 
 from __future__ import annotations
@@ -150,6 +155,14 @@ class TwilioSender:
             raise UnsupportedContent("Twilio messages cannot send reactions")
         return form
 
+    def _request_form(
+        self, command: SendCommand, channel: ChannelConfig
+    ) -> dict[str, str | list[str]]:
+        form = self._form(command, sender=channel.account_id)
+        if channel.webhook_url:
+            form["StatusCallback"] = channel.webhook_url
+        return form
+
     async def send(
         self,
         client: HttpClient,
@@ -171,7 +184,7 @@ class TwilioSender:
             f"{base}/2010-04-01/Accounts/{sid}/Messages.json",
             timeout=timeout,
             secrets=secrets,
-            form=self._form(command, sender=channel.account_id),
+            form=self._request_form(command, channel),
             auth=(sid, token),
         )
         if isinstance(exchange, SendResult):
