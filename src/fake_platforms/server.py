@@ -5,6 +5,10 @@ Routes (the real paths under any base URL):
   ``"messaging_product": "whatsapp"``, otherwise the Messenger/Instagram Send API.
 - ``POST /bot{token}/{method}``: Telegram Bot API.
 - ``POST /2010-04-01/Accounts/{sid}/Messages.json``: Twilio, form-encoded.
+- ``POST /v2/Indicators/Typing.json``: Twilio's WhatsApp typing indicator, form-encoded.
+Signals answer as the platforms do: WhatsApp ``status: read`` (read mark, typing indicator)
+``{"success": true}``, Messenger ``sender_action`` ``{"recipient_id"}``, Telegram
+``sendChatAction`` ``{"ok": true, "result": true}``.
 
 Every request is recorded (unless ``record=False``, for benchmarks) and may be answered by an
 injected ``Fault`` instead of the success body. Faults match in insertion order; each serves
@@ -183,6 +187,7 @@ class FakePlatformServer:
         app = web.Application(client_max_size=32 * 1024 * 1024)
         app.router.add_post("/bot{token}/{method}", self._telegram)
         app.router.add_post("/2010-04-01/Accounts/{sid}/Messages.json", self._twilio)
+        app.router.add_post("/v2/Indicators/Typing.json", self._twilio_typing)
         app.router.add_post("/{version}/{node}/messages", self._graph)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
@@ -283,7 +288,9 @@ class FakePlatformServer:
                 rid = rcpt.get("id") if isinstance(rcpt, dict) else None
                 recipient = rid if isinstance(rid, str) else None
         success: Any
-        if is_whatsapp:
+        if is_whatsapp and isinstance(body, dict) and body.get("status") == "read":
+            success = {"success": True}
+        elif is_whatsapp:
             success = {
                 "messaging_product": "whatsapp",
                 "contacts": [{"input": recipient, "wa_id": (recipient or "").lstrip("+")}],
@@ -318,7 +325,7 @@ class FakePlatformServer:
         n = next(self._ids)
         method = request.match_info["method"]
         success: Any
-        if method == "setMessageReaction":
+        if method in ("setMessageReaction", "sendChatAction"):
             success = {"ok": True, "result": True}
         else:
             result: dict[str, Any] = {
@@ -392,6 +399,25 @@ class FakePlatformServer:
             self._background.add(task)
             task.add_done_callback(self._background.discard)
         return response
+
+    async def _twilio_typing(self, request: web.Request) -> web.Response:
+        raw = await request.read()
+        form = parse_qs(raw.decode("utf-8", errors="replace"), keep_blank_values=True)
+        authorized = request.headers.get("Authorization", "").startswith("Basic ")
+        auth_error = (
+            None
+            if authorized
+            else Fault(status=401, code=20003, message="Authentication Error - No credentials")
+        )
+        return await self._answer(
+            request,
+            "twilio",
+            json_body=None,
+            form=form,
+            recipient=None,
+            success={"success": True},
+            auth_error=auth_error,
+        )
 
     async def _post_status_callbacks(self, url: str, params: Mapping[str, str], token: str) -> None:
         await asyncio.sleep(0.05)  # after the send's answer, as Twilio does
