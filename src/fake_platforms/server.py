@@ -14,6 +14,14 @@ Every request is recorded (unless ``record=False``, for benchmarks) and may be a
 injected ``Fault`` instead of the success body. Faults match in insertion order; each serves
 ``times`` requests (None = until ``reset``).
 
+Media downloads (for the media proxy): ``add_media(key, data, content_type)`` makes a file
+known under ``key``: a WhatsApp media id (``GET /{version}/{media_id}`` answers its URL, then
+``GET /cdn/whatsapp/{key}`` the bytes, both with the Bearer token), a Telegram ``file_id``
+(``getFile``, then ``GET /file/bot{token}/media/{key}``), a Twilio media sid
+(``GET …/Messages/{sid}/Media/{key}`` with Basic auth redirects to ``/cdn/twilio/{key}``), or a
+Meta CDN name (``GET /cdn/meta/{key}``). Unknown keys answer as the platforms do (Graph error
+100, Telegram 400 "invalid file_id", Twilio 20404, 404 from a CDN).
+
 Twilio status callbacks: like Twilio, a successful send that carried ``StatusCallback`` is
 followed by one form POST per state in ``twilio_callback_states`` (default ``sent`` then
 ``delivered``) to that URL, signed with ``X-Twilio-Signature`` by the auth token of the send's
@@ -173,6 +181,7 @@ class FakePlatformServer:
         self.twilio_callback_states: tuple[str, ...] = ("sent", "delivered")
         self.callbacks: list[PostedCallback] = []
         self._background: set[asyncio.Task[None]] = set()
+        self.media: dict[str, tuple[bytes, str]] = {}
         self._session: aiohttp.ClientSession | None = None
 
     def inject(self, fault: Fault) -> Fault:
@@ -183,11 +192,20 @@ class FakePlatformServer:
         self.requests.clear()
         self.faults.clear()
 
+    def add_media(self, key: str, data: bytes, content_type: str) -> None:
+        self.media[key] = (data, content_type)
+
     async def start(self) -> None:
         app = web.Application(client_max_size=32 * 1024 * 1024)
         app.router.add_post("/bot{token}/{method}", self._telegram)
         app.router.add_post("/2010-04-01/Accounts/{sid}/Messages.json", self._twilio)
         app.router.add_post("/v2/Indicators/Typing.json", self._twilio_typing)
+        app.router.add_get("/cdn/{platform}/{key}", self._cdn)
+        app.router.add_get("/file/bot{token}/media/{key}", self._telegram_file)
+        app.router.add_get(
+            "/2010-04-01/Accounts/{sid}/Messages/{message}/Media/{key}", self._twilio_media
+        )
+        app.router.add_get("/{version}/{media_id}", self._graph_media)
         app.router.add_post("/{version}/{node}/messages", self._graph)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
@@ -325,7 +343,30 @@ class FakePlatformServer:
         n = next(self._ids)
         method = request.match_info["method"]
         success: Any
-        if method in ("setMessageReaction", "sendChatAction"):
+        if method == "getFile":
+            file_id = body.get("file_id") if isinstance(body, dict) else None
+            if file_id not in self.media:
+                fault = Fault(status=400, code=400, message="Bad Request: invalid file_id")
+                return await self._answer(
+                    request,
+                    "telegram",
+                    json_body=body,
+                    form={},
+                    recipient=None,
+                    success=None,
+                    auth_error=fault,
+                )
+            data = self.media[file_id][0]
+            success = {
+                "ok": True,
+                "result": {
+                    "file_id": file_id,
+                    "file_unique_id": f"u{n}",
+                    "file_size": len(data),
+                    "file_path": f"media/{file_id}",
+                },
+            }
+        elif method in ("setMessageReaction", "sendChatAction"):
             success = {"ok": True, "result": True}
         else:
             result: dict[str, Any] = {
@@ -399,6 +440,86 @@ class FakePlatformServer:
             self._background.add(task)
             task.add_done_callback(self._background.discard)
         return response
+
+    def _record_get(self, request: web.Request, platform: Platform, status: int) -> None:
+        if self.record:
+            self.requests.append(
+                RecordedRequest(
+                    platform=platform,
+                    method=request.method,
+                    path=request.path,
+                    headers=dict(request.headers),
+                    json=None,
+                    form={},
+                    recipient=None,
+                    arrived_at=time.monotonic(),
+                    status=status,
+                )
+            )
+
+    async def _graph_media(self, request: web.Request) -> web.Response:
+        key = request.match_info["media_id"]
+        authorized = request.headers.get("Authorization", "").startswith("Bearer ")
+        if not authorized:
+            self._record_get(request, "whatsapp", 401)
+            fault = Fault(status=401, code=190, message="Invalid OAuth access token")
+            return _json(401, _error_body("whatsapp", fault))
+        if key not in self.media:
+            self._record_get(request, "whatsapp", 400)
+            fault = Fault(status=400, code=100, message="Unsupported get request")
+            return _json(400, _error_body("whatsapp", fault))
+        data, content_type = self.media[key]
+        self._record_get(request, "whatsapp", 200)
+        return _json(
+            200,
+            {
+                "messaging_product": "whatsapp",
+                "url": f"{self.base_url}/cdn/whatsapp/{key}?ext=1&hash=signed",
+                "mime_type": content_type,
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "file_size": len(data),
+                "id": key,
+            },
+        )
+
+    async def _cdn(self, request: web.Request) -> web.StreamResponse:
+        platform = request.match_info["platform"]
+        key = request.match_info["key"]
+        label: Platform = "whatsapp" if platform == "whatsapp" else "messenger"
+        if platform == "twilio":
+            label = "twilio"
+        needs_bearer = platform == "whatsapp"
+        if needs_bearer and not request.headers.get("Authorization", "").startswith("Bearer "):
+            self._record_get(request, label, 401)
+            return web.Response(status=401)
+        if key not in self.media:
+            self._record_get(request, label, 404)
+            return web.Response(status=404)
+        self._record_get(request, label, 200)
+        data, content_type = self.media[key]
+        return web.Response(body=data, content_type=content_type.split(";")[0])
+
+    async def _telegram_file(self, request: web.Request) -> web.Response:
+        key = request.match_info["key"]
+        if key not in self.media:
+            self._record_get(request, "telegram", 404)
+            return web.Response(status=404)
+        self._record_get(request, "telegram", 200)
+        data, _ = self.media[key]
+        return web.Response(body=data, content_type="application/octet-stream")
+
+    async def _twilio_media(self, request: web.Request) -> web.Response:
+        key = request.match_info["key"]
+        if not request.headers.get("Authorization", "").startswith("Basic "):
+            self._record_get(request, "twilio", 401)
+            fault = Fault(status=401, code=20003, message="Authentication Error")
+            return _json(401, _error_body("twilio", fault))
+        if key not in self.media:
+            self._record_get(request, "twilio", 404)
+            fault = Fault(status=404, code=20404, message="The requested resource was not found")
+            return _json(404, _error_body("twilio", fault))
+        self._record_get(request, "twilio", 307)
+        raise web.HTTPTemporaryRedirect(f"{self.base_url}/cdn/twilio/{key}?Signature=abc")
 
     async def _twilio_typing(self, request: web.Request) -> web.Response:
         raw = await request.read()

@@ -8,11 +8,14 @@ mentions, …) become ``unsupported`` events.
 
 from __future__ import annotations
 
+import base64
 from typing import Any, Final
 
 from . import _common as c
 from .errors import NormalizeError
 
+#: ``media.id`` of an attachment with a URL is ``url_media_id(url)``, the id the media proxy
+#: (``GET /v1/channels/{id}/media/{media_id}``) resolves; without a URL, its ``attachment_id``.
 #: Attachment type → message kind. ``image`` with a ``sticker_id`` is a sticker; every other
 #: type (share, story_mention, reel, ig_reel, post, ig_post, fallback, template, …) is
 #: ``unsupported`` with its ``payload.url`` in ``media.url`` and the whole message in ``raw``.
@@ -232,10 +235,19 @@ def _attachment_kind(atype: object) -> str:
     return ATTACHMENT_KINDS.get(atype, "unsupported") if type(atype) is str else "unsupported"
 
 
+def url_media_id(url: str) -> str:
+    """The media proxy's id of an attachment URL: ``u.`` + base64url (no padding). Meta gives
+    inbound attachments no id, only a signed CDN URL, which is what the proxy fetches."""
+    encoded = base64.urlsafe_b64encode(url.encode("utf-8", "surrogatepass"))
+    return "u." + encoded.decode().rstrip("=")
+
+
 def _attachment_media(attachment: dict[str, Any], kind: str) -> c.Part | None:
     if kind == "location":
         return None
-    url = c.text(c.obj(attachment.get("payload")).get("url"))
+    payload = c.obj(attachment.get("payload"))
+    url = c.text(payload.get("url"))
     if url is None and kind == "unsupported":
         return None
-    return c.media(c.ident(c.obj(attachment.get("payload")).get("attachment_id")), url=url)
+    media_id = url_media_id(url) if url else c.ident(payload.get("attachment_id"))
+    return c.media(media_id, url=url)

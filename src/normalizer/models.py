@@ -113,7 +113,8 @@ class Contact(_Model):
 
 class Media(_Model):
     """One media item. ``GET /v1/channels/{channel_id}/media/{id}`` streams its bytes when ``id``
-    is set (WhatsApp media id, Telegram ``file_id``, Twilio media sid; docs/media.md)."""
+    is set: WhatsApp media id, Telegram ``file_id``, Twilio ``<MessageSid>:<MediaSid>``,
+    Messenger/Instagram ``u.<base64url of url>`` (docs/media.md)."""
 
     id: str | None = Field(
         default=None,

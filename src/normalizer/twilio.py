@@ -13,8 +13,8 @@ receipt time given by the caller; status callbacks with ``RawDlrDoneDate`` (the 
 delivery report time, ``YYMMDDhhmm``, taken as UTC) use it.
 
 MMS with several media keep every item in ``message.attachments`` (``MediaUrl{N}`` /
-``MediaContentType{N}``, the first also in ``message.media``; ``media.id`` is the media sid,
-the last path segment of the URL, which the media proxy resolves). The kind follows Twilio's
+``MediaContentType{N}``, the first also in ``message.media``; ``media.id`` is
+``<MessageSid>:<MediaSid>`` from the URL, which the media proxy resolves). The kind follows Twilio's
 ``MessageType`` when it names one (WhatsApp senders: a shared contact is ``contacts`` even
 though its media is a vCard document), else the first media's content type.
 
@@ -209,10 +209,14 @@ def _wa_phone(p: dict[str, str]) -> str | None:
 
 
 def _media_item(url: str | None, mime: str | None) -> c.Part:
-    """``media.id`` is the media sid (``ME…``), the URL's last segment, which the media proxy
-    turns back into the URL; the URL itself needs the account's credentials."""
-    sid = url.rstrip("/").rpartition("/")[2] if url else ""
-    return c.media(sid if sid.startswith("ME") else None, mime, url=url)
+    """``media.id`` is ``<MessageSid>:<MediaSid>`` from the URL's path (``…/Messages/{sid}/
+    Media/{sid}``), which the media proxy turns back into the URL; the URL itself needs the
+    account's credentials."""
+    parts = url.split("?", 1)[0].rstrip("/").split("/") if url else []
+    media_id = None
+    if len(parts) >= 4 and parts[-2] == "Media" and parts[-4] == "Messages":
+        media_id = f"{parts[-3]}:{parts[-1]}"
+    return c.media(media_id, mime, url=url)
 
 
 def _media_kind(mime: str | None, message_type: str | None) -> str:

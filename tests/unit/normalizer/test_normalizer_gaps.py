@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 from normalizer import normalize
@@ -49,8 +50,8 @@ def test_twilio_mms_keeps_every_media_item() -> None:
     message = event["data"]["message"]
     base = f"{TW_MEDIA}/MM1f0e8ae6ade43cb3c0ce4525424e4050/Media"
     assert [(a["id"], a["mime_type"], a["url"]) for a in message["attachments"]] == [
-        ("ME0", "image/jpeg", f"{base}/ME0"),
-        ("ME1", "image/png", f"{base}/ME1"),
+        ("MM1f0e8ae6ade43cb3c0ce4525424e4050:ME0", "image/jpeg", f"{base}/ME0"),
+        ("MM1f0e8ae6ade43cb3c0ce4525424e4050:ME1", "image/png", f"{base}/ME1"),
     ]
     assert message["media"] == message["attachments"][0]
     assert message["kind"] == "image"
@@ -62,7 +63,8 @@ def test_twilio_kind_follows_message_type_contacts_with_a_vcard() -> None:
     message = event["data"]["message"]
     assert message["kind"] == "contacts"
     assert message["media"]["mime_type"] == "text/vcard"
-    assert message["media"]["id"] == "ME0a0b0c0d0e0f00000000000000000001"
+    sids = "MM8824aa0000000000000000000000c001:ME0a0b0c0d0e0f00000000000000000001"
+    assert message["media"]["id"] == sids
 
 
 def test_twilio_vcard_without_message_type_is_contacts() -> None:
@@ -138,3 +140,6 @@ def test_messenger_keeps_every_attachment() -> None:
     assert len(message["attachments"]) >= 2
     assert message["media"] == message["attachments"][0]
     assert all(a["url"] for a in message["attachments"])
+    for item in message["attachments"]:  # the proxy id carries the URL the proxy fetches
+        encoded = item["id"].removeprefix("u.")
+        assert base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode() == item["url"]
