@@ -22,6 +22,10 @@ known under ``key``: a WhatsApp media id (``GET /{version}/{media_id}`` answers 
 Meta CDN name (``GET /cdn/meta/{key}``). Unknown keys answer as the platforms do (Graph error
 100, Telegram 400 "invalid file_id", Twilio 20404, 404 from a CDN).
 
+Uploads: ``POST /{version}/{node}/media`` (WhatsApp) answers ``{"id"}`` and
+``POST /{version}/me/message_attachments`` (Messenger/Instagram) ``{"attachment_id"}``; each is
+recorded in ``uploads`` and its bytes become downloadable media under the answered id.
+
 Twilio status callbacks: like Twilio, a successful send that carried ``StatusCallback`` is
 followed by one form POST per state in ``twilio_callback_states`` (default ``sent`` then
 ``delivered``) to that URL, signed with ``X-Twilio-Signature`` by the auth token of the send's
@@ -46,7 +50,14 @@ from urllib.parse import parse_qs
 import aiohttp
 from aiohttp import web
 
-__all__ = ["FakePlatformServer", "Fault", "Platform", "PostedCallback", "RecordedRequest"]
+__all__ = [
+    "FakePlatformServer",
+    "Fault",
+    "Platform",
+    "PostedCallback",
+    "RecordedRequest",
+    "Upload",
+]
 
 Platform = Literal["whatsapp", "messenger", "telegram", "twilio"]
 
@@ -66,6 +77,18 @@ class RecordedRequest:
     """``time.monotonic()`` at arrival."""
     status: int
     """The status the server answered (or would have, for hangs: 0)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Upload:
+    """A file uploaded to the fake Graph API (WhatsApp media or Meta attachment upload)."""
+
+    path: str
+    fields: Mapping[str, str]
+    filename: str | None
+    content_type: str | None
+    data: bytes
+    media_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +205,7 @@ class FakePlatformServer:
         self.callbacks: list[PostedCallback] = []
         self._background: set[asyncio.Task[None]] = set()
         self.media: dict[str, tuple[bytes, str]] = {}
+        self.uploads: list[Upload] = []
         self._session: aiohttp.ClientSession | None = None
 
     def inject(self, fault: Fault) -> Fault:
@@ -200,6 +224,8 @@ class FakePlatformServer:
         app.router.add_post("/bot{token}/{method}", self._telegram)
         app.router.add_post("/2010-04-01/Accounts/{sid}/Messages.json", self._twilio)
         app.router.add_post("/v2/Indicators/Typing.json", self._twilio_typing)
+        app.router.add_post("/{version}/{node}/media", self._graph_upload)
+        app.router.add_post("/{version}/{node}/message_attachments", self._graph_upload)
         app.router.add_get("/cdn/{platform}/{key}", self._cdn)
         app.router.add_get("/file/bot{token}/media/{key}", self._telegram_file)
         app.router.add_get(
@@ -481,6 +507,34 @@ class FakePlatformServer:
                 "id": key,
             },
         )
+
+    async def _graph_upload(self, request: web.Request) -> web.Response:
+        is_whatsapp = request.path.endswith("/media")
+        platform: Platform = "whatsapp" if is_whatsapp else "messenger"
+        if not request.headers.get("Authorization", "").startswith("Bearer "):
+            self._record_get(request, platform, 401)
+            fault = Fault(status=401, code=190, message="Invalid OAuth access token")
+            return _json(401, _error_body(platform, fault))
+        fields: dict[str, str] = {}
+        file_part: tuple[str | None, str | None, bytes] | None = None
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, aiohttp.BodyPartReader) or part.name is None:
+                continue
+            if part.filename is not None:
+                content_type = part.headers.get("Content-Type")
+                file_part = (part.filename, content_type, bytes(await part.read()))
+            else:
+                fields[part.name] = await part.text()
+        self._record_get(request, platform, 200 if file_part else 400)
+        if file_part is None:
+            fault = Fault(status=400, code=100, message="(#100) file is required")
+            return _json(400, _error_body(platform, fault))
+        media_id = f"{next(self._ids) + 7_000_000_000}"
+        filename, content_type, data = file_part
+        self.uploads.append(Upload(request.path, fields, filename, content_type, data, media_id))
+        self.media[media_id] = (data, content_type or "application/octet-stream")
+        return _json(200, {"id": media_id} if is_whatsapp else {"attachment_id": media_id})
 
     async def _cdn(self, request: web.Request) -> web.StreamResponse:
         platform = request.match_info["platform"]

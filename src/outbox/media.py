@@ -56,6 +56,7 @@ from switchboard.logging import get_logger
 from switchboard.resources import AppResources, DbSession, Resources
 
 __all__ = [
+    "HTTP_CLIENT_KEY",
     "MEDIA_MAX_BYTES",
     "MediaExpired",
     "MediaNotFound",
@@ -74,7 +75,7 @@ MEDIA_CONNECT_TIMEOUT: Final = 10.0
 MEDIA_READ_TIMEOUT: Final = 30.0
 MAX_REDIRECTS: Final = 3
 CHUNK: Final = 64 * 1024
-_EXTRA_KEY: Final = "media_http"
+HTTP_CLIENT_KEY: Final = "media_http"
 
 META_CDN_SUFFIXES: Final = (
     ".fbcdn.net",
@@ -125,11 +126,11 @@ async def http_client(resources: Resources) -> AsyncIterator[None]:
         total=MEDIA_TIMEOUT, sock_connect=MEDIA_CONNECT_TIMEOUT, sock_read=MEDIA_READ_TIMEOUT
     )
     async with aiohttp.ClientSession(timeout=timeout, auto_decompress=False) as session:
-        resources.extras[_EXTRA_KEY] = session
+        resources.extras[HTTP_CLIENT_KEY] = session
         try:
             yield
         finally:
-            resources.extras.pop(_EXTRA_KEY, None)
+            resources.extras.pop(HTTP_CLIENT_KEY, None)
 
 
 router = APIRouter(prefix="/v1", tags=["media"])
@@ -164,7 +165,7 @@ async def get_media(
     await session.close()  # nothing more to read: do not hold a connection while streaming
     if channel is None:
         raise MediaNotFound("channel not found")
-    client: aiohttp.ClientSession | None = resources.extras.get(_EXTRA_KEY)
+    client: aiohttp.ClientSession | None = resources.extras.get(HTTP_CLIENT_KEY)
     if client is None:
         raise PlatformError("the media proxy is not running in this process")
     bound = log.bind(channel_id=channel_id, platform=channel.platform)

@@ -4,6 +4,7 @@ event comes back as bytes, with its type and length, and nothing secret leaks.""
 from __future__ import annotations
 
 import base64
+import json
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import normalizer
 from fake_platforms.server import FakePlatformServer
 from normalizer.meta import url_media_id
 from outbox import media as media_module
+from outbox import media_upload
 from outbox.app import component
 from switchboard.settings import Settings
 from tests.conftest import ADMIN_KEY
@@ -165,3 +167,76 @@ async def test_bounds_errors_and_scope(
     assert (await proxy.get(str(uuid.uuid4()), "42")).status_code == 404
     assert (await proxy.get("not-a-uuid", "42")).status_code == 404
     assert (await proxy.get(channel_id, "42", headers={})).status_code == 401
+
+
+# ---- upload ------------------------------------------------------------------------------------
+
+
+async def upload(
+    proxy: Proxy, channel_id: str, data: bytes, mime: str, **fields: str
+) -> httpx.Response:
+    reply = await proxy.app.client.post(
+        f"/v1/channels/{channel_id}/media",
+        files={"file": ("photo.jpg", data, mime)},
+        data=fields,
+        headers=proxy.app.auth(ADMIN_KEY),
+    )
+    for secret in SECRETS:
+        assert secret not in reply.text
+    return reply
+
+
+async def test_whatsapp_upload_gives_an_id_that_comes_back_through_the_proxy(
+    proxy: Proxy,
+) -> None:
+    channel_id = await proxy.channel("whatsapp")
+    reply = await upload(proxy, channel_id, JPEG, "image/jpeg")
+    assert reply.status_code == 201, reply.text
+    answer = reply.json()
+    assert answer["kind"] == "image"
+    assert answer["size"] == len(JPEG)
+    [stored] = proxy.fake.uploads
+    assert stored.path == "/v21.0/106540352242922/media"
+    assert stored.fields == {"messaging_product": "whatsapp", "type": "image/jpeg"}
+    assert stored.data == JPEG
+    assert answer["id"] == stored.media_id
+    back = await proxy.get(channel_id, answer["id"])
+    assert back.content == JPEG
+
+
+@pytest.mark.parametrize("platform", ["messenger", "instagram"])
+async def test_meta_upload_uses_the_attachment_upload_api(proxy: Proxy, platform: str) -> None:
+    channel_id = await proxy.channel(platform)
+    reply = await upload(proxy, channel_id, b"%PDF-1.7 ...", "application/pdf", kind="document")
+    assert reply.status_code == 201, reply.text
+    [stored] = proxy.fake.uploads
+    assert stored.path == "/v21.0/me/message_attachments"
+    message = {"attachment": {"type": "file", "payload": {"is_reusable": True}}}
+    assert json.loads(stored.fields["message"]) == message
+    assert stored.fields.get("platform") == ("instagram" if platform == "instagram" else None)
+    assert reply.json()["id"] == stored.media_id
+
+
+async def test_upload_refusals(proxy: Proxy, monkeypatch: pytest.MonkeyPatch) -> None:
+    telegram = await proxy.channel("telegram")
+    refused = await upload(proxy, telegram, JPEG, "image/jpeg")
+    assert refused.status_code == 422
+    assert refused.json()["error"]["code"] == "upload_not_supported"
+    assert "url" in refused.json()["error"]["message"]
+
+    whatsapp = await proxy.channel("whatsapp")
+    monkeypatch.setattr(media_upload, "MEDIA_MAX_BYTES", 1000)
+    assert (await upload(proxy, whatsapp, JPEG, "image/jpeg")).status_code == 413
+    monkeypatch.undo()
+    assert (await upload(proxy, whatsapp, JPEG, "image/jpeg", kind="gif")).status_code == 422
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"--x\r\n"
+
+    unsized = await proxy.app.client.post(
+        f"/v1/channels/{whatsapp}/media",
+        content=chunks(),
+        headers={**proxy.app.auth(ADMIN_KEY), "content-type": "multipart/form-data; boundary=x"},
+    )
+    assert unsized.status_code == 411
+    assert not proxy.fake.uploads
