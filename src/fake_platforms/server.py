@@ -392,7 +392,7 @@ class FakePlatformServer:
                     "file_path": f"media/{file_id}",
                 },
             }
-        elif method in ("setMessageReaction", "sendChatAction"):
+        elif method in ("setMessageReaction", "sendChatAction", "answerCallbackQuery"):
             success = {"ok": True, "result": True}
         else:
             result: dict[str, Any] = {

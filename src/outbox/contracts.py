@@ -6,8 +6,9 @@ without its caption) and the sub-object matching ``content.kind`` must be presen
 others stay empty. Platform-specific limits (button counts, lengths, what a platform cannot
 express at all) are checked by each platform's ``Sender.validate``, not here.
 
-``typing`` and ``mark_read`` are *signals*, not messages: a typing indicator and a read mark
-("blue ticks") on the customer's message. They are useless late, so unless the command says
+``typing``, ``mark_read`` and ``callback_answer`` are *signals*, not messages: a typing
+indicator, a read mark ("blue ticks") on the customer's message, the answer that stops a Telegram
+button's spinner. They are useless late, so unless the command says
 otherwise they expire ``SIGNAL_TTL_SECONDS`` after acceptance (and a later ``not_after`` is
 shortened to that), rather than being retried for hours like a message.
 """
@@ -31,6 +32,7 @@ __all__ = [
     "SIGNAL_KINDS",
     "SIGNAL_TTL_SECONDS",
     "Button",
+    "CallbackAnswer",
     "CommandId",
     "Content",
     "ContentKind",
@@ -77,8 +79,17 @@ LIFECYCLE_EVENT_TYPES: tuple[LifecycleEventType, ...] = (
     "message.cancelled",
 )
 
-ContentKind = Literal["text", "media", "template", "interactive", "reaction", "typing", "mark_read"]
-SIGNAL_KINDS: frozenset[str] = frozenset({"typing", "mark_read"})
+ContentKind = Literal[
+    "text",
+    "media",
+    "template",
+    "interactive",
+    "reaction",
+    "typing",
+    "mark_read",
+    "callback_answer",
+]
+SIGNAL_KINDS: frozenset[str] = frozenset({"typing", "mark_read", "callback_answer"})
 SIGNAL_TTL_SECONDS = 10.0
 """Lifetime of a typing indicator or read mark: WhatsApp drops its indicator after 25 s, and a
 read mark or indicator that arrives after the reply it announced is worse than none."""
@@ -188,6 +199,16 @@ class MarkRead(_Contract):
     message_id: ReplyTo
 
 
+class CallbackAnswer(_Contract):
+    """Answer a Telegram button press (``answerCallbackQuery``): stops the button's spinner and
+    optionally shows ``text`` (as an alert with ``show_alert``). ``callback_query_id`` is the
+    ``data.message.id`` of the inbound ``reply`` event the press produced."""
+
+    callback_query_id: ReplyTo
+    text: Annotated[str, Field(max_length=200)] | None = None
+    show_alert: bool = False
+
+
 _SUB_OBJECTS: tuple[ContentKind, ...] = (
     "text",
     "media",
@@ -196,6 +217,7 @@ _SUB_OBJECTS: tuple[ContentKind, ...] = (
     "reaction",
     "typing",
     "mark_read",
+    "callback_answer",
 )
 
 
@@ -208,6 +230,7 @@ class Content(_Contract):
     reaction: Reaction | None = None
     typing: Typing | None = None
     mark_read: MarkRead | None = None
+    callback_answer: CallbackAnswer | None = None
 
     @model_validator(mode="after")
     def _matching_sub_object(self) -> Content:

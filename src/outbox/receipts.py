@@ -31,6 +31,11 @@ WhatsApp statuses with ``pricing.billable`` are counted in
 ``switchboard_outbox_billable_messages_total{platform,category}`` (every billable status of the
 channel's number, ours or not; at least once: a consumer restart may count a record again).
 
+Telegram button presses (a ``message.received`` whose raw update is a ``callback_query``) are
+answered automatically: ``answer_callbacks`` stages a ``callback_answer`` command (command id
+``auto:answer:<event id>``, so a redelivered press is answered once) through the normal intake,
+so the button stops spinning even when the consumer of the event never answers it.
+
 ``message.received`` events (not echoes of our own messages) record the last inbound instant per
 ``channel_id:contact.id`` for WhatsApp's 24-hour window (``outbox.intake.window_key``).
 
@@ -57,8 +62,15 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from normalizer.models import MessageEvent, StatusEvent
-from outbox import events
-from outbox.contracts import LifecycleError, LifecycleEventType
+from outbox import events, intake
+from outbox.contracts import (
+    CallbackAnswer,
+    Content,
+    LifecycleError,
+    LifecycleEventType,
+    SendCommand,
+)
+from outbox.errors import Rejected
 from outbox.intake import window_key
 from outbox.models import (
     CONVERSATION_KEY_MAX,
@@ -75,6 +87,7 @@ __all__ = [
     "PLATFORM_ID_MAX",
     "WINDOW_KEY_MAX",
     "Transition",
+    "answer_callbacks",
     "apply_status",
     "apply_watermark",
     "record_windows",
@@ -346,6 +359,49 @@ def _advance(
         after=message.state,
     )
     return Transition(message.id, before, message.state)
+
+
+def callback_answers(received: Iterable[MessageEvent]) -> list[SendCommand]:
+    """The ``callback_answer`` commands for the Telegram button presses among ``received``."""
+    commands = []
+    for event in received:
+        data = event.data
+        raw = data.raw
+        if data.platform != "telegram" or event.type != "message.received":
+            continue
+        if not isinstance(raw, dict) or not isinstance(raw.get("callback_query"), dict):
+            continue
+        query_id = data.message.id
+        chat = data.conversation_id.rpartition(":")[2]
+        if not query_id or not chat or chat == "-" or len(query_id) > 300:
+            continue
+        commands.append(
+            SendCommand(
+                id=f"auto:answer:{event.id}",
+                channel_id=data.channel_id,
+                to=chat,
+                content=Content(
+                    kind="callback_answer",
+                    callback_answer=CallbackAnswer(callback_query_id=query_id),
+                ),
+            )
+        )
+    return commands
+
+
+async def answer_callbacks(
+    session: AsyncSession, settings: Settings, received: Iterable[MessageEvent]
+) -> int:
+    """Stage the automatic answers to Telegram button presses; returns how many were new."""
+    staged = 0
+    for command in callback_answers(received):
+        try:
+            accepted = await intake.accept(session, settings, command, source="kafka")
+        except Rejected as exc:  # the channel is gone: nothing to answer with
+            _skipped("callback_answer_refused", code=exc.code, channel_id=command.channel_id)
+            continue
+        staged += 0 if accepted.replayed else 1
+    return staged
 
 
 def window_updates(

@@ -107,6 +107,8 @@ class MetaMessengerSender:
         name = self.platform.capitalize()
         if command.reply_to is not None:
             raise UnsupportedContent(f"{name}: quoted replies (reply_to) are not supported")
+        if content.callback_answer is not None:
+            raise UnsupportedContent("callback answers are for Telegram button presses only")
         body: dict[str, Any] = {"recipient": {"id": command.to}}
         if content.typing is not None or content.mark_read is not None:
             body["sender_action"] = "typing_on" if content.typing is not None else "mark_seen"

@@ -129,6 +129,8 @@ class TwilioSender:
 
     def _form(self, command: SendCommand, *, sender: str) -> dict[str, str | list[str]]:
         content = command.content
+        if content.callback_answer is not None:
+            raise UnsupportedContent("callback answers are for Telegram button presses only")
         if content.typing is not None or content.mark_read is not None:
             return _typing_form(command, sender)
         if command.reply_to is not None:

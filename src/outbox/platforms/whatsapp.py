@@ -119,6 +119,8 @@ class WhatsAppSender:
 
     def _build(self, command: SendCommand) -> dict[str, Any]:
         content = command.content
+        if content.callback_answer is not None:
+            raise UnsupportedContent("callback answers are for Telegram button presses only")
         if content.typing is not None or content.mark_read is not None:
             return _signal(command)
         body: dict[str, Any] = {

@@ -35,7 +35,7 @@ from outbox.platforms import ChannelConfig
 from outbox.worker import DeliveryWorker
 from switchboard.settings import Settings
 from tests.conftest import ADMIN_KEY
-from tests.integration.gateway.conftest import ACCOUNTS, channel_body, meta_headers
+from tests.integration.gateway.conftest import ACCOUNTS, TG_SECRET, channel_body, meta_headers
 from tests.integration.outbox.test_worker import eventually, tune
 from tests.support import RunningApp, running_app
 
@@ -230,3 +230,23 @@ async def test_whatsapp_billable_statuses_are_counted_per_category(stack: Stack)
         return (REGISTRY.get_sample_value(name, sample) or 0.0) == before + 1
 
     await eventually(counted, limit=30)
+
+
+async def test_telegram_button_press_is_answered_once(stack: Stack) -> None:
+    channel_id = await stack.channel("telegram")
+    body = (FIXTURES / "telegram" / "callback_query.json").read_bytes()
+    headers = {"content-type": "application/json", "x-telegram-bot-api-secret-token": TG_SECRET}
+    for _ in range(2):  # a redelivered update is answered once
+        reply = await stack.app.client.post(
+            f"/webhooks/telegram/{channel_id}", content=body, headers=headers
+        )
+        assert reply.status_code == 200, reply.text
+
+    def answers() -> list[Any]:
+        return [r for r in stack.fake.requests if r.path.endswith("/answerCallbackQuery")]
+
+    async def answered() -> bool:
+        return len(answers()) == 1
+
+    await eventually(answered, limit=30)
+    assert answers()[0].json == {"callback_query_id": "4382bfdwdsb323b2d9"}

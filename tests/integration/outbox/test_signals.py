@@ -169,3 +169,18 @@ async def test_api_accepts_signals_with_a_short_life_and_refuses_what_a_platform
     refused = await send(api, {"channel_id": telegram, "to": "42", "content": READ}, key="t2")
     assert refused.status_code == 422, refused.text
     assert "cannot mark messages as read" in refused.text
+
+
+async def test_telegram_callback_answer(server: FakePlatformServer, client: HttpClient) -> None:
+    content = {
+        "kind": "callback_answer",
+        "callback_answer": {"callback_query_id": "4382bfdwdsb323b2d9", "text": "Done"},
+    }
+    result = await _send(server, client, "telegram", cmd("42", content))
+    assert result.outcome == "sent"
+    request = only(server)
+    assert request.path.endswith("/answerCallbackQuery")
+    assert request.json == {"callback_query_id": "4382bfdwdsb323b2d9", "text": "Done"}
+    for platform, to in (("whatsapp", "+393331234567"), ("messenger", "1"), ("twilio", "+1555")):
+        with pytest.raises(UnsupportedContent, match="Telegram button presses only"):
+            SENDERS[platform].validate(cmd(to, content), account_id="+15550000000")
