@@ -45,6 +45,7 @@ import aiohttp
 import orjson
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
+from starlette.background import BackgroundTask
 
 from outbox.platforms._graph import GRAPH_API_VERSION, GRAPH_BASE_URL
 from outbox.platforms.telegram import TELEGRAM_BASE_URL
@@ -184,8 +185,15 @@ async def get_media(
     media_type = fetch.content_type or response.headers.get("Content-Type")
     bound.info("outbox.media_streamed", length=response.content_length)
     return StreamingResponse(
-        _body(response), media_type=media_type or "application/octet-stream", headers=headers
+        _body(response),
+        media_type=media_type or "application/octet-stream",
+        headers=headers,
+        background=BackgroundTask(_release, response),  # also when the body never started
     )
+
+
+async def _release(response: aiohttp.ClientResponse) -> None:
+    response.release()
 
 
 async def _body(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
