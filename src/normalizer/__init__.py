@@ -42,17 +42,18 @@ Mapping decisions (where §4 leaves room)
 * ``account_id``: from the payload (WhatsApp ``metadata.phone_number_id``, Meta ``entry.id``,
   Twilio our address: ``To`` inbound, ``From`` for status callbacks), else the ``account_id``
   argument (the channel's configured id; Telegram updates never carry the bot id), else null.
-* ``conversation_id`` = ``<platform>:<account_id or "">:<peer or "">``, where the peer is the
+* ``conversation_id`` = ``<platform>:<account_id or "-">:<peer or "-">``, where the peer is the
   customer: WhatsApp ``wa_id``/``from`` (status: ``recipient_id``; BSUID ``user_id`` when no
   phone is given), Meta PSID/IGSID (for echoes the recipient), Telegram ``chat.id``, Twilio
-  ``From`` inbound / ``To`` in status callbacks. Events not about one conversation (template
-  updates, account alerts) have an empty peer, which keeps them ordered per account.
+  ``From`` inbound / ``To`` in status callbacks; a WhatsApp group message: the ``group_id``.
+  Events not about one conversation (template updates, account alerts) have the peer ``-``,
+  which keeps them ordered per account; no part is ever empty.
   Treat it as an opaque key: Twilio addresses keep their ``whatsapp:`` prefix, so the
   Twilio form is ``twilio:whatsapp:+1415…:whatsapp:+1650…``.
 * ``data.message.kind`` is null only for ``message.deleted``. ``reply`` carries
   button/list/postback/quick-reply/callback payloads (``reply.id`` = payload, ``title`` =
-  visible text when known). Reaction removal → ``emoji: ""``. A message with several media
-  (Messenger attachments, Twilio MMS) has the first in ``media``; all are in ``raw``.
+  visible text when known). Reaction removal → ``emoji: ""``. Every media item of a message is
+  in ``attachments`` (Messenger attachments, Twilio MMS), the first also in ``media``.
 * Additions (documented in ``normalizer.models``): ``message.echo``, ``message.forwarded``,
   ``status.watermark``, ``data.conversation`` (``blocked``, ``referral``) for
   ``conversation.updated``. Telegram ``my_chat_member`` kicked/left → ``blocked: true``,
@@ -130,7 +131,7 @@ def normalize(
         raise NormalizeError(f"{platform}: body must be bytes")
     emitter = _common.Emitter(platform, channel_id, account_id, received_at)
     if platform == "twilio":
-        twilio.normalize(emitter, twilio.parse_form(bytes(body), content_type))
+        twilio.normalize_body(emitter, bytes(body), content_type)
         return emitter.events
     try:
         doc = _parse_json(body)

@@ -38,6 +38,10 @@ RAISE_INTERNAL_ERRORS = False
 
 _MAX_EPOCH: Final = 253402300799  # 9999-12-31T23:59:59Z
 
+#: Stands for an unknown account or an event about no one conversation in a conversation id
+#: (``whatsapp:<account>:-``): no part of the id is ever empty.
+NONE: Final = "-"
+
 
 # --------------------------------------------------------------------------- tolerant readers
 
@@ -247,6 +251,7 @@ def message(
     reply_to: str | None = None,
     forwarded: bool = False,
     echo: bool = False,
+    attachments: list[Part] | None = None,
 ) -> Part:
     return {
         "id": message_id,
@@ -257,6 +262,7 @@ def message(
         "reply": reply,
         "reaction": reaction,
         "reply_to": reply_to,
+        "attachments": attachments if attachments is not None else [media] if media else [],
         "forwarded": forwarded,
         "echo": echo,
     }
@@ -346,7 +352,7 @@ class Emitter:
         raw: object,
     ) -> None:
         account_id = account_id or self.account_id
-        conv = f"{self.platform}:{account_id or ''}:{peer or ''}"
+        conv = f"{self.platform}:{account_id or NONE}:{peer or NONE}"
         self.events.append(
             validate(
                 {

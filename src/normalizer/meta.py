@@ -8,11 +8,14 @@ mentions, …) become ``unsupported`` events.
 
 from __future__ import annotations
 
+import base64
 from typing import Any, Final
 
 from . import _common as c
 from .errors import NormalizeError
 
+#: ``media.id`` of an attachment with a URL is ``url_media_id(url)``, the id the media proxy
+#: (``GET /v1/channels/{id}/media/{media_id}``) resolves; without a URL, its ``attachment_id``.
 #: Attachment type → message kind. ``image`` with a ``sticker_id`` is a sticker; every other
 #: type (share, story_mention, reel, ig_reel, post, ig_post, fallback, template, …) is
 #: ``unsupported`` with its ``payload.url`` in ``media.url`` and the whole message in ``raw``.
@@ -199,9 +202,7 @@ def _message(
                     "address": None,
                 }
         else:
-            url = c.text(payload.get("url"))
-            if url is not None or kind != "unsupported":
-                media = c.media(c.ident(payload.get("attachment_id")), url=url)
+            media = _attachment_media(first, kind)
             if text is None and kind == "unsupported":
                 text = c.text(payload.get("title"))
     if msg.get("is_unsupported") is True:
@@ -210,7 +211,43 @@ def _message(
     reply_to = c.text(reply_to_obj.get("mid")) or c.ident(
         c.obj(reply_to_obj.get("story")).get("id")
     )
+    items = [
+        part
+        for a in attachments[1:]
+        if type(a) is dict
+        and (part := _attachment_media(a, _attachment_kind(a.get("type")))) is not None
+    ]
     body = c.message(
-        mid, kind, text, media=media, location=location, reply=reply, reply_to=reply_to, echo=echo
+        mid,
+        kind,
+        text,
+        media=media,
+        location=location,
+        reply=reply,
+        reply_to=reply_to,
+        echo=echo,
+        attachments=([media] if media else []) + items,
     )
     em.message("message.received", key, time, account, peer, person, body, ev)
+
+
+def _attachment_kind(atype: object) -> str:
+    return ATTACHMENT_KINDS.get(atype, "unsupported") if type(atype) is str else "unsupported"
+
+
+def url_media_id(url: str) -> str:
+    """The media proxy's id of an attachment URL: ``u.`` + base64url (no padding). Meta gives
+    inbound attachments no id, only a signed CDN URL, which is what the proxy fetches."""
+    encoded = base64.urlsafe_b64encode(url.encode("utf-8", "surrogatepass"))
+    return "u." + encoded.decode().rstrip("=")
+
+
+def _attachment_media(attachment: dict[str, Any], kind: str) -> c.Part | None:
+    if kind == "location":
+        return None
+    payload = c.obj(attachment.get("payload"))
+    url = c.text(payload.get("url"))
+    if url is None and kind == "unsupported":
+        return None
+    media_id = url_media_id(url) if url else c.ident(payload.get("attachment_id"))
+    return c.media(media_id, url=url)

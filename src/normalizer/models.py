@@ -12,6 +12,11 @@ Additions to §4, all documented here and in the package docstring:
   ``is_echo``, WhatsApp ``smb_message_echoes``); the contact is then the recipient.
 * ``data.status.watermark`` (RFC 3339 or null): Messenger/Instagram receipts that cover every
   message sent at or before this instant rather than one message id.
+* ``data.message.attachments`` (list): every media item of the message, in platform order
+  (Twilio MMS and Messenger carry several); the first is also ``data.message.media``. Empty
+  when the message has no media.
+* ``data.status.pricing`` (object or null): WhatsApp's pricing facts for the message
+  (``category``, ``billable``, ``model``), on the one status (delivered or read) that has them.
 * ``data.conversation`` (object or null, ``conversation.updated`` only): ``blocked`` (can the
   business still write to this conversation: Telegram ``my_chat_member``) and ``referral``
   (Messenger/Instagram ``referral`` events: the user opened the conversation from a link or ad).
@@ -41,6 +46,7 @@ __all__ = [
     "MessageEvent",
     "MessageKind",
     "Platform",
+    "Pricing",
     "Reaction",
     "Referral",
     "Reply",
@@ -106,7 +112,15 @@ class Contact(_Model):
 
 
 class Media(_Model):
-    id: str | None = Field(default=None, description="Platform media id / file_id, if any")
+    """One media item. ``GET /v1/channels/{channel_id}/media/{id}`` streams its bytes when ``id``
+    is set: WhatsApp media id, Telegram ``file_id``, Twilio ``<MessageSid>:<MediaSid>``,
+    Messenger/Instagram ``u.<base64url of url>`` (docs/media.md)."""
+
+    id: str | None = Field(
+        default=None,
+        description="Platform media id / file_id: GET /v1/channels/{channel_id}/media/{id} "
+        "fetches the bytes",
+    )
     mime_type: str | None = None
     sha256: str | None = None
     filename: str | None = None
@@ -141,6 +155,9 @@ class Message(_Model):
     reply: Reply | None = None
     reaction: Reaction | None = None
     reply_to: str | None = Field(default=None, description="Id of the quoted message")
+    attachments: list[Media] = Field(
+        default_factory=list, description="Every media item; the first is also `media`"
+    )
     forwarded: bool = False
     echo: bool = Field(default=False, description="Sent by the business, not the contact")
 
@@ -151,6 +168,16 @@ class StatusError(_Model):
     detail: str | None = None
 
 
+class Pricing(_Model):
+    """WhatsApp ``statuses[].pricing``: what the message costs the business."""
+
+    category: str | None = Field(
+        default=None, description="marketing, utility, authentication, service, …"
+    )
+    billable: bool | None = None
+    model: str | None = Field(default=None, description="Pricing model: PMP, CBP")
+
+
 class Status(_Model):
     message_id: str | None = Field(description="Platform id of our outbound message")
     state: StatusState
@@ -159,6 +186,7 @@ class Status(_Model):
     watermark: Timestamp | None = Field(
         default=None, description="Receipt covers every message sent at or before this instant"
     )
+    pricing: Pricing | None = None
 
 
 class Referral(_Model):

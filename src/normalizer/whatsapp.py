@@ -122,7 +122,9 @@ def _message(em: c.Emitter, m: Any, account: str | None, contacts: list[Any], ec
         person = c.contact(to or c.text(m.get("to_user_id")), phone=_phone(to))
     else:
         person = _contact(contacts, c.ident(m.get("from")), c.text(m.get("from_user_id")))
-    peer = person["id"] if person is not None else None
+    # A group message belongs to the group's conversation (the id a send to the group takes and
+    # its statuses carry as recipient_id); the contact stays the participant who wrote it.
+    peer = c.ident(m.get("group_id")) or (person["id"] if person is not None else None)
     kind = m.get("type")
     if key is None:
         em.unsupported(m, time=time, account_id=account, peer=peer, contact=person)
@@ -148,9 +150,9 @@ def _body(m: dict[str, Any], mid: str | None, echo: bool) -> Any:
     if kind == "text":
         out = "text"
         text = c.text(c.obj(m.get("text")).get("body"))
-    elif kind in _MEDIA:
+    elif kind in _MEDIA or kind == "voice":  # ``voice``: the legacy type of voice notes
         part = c.obj(m.get(kind))
-        out = "voice" if kind == "audio" and part.get("voice") is True else kind
+        out = "voice" if kind == "voice" or part.get("voice") is True else kind
         text = c.nonempty(part.get("caption"))
         media = c.media(
             c.ident(part.get("id")),
@@ -255,5 +257,17 @@ def _status(em: c.Emitter, s: Any, account: str | None) -> None:
         "recipient_id": recipient,
         "error": error,
         "watermark": None,
+        "pricing": _pricing(s.get("pricing")),
     }
     em.status(key, time, account, recipient, person, status, s)
+
+
+def _pricing(value: object) -> c.Part | None:
+    if type(value) is not dict:
+        return None
+    billable = value.get("billable")
+    return {
+        "category": c.text(value.get("category")),
+        "billable": billable if type(billable) is bool else None,
+        "model": c.text(value.get("pricing_model")),
+    }

@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from outbox import media, media_upload
 from outbox.commands import run_intake
 from outbox.endpoints import router
 from outbox.schemas import lifecycle_event_schema, send_command_schema
@@ -27,20 +28,21 @@ def component(settings: Settings) -> Component:
 
     @asynccontextmanager
     async def lifespan(resources: Resources) -> AsyncIterator[None]:
-        if not resources.settings.outbox_api_runs_consumers:
-            yield
-            return
-        stop = asyncio.Event()
-        task = asyncio.create_task(run_intake(resources, stop), name="outbox-intake")
-        try:
-            yield
-        finally:
-            stop.set()
-            await task
+        async with media.http_client(resources):
+            if not resources.settings.outbox_api_runs_consumers:
+                yield
+                return
+            stop = asyncio.Event()
+            task = asyncio.create_task(run_intake(resources, stop), name="outbox-intake")
+            try:
+                yield
+            finally:
+                stop.set()
+                await task
 
     return Component(
         name="outbox",
-        routers=[router],
+        routers=[router, media.router, media_upload.router],
         lifespan=lifespan,
         schemas={
             "send-command": send_command_schema(),

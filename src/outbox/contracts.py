@@ -5,11 +5,17 @@ are rejected (a typo such as ``captoin`` must fail loudly with 422 rather than s
 without its caption) and the sub-object matching ``content.kind`` must be present while the
 others stay empty. Platform-specific limits (button counts, lengths, what a platform cannot
 express at all) are checked by each platform's ``Sender.validate``, not here.
+
+``typing``, ``mark_read`` and ``callback_answer`` are *signals*, not messages: a typing
+indicator, a read mark ("blue ticks") on the customer's message, the answer that stops a Telegram
+button's spinner. They are useless late, so unless the command says
+otherwise they expire ``SIGNAL_TTL_SECONDS`` after acceptance (and a later ``not_after`` is
+shortened to that), rather than being retried for hours like a message.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -23,7 +29,10 @@ __all__ = [
     "RECIPIENT_MAX",
     "REPLY_TO_MAX",
     "SEND_COMMAND_TYPE",
+    "SIGNAL_KINDS",
+    "SIGNAL_TTL_SECONDS",
     "Button",
+    "CallbackAnswer",
     "CommandId",
     "Content",
     "ContentKind",
@@ -31,6 +40,7 @@ __all__ = [
     "LifecycleError",
     "LifecycleEventData",
     "LifecycleEventType",
+    "MarkRead",
     "Media",
     "MediaKind",
     "Metadata",
@@ -39,6 +49,8 @@ __all__ = [
     "ReplyTo",
     "SendCommand",
     "Template",
+    "Typing",
+    "signal_not_after",
 ]
 
 CONTRACT_VERSION = "v1"
@@ -67,7 +79,20 @@ LIFECYCLE_EVENT_TYPES: tuple[LifecycleEventType, ...] = (
     "message.cancelled",
 )
 
-ContentKind = Literal["text", "media", "template", "interactive", "reaction"]
+ContentKind = Literal[
+    "text",
+    "media",
+    "template",
+    "interactive",
+    "reaction",
+    "typing",
+    "mark_read",
+    "callback_answer",
+]
+SIGNAL_KINDS: frozenset[str] = frozenset({"typing", "mark_read", "callback_answer"})
+SIGNAL_TTL_SECONDS = 10.0
+"""Lifetime of a typing indicator or read mark: WhatsApp drops its indicator after 25 s, and a
+read mark or indicator that arrives after the reply it announced is worse than none."""
 MediaKind = Literal["image", "video", "audio", "document", "sticker"]
 
 NonEmptyStr = Annotated[str, Field(min_length=1)]
@@ -160,7 +185,40 @@ class Reaction(_Contract):
     emoji: str
 
 
-_SUB_OBJECTS: tuple[ContentKind, ...] = ("text", "media", "template", "interactive", "reaction")
+class Typing(_Contract):
+    """Show a typing indicator to ``to``. WhatsApp (and WhatsApp via Twilio) needs the id of the
+    customer's message being answered, which it also marks as read; elsewhere it is optional."""
+
+    message_id: ReplyTo | None = None
+
+
+class MarkRead(_Contract):
+    """Mark the customer's message ``message_id`` as read (Messenger/Instagram mark the whole
+    conversation seen: their API takes no message id)."""
+
+    message_id: ReplyTo
+
+
+class CallbackAnswer(_Contract):
+    """Answer a Telegram button press (``answerCallbackQuery``): stops the button's spinner and
+    optionally shows ``text`` (as an alert with ``show_alert``). ``callback_query_id`` is the
+    ``data.message.id`` of the inbound ``reply`` event the press produced."""
+
+    callback_query_id: ReplyTo
+    text: Annotated[str, Field(max_length=200)] | None = None
+    show_alert: bool = False
+
+
+_SUB_OBJECTS: tuple[ContentKind, ...] = (
+    "text",
+    "media",
+    "template",
+    "interactive",
+    "reaction",
+    "typing",
+    "mark_read",
+    "callback_answer",
+)
 
 
 class Content(_Contract):
@@ -170,6 +228,9 @@ class Content(_Contract):
     template: Template | None = None
     interactive: Interactive | None = None
     reaction: Reaction | None = None
+    typing: Typing | None = None
+    mark_read: MarkRead | None = None
+    callback_answer: CallbackAnswer | None = None
 
     @model_validator(mode="after")
     def _matching_sub_object(self) -> Content:
@@ -227,7 +288,21 @@ class SendCommand(_Contract):
             raise ValueError(
                 "a reaction already targets content.reaction.message_id; drop reply_to"
             )
+        if self.content.kind in SIGNAL_KINDS and self.reply_to is not None:
+            raise ValueError(
+                f"{self.content.kind} is not a message and quotes nothing: drop reply_to "
+                f"(the customer's message goes in content.{self.content.kind}.message_id)"
+            )
         return self
+
+
+def signal_not_after(command: SendCommand, now: datetime, default: datetime) -> datetime:
+    """The ``not_after`` to store: ``default`` for messages without one; for signals (typing,
+    mark_read) at most ``SIGNAL_TTL_SECONDS`` from ``now``, whatever the command asked."""
+    chosen = command.not_after or default
+    if command.content.kind in SIGNAL_KINDS:
+        return min(chosen, now + timedelta(seconds=SIGNAL_TTL_SECONDS))
+    return chosen
 
 
 def _holds_nul(value: Any) -> bool:

@@ -33,7 +33,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from outbox import events
-from outbox.contracts import LifecycleError, SendCommand
+from outbox.contracts import LifecycleError, SendCommand, signal_not_after
 from outbox.errors import (
     ChannelDisabled,
     ContentNotSupported,
@@ -214,8 +214,9 @@ async def accept(
         "message_metadata": dict(command.metadata),
         "state": "queued" if refusal is None else "failed",
         "next_attempt_at": now,
-        "not_after": command.not_after
-        or now + timedelta(seconds=settings.outbox_default_ttl_seconds),
+        "not_after": signal_not_after(
+            command, now, now + timedelta(seconds=settings.outbox_default_ttl_seconds)
+        ),
         "last_error": None,
         "finished_at": None,
     }

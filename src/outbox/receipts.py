@@ -17,6 +17,25 @@ platform id, in arrival order and through the same forward-only rule, then purge
 a receipt for an id that never appears (another sender on the same number, a send whose outcome
 was lost and that was sent again under a new id) is gone after the TTL.
 
+Watermark receipts (Messenger/Instagram ``read``, and ``delivery`` without ``mids``) name no
+message: they cover every message sent to that recipient at or before the watermark. Each such
+message of the channel (``recipient`` = the receipt's ``recipient_id``, ``sent_at`` at or before
+the watermark plus ``WATERMARK_SKEW``) moves forward by the same rule, oldest first, at most
+``WATERMARK_BATCH`` per receipt. The skew allowance exists because ``sent_at`` is our clock
+after the platform answered, while the watermark is the platform's time of the message, earlier
+by the send's latency; without it the last message read would never be marked. A watermark
+that arrives before the worker recorded a send does not cover it (watermark receipts are not
+held: they carry no id to wait for).
+
+WhatsApp statuses with ``pricing.billable`` are counted in
+``switchboard_outbox_billable_messages_total{platform,category}`` (every billable status of the
+channel's number, ours or not; at least once: a consumer restart may count a record again).
+
+Telegram button presses (a ``message.received`` whose raw update is a ``callback_query``) are
+answered automatically: ``answer_callbacks`` stages a ``callback_answer`` command (command id
+``auto:answer:<event id>``, so a redelivered press is answered once) through the normal intake,
+so the button stops spinning even when the consumer of the event never answers it.
+
 ``message.received`` events (not echoes of our own messages) record the last inbound instant per
 ``channel_id:contact.id`` for WhatsApp's 24-hour window (``outbox.intake.window_key``).
 
@@ -33,17 +52,25 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
 
 import orjson
+from prometheus_client import Counter
 from sqlalchemy import delete, func, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from normalizer.models import MessageEvent, StatusEvent
-from outbox import events
-from outbox.contracts import LifecycleError, LifecycleEventType
+from outbox import events, intake
+from outbox.contracts import (
+    CallbackAnswer,
+    Content,
+    LifecycleError,
+    LifecycleEventType,
+    SendCommand,
+)
+from outbox.errors import Rejected
 from outbox.intake import window_key
 from outbox.models import (
     CONVERSATION_KEY_MAX,
@@ -56,10 +83,13 @@ from switchboard.logging import get_logger
 from switchboard.settings import Settings
 
 __all__ = [
+    "BILLABLE",
     "PLATFORM_ID_MAX",
     "WINDOW_KEY_MAX",
     "Transition",
+    "answer_callbacks",
     "apply_status",
+    "apply_watermark",
     "record_windows",
     "settle_pending",
     "storable",
@@ -70,6 +100,29 @@ log = get_logger(__name__)
 
 PLATFORM_ID_MAX = PLATFORM_MESSAGE_ID_MAX
 WINDOW_KEY_MAX = CONVERSATION_KEY_MAX
+
+
+WATERMARK_SKEW: Final = timedelta(seconds=2)
+WATERMARK_BATCH: Final = 1000
+
+BILLABLE = Counter(
+    "switchboard_outbox_billable_messages",
+    "Billable messages reported by the platform's pricing facts, per category",
+    ["platform", "category"],
+)
+#: WhatsApp pricing categories (PMP and CBP); anything else is counted as ``other`` so the
+#: label set stays bounded.
+PRICING_CATEGORIES: Final = frozenset(
+    {
+        "marketing",
+        "marketing_lite",
+        "utility",
+        "authentication",
+        "authentication_international",
+        "service",
+        "referral_conversion",
+    }
+)
 
 
 def storable(value: str, limit: int) -> bool:
@@ -132,6 +185,10 @@ async def apply_status(
     whose message is not found (its platform id is not recorded yet) is held in
     ``outbox_pending_receipts`` for ``outbox_pending_receipt_ttl`` seconds."""
     status = event.data.status
+    _count_billable(event)
+    if status.message_id is None and status.watermark is not None:
+        moved = await apply_watermark(session, settings, event, now=now)
+        return moved[-1] if moved else None
     if status.message_id is None or status.state not in _FORWARD:
         return None
     try:
@@ -172,6 +229,56 @@ async def apply_status(
         )
         return None
     return _advance(session, settings, message, status.state, error, now)
+
+
+def _count_billable(event: StatusEvent) -> None:
+    pricing = event.data.status.pricing
+    if pricing is None or pricing.billable is not True:
+        return
+    category = pricing.category if pricing.category in PRICING_CATEGORIES else "other"
+    BILLABLE.labels(event.data.platform, category).inc()
+
+
+async def apply_watermark(
+    session: AsyncSession, settings: Settings, event: StatusEvent, *, now: datetime | None = None
+) -> list[Transition]:
+    """A receipt without a message id covering every message sent to ``recipient_id`` at or
+    before ``watermark``: each one that can move forward does, oldest first."""
+    status = event.data.status
+    if status.state not in ("delivered", "read") or not status.recipient_id:
+        return []
+    if status.watermark is None or not storable(status.recipient_id, PLATFORM_ID_MAX):
+        return []
+    try:
+        channel_id = uuid.UUID(event.data.channel_id)
+        watermark = datetime.fromisoformat(status.watermark.replace("Z", "+00:00"))
+    except ValueError:
+        return []
+    rows = await session.scalars(
+        select(OutboxMessage)
+        .where(
+            OutboxMessage.channel_id == channel_id,
+            OutboxMessage.recipient == status.recipient_id,
+            OutboxMessage.state.in_(_FORWARD[status.state]),
+            OutboxMessage.sent_at <= watermark + WATERMARK_SKEW,
+        )
+        .order_by(OutboxMessage.seq)
+        .limit(WATERMARK_BATCH)
+        .with_for_update()
+    )
+    moved = [
+        t
+        for message in rows.all()
+        if (t := _advance(session, settings, message, status.state, None, now)) is not None
+    ]
+    if moved:
+        log.info(
+            "outbox.watermark_applied",
+            channel_id=str(channel_id),
+            state=status.state,
+            messages=len(moved),
+        )
+    return moved
 
 
 async def settle_pending(
@@ -252,6 +359,49 @@ def _advance(
         after=message.state,
     )
     return Transition(message.id, before, message.state)
+
+
+def callback_answers(received: Iterable[MessageEvent]) -> list[SendCommand]:
+    """The ``callback_answer`` commands for the Telegram button presses among ``received``."""
+    commands = []
+    for event in received:
+        data = event.data
+        raw = data.raw
+        if data.platform != "telegram" or event.type != "message.received":
+            continue
+        if not isinstance(raw, dict) or not isinstance(raw.get("callback_query"), dict):
+            continue
+        query_id = data.message.id
+        chat = data.conversation_id.rpartition(":")[2]
+        if not query_id or not chat or chat == "-" or len(query_id) > 300:
+            continue
+        commands.append(
+            SendCommand(
+                id=f"auto:answer:{event.id}",
+                channel_id=data.channel_id,
+                to=chat,
+                content=Content(
+                    kind="callback_answer",
+                    callback_answer=CallbackAnswer(callback_query_id=query_id),
+                ),
+            )
+        )
+    return commands
+
+
+async def answer_callbacks(
+    session: AsyncSession, settings: Settings, received: Iterable[MessageEvent]
+) -> int:
+    """Stage the automatic answers to Telegram button presses; returns how many were new."""
+    staged = 0
+    for command in callback_answers(received):
+        try:
+            accepted = await intake.accept(session, settings, command, source="kafka")
+        except Rejected as exc:  # the channel is gone: nothing to answer with
+            _skipped("callback_answer_refused", code=exc.code, channel_id=command.channel_id)
+            continue
+        staged += 0 if accepted.replayed else 1
+    return staged
 
 
 def window_updates(

@@ -120,6 +120,7 @@ async def handle_inbound(resources: Resources, records: Sequence[Record]) -> int
                     await _record_windows(session, latest)
                 elif latest:
                     await receipts.record_windows(session, latest)
+                await receipts.answer_callbacks(session, settings, received)
         except Exception as exc:
             if not isolated and record_fault(exc):
                 continue

@@ -86,12 +86,15 @@ class ChannelConfig:
     account_id: str
     credentials: Mapping[str, str]
     api_base_url: str | None = None
+    webhook_url: str | None = None
+    """The channel's own public webhook URL (``{public base}/webhooks/{platform}/{id}``), where
+    a platform that takes a callback per request (Twilio ``StatusCallback``) sends receipts."""
 
     def __repr__(self) -> str:
         return (
             f"ChannelConfig(id={self.id!r}, platform={self.platform!r}, "
             f"account_id={self.account_id!r}, credentials=<{len(self.credentials)} redacted>, "
-            f"api_base_url={self.api_base_url!r})"
+            f"api_base_url={self.api_base_url!r}, webhook_url={self.webhook_url!r})"
         )
 
 

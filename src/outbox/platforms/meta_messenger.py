@@ -20,6 +20,10 @@ Mapping of the contract (decisions):
 - reaction -> ``sender_action: react`` with ``payload {message_id, reaction}``; an empty emoji
   is ``unreact`` (https://developers.facebook.com/documentation/business-messaging/messenger-platform/send-messages/sender-actions).
   Instagram accepts only the "love" reaction, so only a heart emoji (or "love") is allowed there.
+- typing -> ``sender_action: typing_on``; mark_read -> ``sender_action: mark_seen`` (the Send
+  API marks the whole conversation seen and takes no message id, so ``mark_read.message_id`` is
+  not sent). Both answer ``{"recipient_id"}`` without a message id
+  (https://developers.facebook.com/documentation/business-messaging/messenger-platform/send-messages/sender-actions).
 - template and reply_to are refused: Messenger has no pre-approved templates in our sense and we
   have no verified quoted-reply field, so such a command would be sent half-right.
 """
@@ -103,7 +107,12 @@ class MetaMessengerSender:
         name = self.platform.capitalize()
         if command.reply_to is not None:
             raise UnsupportedContent(f"{name}: quoted replies (reply_to) are not supported")
+        if content.callback_answer is not None:
+            raise UnsupportedContent("callback answers are for Telegram button presses only")
         body: dict[str, Any] = {"recipient": {"id": command.to}}
+        if content.typing is not None or content.mark_read is not None:
+            body["sender_action"] = "typing_on" if content.typing is not None else "mark_seen"
+            return body
         if content.reaction is not None:
             emoji = content.reaction.emoji
             if not emoji:

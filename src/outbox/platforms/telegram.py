@@ -17,6 +17,11 @@ Mapping of the contract (decisions):
   presentation selector) is dropped first, so ``❤️`` is sent as the listed ``❤``.
 - reply_to -> ``reply_parameters.message_id`` (an integer message id).
 - template -> refused: Telegram has no templates.
+- typing -> ``sendChatAction`` with ``action: "typing"`` (shown for 5 s or until the bot's next
+  message); mark_read -> refused: bots cannot mark messages read
+  (https://core.telegram.org/bots/api#sendchataction).
+- callback_answer -> ``answerCallbackQuery`` with ``callback_query_id``, ``text``, ``show_alert``
+  (https://core.telegram.org/bots/api#answercallbackquery); the answer is ``true``.
 A numeric ``to`` is sent as an integer ``chat_id``; ``@channelusername`` as given.
 """
 
@@ -110,6 +115,18 @@ class TelegramSender:
     def _build(self, command: SendCommand) -> tuple[str, dict[str, Any]]:
         content = command.content
         chat_id = _chat_id(command.to)
+        if content.typing is not None:
+            return "sendChatAction", {"chat_id": chat_id, "action": "typing"}
+        if content.mark_read is not None:
+            raise UnsupportedContent("Telegram bots cannot mark messages as read")
+        if content.callback_answer is not None:
+            answer = content.callback_answer
+            fields: dict[str, Any] = {"callback_query_id": answer.callback_query_id}
+            if answer.text is not None:
+                fields["text"] = answer.text
+            if answer.show_alert:
+                fields["show_alert"] = True
+            return "answerCallbackQuery", fields
         if content.reaction is not None:
             emoji = _reaction_emoji(content.reaction.emoji)
             return "setMessageReaction", {

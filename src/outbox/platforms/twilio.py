@@ -20,6 +20,17 @@ Mapping of the contract (decisions):
   ``parameter_name`` when given, else by its 1-based position (``{"1": …, "2": …}``).
 - interactive, reaction and reply_to are refused: plain Messages cannot express them (buttons
   need a Content template, i.e. a ``template`` command).
+- typing -> ``POST {messaging base}/v2/Indicators/Typing.json`` with ``channel=whatsapp`` and
+  ``messageId`` = ``typing.message_id`` (the SID of the customer's message, which Twilio also
+  marks read): WhatsApp senders only, in Public Beta
+  (https://www.twilio.com/docs/whatsapp/api/typing-indicators-resource). SMS has no typing
+  indicator and Twilio has no read-mark API: those are refused. The base is
+  ``https://messaging.twilio.com``, or the channel's ``api_base_url`` when set.
+- every send passes ``StatusCallback`` = the channel's webhook URL (``ChannelConfig.webhook_url``)
+  when known: Twilio then posts the message's status changes there, the gateway verifies and
+  normalizes them like any Twilio webhook, and the outbox correlates them by ``MessageSid``
+  (the ``sid`` the send returned). Without it, statuses come back only through a Messaging
+  Service configured by hand.
 """
 
 from __future__ import annotations
@@ -49,6 +60,8 @@ from outbox.platforms.base import (
 )
 
 TWILIO_BASE_URL = "https://api.twilio.com"
+TWILIO_MESSAGING_BASE_URL = "https://messaging.twilio.com"
+_SID = re.compile(r"^(SM|MM)[0-9a-fA-F]{32}$")
 MAX_BODY = 1600
 _CONTENT_SID = re.compile(r"^HX[0-9a-fA-F]{32}$")
 WHATSAPP_PREFIX = "whatsapp:"
@@ -116,6 +129,10 @@ class TwilioSender:
 
     def _form(self, command: SendCommand, *, sender: str) -> dict[str, str | list[str]]:
         content = command.content
+        if content.callback_answer is not None:
+            raise UnsupportedContent("callback answers are for Telegram button presses only")
+        if content.typing is not None or content.mark_read is not None:
+            return _typing_form(command, sender)
         if command.reply_to is not None:
             raise UnsupportedContent("Twilio messages cannot quote an earlier message (reply_to)")
         check_pair(sender, command.to)
@@ -150,6 +167,14 @@ class TwilioSender:
             raise UnsupportedContent("Twilio messages cannot send reactions")
         return form
 
+    def _request_form(
+        self, command: SendCommand, channel: ChannelConfig
+    ) -> dict[str, str | list[str]]:
+        form = self._form(command, sender=channel.account_id)
+        if channel.webhook_url:
+            form["StatusCallback"] = channel.webhook_url
+        return form
+
     async def send(
         self,
         client: HttpClient,
@@ -165,14 +190,16 @@ class TwilioSender:
         if not token:
             return missing_credential("auth_token")
         secrets = (token, basic_credentials(sid, token))
-        base = (channel.api_base_url or TWILIO_BASE_URL).rstrip("/")
+        if command.content.typing is not None:
+            base = (channel.api_base_url or TWILIO_MESSAGING_BASE_URL).rstrip("/")
+            url = f"{base}/v2/Indicators/Typing.json"
+            form = _typing_form(command, channel.account_id)
+        else:
+            base = (channel.api_base_url or TWILIO_BASE_URL).rstrip("/")
+            url = f"{base}/2010-04-01/Accounts/{sid}/Messages.json"
+            form = self._request_form(command, channel)
         exchange = await post(
-            client,
-            f"{base}/2010-04-01/Accounts/{sid}/Messages.json",
-            timeout=timeout,
-            secrets=secrets,
-            form=self._form(command, sender=channel.account_id),
-            auth=(sid, token),
+            client, url, timeout=timeout, secrets=secrets, form=form, auth=(sid, token)
         )
         if isinstance(exchange, SendResult):
             return exchange
@@ -181,6 +208,25 @@ class TwilioSender:
             message_sid = payload.get("sid") if isinstance(payload, dict) else None
             return sent(message_sid if isinstance(message_sid, str) else None, exchange, secrets)
         return _failure(exchange, payload, secrets)
+
+
+def _typing_form(command: SendCommand, sender: str) -> dict[str, str | list[str]]:
+    content = command.content
+    if content.mark_read is not None:
+        raise UnsupportedContent(
+            "Twilio has no read-mark API; on WhatsApp a typing indicator (content.kind "
+            "'typing' with the customer's message SID) also marks that message read"
+        )
+    assert content.typing is not None
+    if not is_whatsapp_address(command.to) and not is_whatsapp_address(sender):
+        raise UnsupportedContent("Twilio typing indicators exist for WhatsApp senders only")
+    message_id = content.typing.message_id
+    if message_id is None or not _SID.match(message_id):
+        raise UnsupportedContent(
+            "Twilio typing indicators need content.typing.message_id: the SID (SM…/MM…) of "
+            "the customer's WhatsApp message being answered"
+        )
+    return {"channel": "whatsapp", "messageId": message_id}
 
 
 def _check_body(text: str) -> None:

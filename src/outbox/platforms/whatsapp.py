@@ -13,6 +13,10 @@ Mapping of the contract (decisions documented here, see research/platforms.md §
   (default "Options"); more than 10 is refused.
 - reaction: ``{"message_id", "emoji"}``; an empty emoji removes the reaction.
 - reply_to: ``context.message_id``.
+- typing: ``{"status": "read", "message_id", "typing_indicator": {"type": "text"}}`` (needs the
+  customer's message id; it also marks that message read); mark_read: ``{"status": "read",
+  "message_id"}``. The answer is ``{"success": true}``: no platform message id
+  (https://developers.facebook.com/documentation/business-messaging/whatsapp/typing-indicators/).
 """
 
 from __future__ import annotations
@@ -115,6 +119,10 @@ class WhatsAppSender:
 
     def _build(self, command: SendCommand) -> dict[str, Any]:
         content = command.content
+        if content.callback_answer is not None:
+            raise UnsupportedContent("callback answers are for Telegram button presses only")
+        if content.typing is not None or content.mark_read is not None:
+            return _signal(command)
         body: dict[str, Any] = {
             "messaging_product": "whatsapp",
             "recipient_type": "individual",
@@ -166,6 +174,28 @@ class WhatsAppSender:
             timeout=timeout,
             message_id=_message_id,
         )
+
+
+def _signal(command: SendCommand) -> dict[str, Any]:
+    content = command.content
+    if content.mark_read is not None:
+        return {
+            "messaging_product": "whatsapp",
+            "status": "read",
+            "message_id": content.mark_read.message_id,
+        }
+    assert content.typing is not None
+    if content.typing.message_id is None:
+        raise UnsupportedContent(
+            "WhatsApp typing indicators need content.typing.message_id: the id of the "
+            "customer's message being answered (WhatsApp also marks it read)"
+        )
+    return {
+        "messaging_product": "whatsapp",
+        "status": "read",
+        "message_id": content.typing.message_id,
+        "typing_indicator": {"type": "text"},
+    }
 
 
 def _media(media: Media) -> dict[str, Any]:

@@ -21,6 +21,8 @@ def run(platform: str, body: bytes, **kw: Any) -> list[InboundEvent]:
     kw.setdefault("received_at", RECEIVED_AT)
     if platform == "telegram":
         kw.setdefault("account_id", BOT_ID)
+    if platform == "twilio" and body[:1] in (b"[", b"{"):  # Event Streams JSON
+        kw.setdefault("content_type", "application/json")
     return normalize(platform, body, **kw)
 
 

@@ -105,7 +105,7 @@ def test_time_falls_back_to_received_at_then_null() -> None:
 
 def test_account_id_argument_is_the_fallback_only() -> None:
     tg = load("telegram", "text_private.json")
-    assert normalize("telegram", tg, channel_id="c")[0].subject == "telegram::1760450482"
+    assert normalize("telegram", tg, channel_id="c")[0].subject == "telegram:-:1760450482"
     assert normalize("telegram", tg, channel_id="c", account_id="42")[0].data.account_id == "42"
     wa = load("whatsapp", "text.json")
     wa_events = normalize("whatsapp", wa, channel_id="c", account_id="configured")
@@ -138,7 +138,9 @@ def test_events_are_frozen_typed_models() -> None:
         ("telegram", b"\xff\xfe", None, "not valid JSON"),
         ("telegram", b'{"update_id": 1, "x": NaN}', None, "not valid JSON"),
         ("twilio", b"Body=hi&From=%2B1555", None, "MessageSid"),
-        ("twilio", b"MessageSid=SM1", "application/json", "form-urlencoded"),
+        ("twilio", b"MessageSid=SM1", "text/plain", "form-urlencoded"),
+        ("twilio", b"MessageSid=SM1", "application/json", "not valid JSON"),
+        ("twilio", b'"SM1"', "application/json", "CloudEvent"),
         ("twilio", b"MessageSid=SM1&Body=\xff", None, "UTF-8"),
         ("twilio", b"&".join(b"a=1" for _ in range(10_001)), None, "too many"),
     ],

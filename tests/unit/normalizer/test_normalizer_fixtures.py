@@ -403,6 +403,22 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
             )
         ],
     ),
+    (
+        "whatsapp",
+        "group_text.json",
+        [
+            wa_msg(
+                "text",
+                subject="whatsapp:106540352242922:Y2FwaV9ncm91cDoxNTU1MDc4Mzg4MToxMjAzNjMzOTEzNDQ5NzY4NjA=",
+                **{"data.message.text": "Hello group"},
+            )
+        ],
+    ),
+    (
+        "whatsapp",
+        "voice_legacy.json",
+        [wa_msg("voice", **media("1234567890987654321", "audio/ogg; codecs=opus"))],
+    ),
     ("whatsapp", "status_delivered.json", [wa_status("delivered", "2025-06-15T23:28:00Z")]),
     ("whatsapp", "status_read.json", [wa_status("read", "2025-06-15T23:28:10Z")]),
     (
@@ -433,7 +449,7 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
         [
             {
                 "type": "unsupported",
-                "subject": "whatsapp:106540352242922:",
+                "subject": "whatsapp:106540352242922:-",
                 "time": RECEIVED,
                 "data.raw.code": 130429,
             }
@@ -672,6 +688,7 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
                     "recipient_id": "6101234567890123",
                     "error": None,
                     "watermark": "2016-03-22T17:47:36.253Z",
+                    "pricing": None,
                 },
             }
         ],
@@ -943,7 +960,7 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
         [
             {
                 "type": "unsupported",
-                "subject": "instagram:17841400000000000:",
+                "subject": "instagram:17841400000000000:-",
                 "time": "2025-10-24T06:28:18.065Z",  # entry.time (milliseconds)
                 "data.raw.field": "comments",
             }
@@ -1290,6 +1307,20 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
             }
         ],
     ),
+    (
+        "twilio",
+        "whatsapp_contacts.txt",
+        [received(subject=TWA, **{"data.message.kind": "contacts"})],
+    ),
+    (
+        "twilio",
+        "event_streams.json",
+        [
+            received(subject="twilio:+12345678901:+11234567890", time="2025-01-01T00:00:00Z"),
+            {"type": "message.status", "data.status.state": "delivered"},
+            {"type": "unsupported", "time": "2025-01-01T00:01:00Z"},
+        ],
+    ),
     ("twilio", "status_queued.txt", [tw_status("sent", **{"data.raw.MessageStatus": "queued"})]),
     (
         "twilio",
@@ -1301,13 +1332,21 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
             )
         ],
     ),
-    ("twilio", "status_delivered.txt", [tw_status("delivered", **{"data.status.error": None})]),
+    (
+        "twilio",
+        "status_delivered.txt",
+        [tw_status("delivered", **{"data.status.error": None, "time": "2025-11-22T12:00:00Z"})],
+    ),
     (
         "twilio",
         "status_undelivered.txt",
         [
             tw_status(
-                "failed", **{"data.status.error": {"code": "30003", "title": None, "detail": None}}
+                "failed",
+                **{
+                    "data.status.error": {"code": "30003", "title": None, "detail": None},
+                    "time": "2025-11-22T12:01:00Z",
+                },
             )
         ],
     ),

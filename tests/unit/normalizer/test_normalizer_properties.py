@@ -257,3 +257,36 @@ def test_every_single_point_type_confusion_of_every_fixture() -> None:
                     assert dump_event(EVENT_ADAPTER.validate_json(raw)) == raw
                 count += 1
     assert count > 10_000
+
+
+ES_DATA = st.fixed_dictionaries(
+    {},
+    optional={
+        "messageSid": SCALARS,
+        "messageStatus": st.sampled_from(["DELIVERED", "READ", "FAILED", "x"]) | SCALARS,
+        "timestamp": st.sampled_from(["2025-01-01T00:00:00.000Z", "2025-13-01", ""]) | SCALARS,
+        "from": SCALARS,
+        "to": SCALARS,
+        "body": SCALARS,
+        "errorCode": SCALARS,
+    },
+)
+
+
+@FAST
+@given(
+    doc=JSON,
+    event_type=st.sampled_from(
+        [
+            "com.twilio.messaging.inbound-message.received",
+            "com.twilio.messaging.message.delivered",
+            "com.twilio.voice.call.completed",
+        ]
+    )
+    | SCALARS,
+    data=ES_DATA | JSON,
+)
+def test_twilio_json_bodies(doc: Any, event_type: Any, data: Any) -> None:
+    check("twilio", json.dumps(doc).encode(), "application/json")
+    events = [{"type": event_type, "id": "EZ1", "time": "2025-01-01T00:00:00Z", "data": data}]
+    check("twilio", json.dumps(events).encode(), "application/json; charset=utf-8")
