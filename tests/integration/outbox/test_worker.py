@@ -389,7 +389,7 @@ async def test_a_channel_whose_secrets_cannot_be_decrypted_does_not_stop_the_oth
 async def test_a_held_channel_keeps_sending_when_its_reloaded_secrets_fail(
     resources: Resources, fake: FakePlatformServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("outbox.worker._CHANNEL_REFRESH", 0.0)  # reload every round
+    monkeypatch.setattr("outbox.ownership._CHANNEL_REFRESH", 0.0)  # reload every round
     channel = await make_channel(resources, fake, rate=2)  # busy longer than the channel lease
     ids = await enqueue(resources, channel, [f"1555090{i}" for i in range(9)])
     async with running(resources):
@@ -403,15 +403,16 @@ async def test_a_held_channel_keeps_sending_when_its_reloaded_secrets_fail(
     assert len(fake.requests) == len(ids)
 
 
-class _CrashOnWrite(DeliveryWorker):
-    """Fault injection: writing the outcome of one message raises, as a bug in our code would."""
+def crash_on_write(worker: DeliveryWorker, poison: uuid.UUID) -> None:
+    """Fault injection: writing the outcome of ``poison`` raises, as a bug in our code would."""
+    write = worker.writer.write
 
-    poison: uuid.UUID | None = None
-
-    async def _write(self, batch: list[Any]) -> None:
-        if any(outcome.claim.message.id == self.poison for outcome in batch):
+    async def crashing(batch: list[Any]) -> None:
+        if any(outcome.claim.message.id == poison for outcome in batch):
             raise RuntimeError("injected: outcome cannot be written")
-        await super()._write(batch)
+        await write(batch)
+
+    worker.writer.write = crashing  # type: ignore[method-assign]
 
 
 async def test_an_outcome_that_cannot_be_written_does_not_hold_up_the_others(
@@ -419,8 +420,8 @@ async def test_an_outcome_that_cannot_be_written_does_not_hold_up_the_others(
 ) -> None:
     channel = await make_channel(resources, fake)
     ids = await enqueue(resources, channel, [f"1555070{i}" for i in range(6)])
-    worker = _CrashOnWrite(resources, owner="w1")
-    worker.poison = ids[2]
+    worker = DeliveryWorker(resources, owner="w1")
+    crash_on_write(worker, ids[2])
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
     try:

@@ -1,0 +1,152 @@
+"""Claiming: how many due messages each owned channel may claim, and the claims in flight.
+
+A claim is a row this process moved to ``sending`` (``leases.claim_messages``). It counts
+against ``outbox_max_in_flight`` from the claim statement until its outcome is committed
+(``InFlight``), whether it waits for the pacer, is on the wire, or waits for the writer.
+
+``Claimer.budgets`` decides, per owned channel, how many rows the next claim statement may
+take; ``Claimer.claim`` runs that statement and hands each claim to the ``Dispatcher``
+(pacing and sending). The loop that calls them is the worker's lifecycle (``outbox.worker``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from outbox import leases
+from outbox.delivery import ClaimedMessage, paced_limits
+from outbox.ratelimit import Limit, Pacer
+from switchboard.resources import Resources
+
+if TYPE_CHECKING:
+    from outbox.outcomes import OutcomeWriter, WorkerStats
+    from outbox.ownership import ChannelOwnership
+    from outbox.sending import Dispatcher
+
+__all__ = ["SAFETY", "Claim", "Claimer", "InFlight"]
+
+SAFETY = 1.0
+"""Seconds: no send starts later than this before its message or channel lease ends."""
+
+
+@dataclass(slots=True, eq=False)
+class Claim:
+    message: ClaimedMessage
+    deadline: float
+    """Monotonic: no send of this claim starts after this (its lease would be too short)."""
+    limits: tuple[Limit, ...] = ()
+    sending: bool = False
+    finished: bool = False
+    task: asyncio.Task[None] | None = None
+
+
+class InFlight:
+    """The claims this process holds, by message id, until their outcome is committed."""
+
+    def __init__(self) -> None:
+        self._claims: dict[uuid.UUID, Claim] = {}
+
+    def __len__(self) -> int:
+        return len(self._claims)
+
+    def __iter__(self) -> Iterator[Claim]:
+        return iter(list(self._claims.values()))
+
+    def add(self, claim: Claim) -> None:
+        self._claims[claim.message.id] = claim
+
+    def discard(self, message_id: uuid.UUID) -> None:
+        self._claims.pop(message_id, None)
+
+    def channels(self) -> set[uuid.UUID]:
+        """Channels with a claim in flight (an ownership round keeps them first)."""
+        return {c.message.channel_id for c in self._claims.values()}
+
+
+class Claimer:
+    """The claim budget of each owned channel, and the claim statement."""
+
+    def __init__(
+        self,
+        resources: Resources,
+        *,
+        owner: str,
+        lease: float,
+        in_flight: InFlight,
+        ownership: ChannelOwnership,
+        dispatcher: Dispatcher,
+        writer: OutcomeWriter,
+        pacer: Pacer,
+        stats: WorkerStats,
+        clock: Callable[[], float],
+    ) -> None:
+        s = resources.settings
+        self._resources = resources
+        self._settings = s
+        self._owner = owner
+        self._lease = lease
+        self._in_flight = in_flight
+        self._ownership = ownership
+        self._dispatcher = dispatcher
+        self._writer = writer
+        self._pacer = pacer
+        self._stats = stats
+        self._clock = clock
+        self._pacing = s.outbox_pacing_enabled
+        self._max_in_flight = s.outbox_max_in_flight
+        self._claim_batch = s.outbox_claim_batch
+        self._timeout = s.outbox_http_timeout
+        self._min_claim = max(1, min(self._claim_batch, self._max_in_flight) // 8)
+
+    def budgets(self) -> dict[uuid.UUID, int]:
+        free = self._max_in_flight - len(self._in_flight)
+        if len(self._in_flight) and free < self._min_claim:
+            return {}  # wait for a worthwhile batch: the round trip costs as much as 50 rows
+        now = self._clock()
+        budgets: dict[uuid.UUID, int] = {}
+        lookahead = self._settings.outbox_claim_lookahead
+        for cid, channel in self._ownership.channels.items():
+            if free <= 0:
+                break
+            if channel.valid_until - SAFETY <= now:
+                continue
+            if self._pacing:
+                if self._pacer.peek_delay(channel.limit, now) > lookahead:
+                    continue  # throttled: claim nothing that would only wait
+                want = max(1, math.ceil(channel.per_second * lookahead)) - len(channel.queue)
+            else:
+                want = self._claim_batch
+            n = min(want, free, self._claim_batch)
+            if n > 0:
+                budgets[cid] = n
+                free -= n
+        return budgets
+
+    async def claim(self, budgets: dict[uuid.UUID, int]) -> int:
+        async with self._resources.sessionmaker() as session, session.begin():
+            rows = await leases.claim_messages(session, self._owner, budgets, self._lease)
+        deadline = self._clock() + self._lease - self._timeout - SAFETY
+        margin = self._settings.outbox_pacing_margin
+        pair = self._settings.outbox_whatsapp_pair_interval
+        for row in rows:
+            message = ClaimedMessage.from_row(row)
+            claim = Claim(message, deadline)
+            self._in_flight.add(claim)
+            channel = self._ownership.channels.get(message.channel_id)
+            if channel is None:  # lost while the claim was in flight
+                self._writer.finish(claim, "release")
+            elif not self._pacing:
+                self._dispatcher.start(claim, channel)
+            else:
+                claim.limits = paced_limits(
+                    message, channel.rate, margin=margin, whatsapp_pair_interval=pair
+                )
+                self._dispatcher.enqueue(claim, channel)
+        self._stats.claimed += len(rows)
+        self._stats.claim_queries += 1
+        return len(rows)
