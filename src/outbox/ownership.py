@@ -71,7 +71,7 @@ class ChannelOwnership:
         owner: str,
         in_flight: InFlight,
         pacer: Pacer,
-        on_lost: Callable[[OwnedChannel], None],
+        release_waiting: Callable[[OwnedChannel], None],
         clock: Callable[[], float],
     ) -> None:
         self._resources = resources
@@ -80,7 +80,7 @@ class ChannelOwnership:
         self._in_flight = in_flight
         self._pacer = pacer
         self._pacing = self._settings.outbox_pacing_enabled
-        self._on_lost = on_lost
+        self._release_waiting = release_waiting
         self._clock = clock
         self.channels: dict[uuid.UUID, OwnedChannel] = {}
         self._unloadable: dict[uuid.UUID, float] = {}
@@ -124,7 +124,7 @@ class ChannelOwnership:
                 if cid not in idle:
                     log.warning("outbox.channel_lost", channel_id=str(cid), owner=self._owner)
                 lost = self.channels.pop(cid)
-                self._on_lost(lost)  # waiting claims go back for the next owner
+                self._release_waiting(lost)  # waiting claims go back for the next owner
                 lost.arrived.set()
         new = False
         unusable: list[uuid.UUID] = []
@@ -145,6 +145,9 @@ class ChannelOwnership:
                 elif loaded is None:  # keep the settings it was sending with; retry later
                     channel.loaded_at = started
                 else:  # in place: claim tasks hold a reference
+                    if loaded.limit != channel.limit:  # a new rate (the pacer retunes the key)
+                        log.info("outbox.channel_rate_changed", channel_id=str(cid))
+                        self._release_waiting(channel)  # they were paced for the old rate
                     channel.config = loaded.config
                     channel.rate = loaded.rate
                     channel.limit = loaded.limit

@@ -18,6 +18,11 @@ Retry-After, then runs at a reduced rate (halved per penalty, floored) that reco
 to the configured rate over ``recovery`` seconds. Penalties landing while the key is already
 paused only extend the pause: the in-flight requests that all hit the same 429 do not compound.
 
+A key whose ``Rate`` changes (the channel's ``send_rate_per_second`` was edited) is retuned:
+its schedule restarts from its last grant at the new spacing, so a rate that was once tiny
+does not keep the key waiting on a slot computed for it; the recent grants are kept, so the
+window guard still holds across the change.
+
 Time comes from an injected monotonic clock, so tests drive it exactly. The pacer is
 single-process; across replicas the worker guarantees one owner per channel (lease), which is
 what makes a per-process limiter a global one.
@@ -172,11 +177,12 @@ class _Ring:
 
 
 class _State:
-    __slots__ = ("factor", "grants", "paused_until", "per", "recover_from", "tat")
+    __slots__ = ("factor", "grants", "paused_until", "per", "rate", "recover_from", "tat")
 
     def __init__(self, rate: Rate) -> None:
         self.tat = -math.inf
         self.grants = _Ring(rate.count)
+        self.rate = rate
         self.per = rate.per
         self.paused_until = -math.inf
         self.factor = 1.0
@@ -226,10 +232,20 @@ class Pacer:
         state = self._states.get(limit.key)
         if state is None:
             state = self._states[limit.key] = _State(limit.rate)
-        elif len(state.grants.buf) != limit.rate.count:
-            state.grants.resize(limit.rate.count)
-        state.per = limit.rate.per
+        elif state.rate is not limit.rate and state.rate != limit.rate:
+            self._retune(state, limit.rate)
         return state
+
+    @staticmethod
+    def _retune(state: _State, rate: Rate) -> None:
+        """The key's rate changed: keep its recent grants (resized to the new count), restart
+        the schedule from the last grant at the new spacing (never later than it was)."""
+        if len(state.grants.buf) != rate.count:
+            state.grants.resize(rate.count)
+        restart = state.grants.recent(1) + rate.interval if state.grants.size else -math.inf
+        state.tat = min(state.tat, restart)
+        state.rate = rate
+        state.per = rate.per
 
     def factor(self, key: Hashable, now: float | None = None) -> float:
         """The current fraction of the configured rate (1.0 unless recently penalized)."""

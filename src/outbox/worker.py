@@ -107,7 +107,7 @@ class DeliveryWorker:
             owner=self.owner,
             in_flight=self.in_flight,
             pacer=pacer,
-            on_lost=lambda channel: self.dispatcher.release_queue(channel),
+            release_waiting=lambda channel: self.dispatcher.release_queue(channel),
             clock=clock,
         )
         self.dispatcher = Dispatcher(

@@ -403,6 +403,24 @@ async def test_a_held_channel_keeps_sending_when_its_reloaded_secrets_fail(
     assert len(fake.requests) == len(ids)
 
 
+async def test_a_rate_reset_after_a_tiny_rate_lets_the_channel_send_again(
+    resources: Resources, fake: FakePlatformServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 9, D8: a rate of 1e-300 (stored before the API bounded it) must not stall the
+    channel once the rate is reset."""
+    monkeypatch.setattr("outbox.ownership._CHANNEL_REFRESH", 0.0)  # reload every round
+    channel = await make_channel(resources, fake, rate=1e-300)
+    ids = await enqueue(resources, channel, ["15550961", "15550962", "15550963"])
+    async with running(resources):
+        await eventually(lambda: asyncio.sleep(0, len(fake.requests) >= 1))
+        async with resources.sessionmaker() as session, session.begin():
+            row = await session.get(Channel, channel)
+            assert row is not None
+            row.send_rate_per_second = None  # back to the platform default
+        await all_done(resources, ids)
+    assert {m.state for m in (await states(resources, ids)).values()} == {"sent"}
+
+
 def crash_on_write(worker: DeliveryWorker, poison: uuid.UUID) -> None:
     """Fault injection: writing the outcome of ``poison`` raises, as a bug in our code would."""
     write = worker.writer.write

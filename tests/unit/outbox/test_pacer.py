@@ -237,3 +237,35 @@ def test_invalid_rates_are_refused() -> None:
         Rate(0)
     with pytest.raises(ValueError, match="count >= 1"):
         Rate(1, 0.0)
+
+
+def test_a_rate_change_restarts_a_far_future_schedule() -> None:
+    """Issue 9, D8: one grant at a tiny rate put the next slot ~1e300 s away, and the key kept
+    that slot after the rate was reset: the channel stalled until the process restarted."""
+    clock = FakeClock(0.0)
+    pacer = Pacer(clock, window_margin=0.0)
+    assert pacer.acquire_delay(Limit("ch", Rate(1, 1e300))) == 0.0
+    assert pacer.acquire_delay(Limit("ch", Rate(1, 1e300))) > 1e299
+    clock.now = 0.5
+    assert pacer.acquire_delay(Limit("ch", Rate(80))) == 0.0
+    assert pacer.acquire_delay(Limit("ch", Rate(80))) == pytest.approx(1 / 80)
+
+
+def test_a_lowered_rate_holds_its_window_from_the_change_on() -> None:
+    clock = FakeClock(0.0)
+    pacer = Pacer(clock)
+    before = run(pacer, clock, Limit("ch", Rate(80)), 80)
+    change = clock.now
+    after = run(pacer, clock, Limit("ch", Rate(10)), 30)
+    assert max_in_window(before + after) <= 80
+    assert max_in_window(after) <= 10
+    assert after[0] >= before[-10] + 1.0, "the last 10 grants at the old rate still count"
+    assert after[0] > change
+
+
+def test_a_penalty_survives_a_rate_change() -> None:
+    clock = FakeClock(0.0)
+    pacer = Pacer(clock)
+    pacer.penalize("ch", retry_after=3.0)
+    assert pacer.acquire_delay(Limit("ch", Rate(80))) == pytest.approx(3.0)
+    assert pacer.acquire_delay(Limit("ch", Rate(30))) == pytest.approx(3.0)
