@@ -108,6 +108,13 @@ class ChannelOwnership:
             grants = await leases.acquire_channels(
                 session, self._owner, sorted(plan.keep + take), s.outbox_channel_lease
             )
+            # Stop sending on what is given up before the handover gap starts counting: the
+            # new owner's first window must not meet our last sends (issue 9, D15).
+            for cid in plan.release:
+                released = self.channels.pop(cid, None)
+                if released is not None:
+                    self._release_waiting(released)
+                    released.arrived.set()
             await leases.release_channels(session, self._owner, plan.release, s.outbox_handover_gap)
         idle = plan.release
         if plan.surplus:

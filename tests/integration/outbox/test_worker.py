@@ -28,6 +28,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from fake_platforms.server import FakePlatformServer, Fault, RecordedRequest
+from outbox import leases
 from outbox.app import run_worker
 from outbox.models import (
     ChannelLease,
@@ -685,6 +686,26 @@ async def test_two_workers_never_exceed_the_channel_rate_together(
     (starts,) = (await send_starts(resources, ids)).values()
     assert len(starts) == len(ids)
     assert max_in_window(starts) <= rate
+
+
+async def test_the_handover_gap_counts_from_the_release_not_from_the_round_start(
+    resources: Resources, fake: FakePlatformServer
+) -> None:
+    """Issue 9, D15: the gap was counted from the ownership round's transaction start, while
+    the releasing worker went on sending until the round committed, so a slow round shortened
+    the gap by its own length. It now counts from the release statement, and the worker stops
+    sending on the channel before that statement runs."""
+    channel = await make_channel(resources, fake)
+    async with resources.sessionmaker() as session, session.begin():
+        assert await leases.acquire_channels(session, "a", [channel], 10.0)
+    async with resources.sessionmaker() as session, session.begin():
+        await session.execute(text("SELECT pg_sleep(0.3)"))  # a slow ownership round
+        before = await session.scalar(text("SELECT clock_timestamp()"))
+        await leases.release_channels(session, "a", [channel], 1.0)
+    async with resources.sessionmaker() as session:
+        lease = await session.get(ChannelLease, channel)
+    assert lease is not None
+    assert lease.expires_at >= before + timedelta(seconds=1.0)
 
 
 async def live_workers(res: Resources) -> int:
