@@ -185,6 +185,14 @@ class Claimer:
         demands = demands[self._turn :] + demands[: self._turn]
         return fair_shares(demands, min(free, self._claim_batch))
 
+    def note_claimed(self, budgets: dict[uuid.UUID, int], got: dict[uuid.UUID, int]) -> None:
+        """What a claim statement returned per channel: short means nothing more was due."""
+        for cid, asked in budgets.items():
+            if got.get(cid, 0) < asked:
+                self._drained.add(cid)
+            else:
+                self._drained.discard(cid)
+
     async def claim(self, budgets: dict[uuid.UUID, int]) -> int:
         async with self._resources.sessionmaker() as session, session.begin():
             rows = await leases.claim_messages(session, self._owner, budgets, self._lease)
@@ -208,11 +216,7 @@ class Claimer:
         got: dict[uuid.UUID, int] = {}
         for row in rows:
             got[row["channel_id"]] = got.get(row["channel_id"], 0) + 1
-        for cid, asked in budgets.items():
-            if got.get(cid, 0) < asked:
-                self._drained.add(cid)
-            else:
-                self._drained.discard(cid)
+        self.note_claimed(budgets, got)
         self._stats.claimed += len(rows)
         self._stats.claim_queries += 1
         return len(rows)
