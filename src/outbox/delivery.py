@@ -21,6 +21,8 @@ from outbox.ratelimit import CHANNEL_RATES, Limit, Rate, limits_for
 from outbox.retry import RetryPolicy
 
 __all__ = [
+    "MAX_RATE",
+    "MIN_RATE",
     "ChannelView",
     "ClaimedMessage",
     "Decision",
@@ -180,10 +182,19 @@ def _with_margin(rate: Rate, margin: float) -> Rate:
     return Rate(rate.count, rate.per * (1.0 + margin)) if margin else rate
 
 
+MIN_RATE = 0.01
+MAX_RATE = 10_000.0
+"""Sends per second a channel may be configured with (the API refuses others)."""
+
+
 def channel_rate(platform: str, per_second: float | None) -> Rate:
-    """The channel's configured rate (``send_rate_per_second``) or the platform default."""
-    if per_second is None or per_second <= 0:
+    """The channel's configured rate (``send_rate_per_second``) or the platform default.
+
+    A stored value outside ``MIN_RATE``..``MAX_RATE`` (written before the API bounded it) is
+    clamped: a rate of 1e-300 would otherwise schedule the next send ~1e300 s away."""
+    if per_second is None or not per_second > 0:
         return CHANNEL_RATES[platform]
+    per_second = min(max(per_second, MIN_RATE), MAX_RATE)
     if per_second >= 1:
         count = math.floor(per_second)
         return Rate(count, count / per_second)

@@ -97,7 +97,7 @@ _ACQUIRE = text(
 _RELEASE = text(
     """
     UPDATE outbox_channel_leases
-    SET expires_at = now() + CAST(:gap AS float8) * interval '1 second'
+    SET expires_at = clock_timestamp() + CAST(:gap AS float8) * interval '1 second'
     WHERE owner = :owner AND channel_id = ANY(CAST(:ids AS uuid[])) AND expires_at > now()
     """
 )
@@ -242,6 +242,9 @@ async def acquire_channels(
 async def release_channels(
     session: AsyncSession, owner: str, ids: Sequence[uuid.UUID], gap: float
 ) -> None:
+    """Give up ``ids``: nobody takes them for ``gap`` seconds from *this statement* (not from
+    the transaction's start, which may be long before: the caller must have stopped sending
+    on them before it runs)."""
     if ids:
         await session.execute(_RELEASE, {"owner": owner, "ids": list(ids), "gap": gap})
 

@@ -12,11 +12,24 @@ rules applied together:
 * **Window guard**: a grant is refused while the ``count``-th most recent grant is less than
   ``per`` seconds old. This is the hard promise: *no half-open window of ``per`` seconds ever
   holds more than ``count`` grants*, whatever the catch-up or the wake-up jitter did.
+* **Cold start**: the first grant of a key that granted nothing within the last ``per``
+  seconds (a channel just acquired, after a restart or a handover, or idle) is recorded
+  ``start_margin`` later than it was made. Its request is the one most likely to leave late
+  (a new connection, TCP and TLS handshakes, a process busy starting up) while the ones after
+  it reuse the connection: without this, the platform saw the whole first window shifted
+  into one second with one or two sends too many (issue 9, D15: 81 at 80/s in the first
+  second after a worker took a channel). It costs the key's ``count + 1``-th send
+  ``start_margin`` once per cold start, nothing in steady state.
 
 A throttle answer from the platform calls ``penalize``: the key is paused until the platform's
 Retry-After, then runs at a reduced rate (halved per penalty, floored) that recovers linearly
 to the configured rate over ``recovery`` seconds. Penalties landing while the key is already
 paused only extend the pause: the in-flight requests that all hit the same 429 do not compound.
+
+A key whose ``Rate`` changes (the channel's ``send_rate_per_second`` was edited) is retuned:
+its schedule restarts from its last grant at the new spacing, so a rate that was once tiny
+does not keep the key waiting on a slot computed for it; the recent grants are kept, so the
+window guard still holds across the change.
 
 Time comes from an injected monotonic clock, so tests drive it exactly. The pacer is
 single-process; across replicas the worker guarantees one owner per channel (lease), which is
@@ -172,11 +185,12 @@ class _Ring:
 
 
 class _State:
-    __slots__ = ("factor", "grants", "paused_until", "per", "recover_from", "tat")
+    __slots__ = ("factor", "grants", "paused_until", "per", "rate", "recover_from", "tat")
 
     def __init__(self, rate: Rate) -> None:
         self.tat = -math.inf
         self.grants = _Ring(rate.count)
+        self.rate = rate
         self.per = rate.per
         self.paused_until = -math.inf
         self.factor = 1.0
@@ -189,6 +203,8 @@ class Pacer:
     ``window_margin`` widens the window guard slightly: a send leaves a few microseconds after
     its grant, and that jitter alone could otherwise put ``count + 1`` sends into one window
     whose edges fall exactly on two grants. It costs at most ``margin / per`` of the rate.
+    ``start_margin`` is how much later than its grant the first request of a cold key may
+    reach the platform compared with the ones that follow (see the module docstring).
     """
 
     def __init__(
@@ -198,6 +214,7 @@ class Pacer:
         sleep: Sleep = asyncio.sleep,
         catch_up: float = 0.05,
         window_margin: float = 0.001,
+        start_margin: float = 0.05,
         backoff: float = 0.5,
         min_factor: float = 1 / 16,
         recovery: float = 60.0,
@@ -210,6 +227,7 @@ class Pacer:
         self._sleep = sleep
         self._catch_up = catch_up
         self._margin = window_margin
+        self._start_margin = start_margin
         self._backoff = backoff
         self._min_factor = min_factor
         self._recovery = recovery
@@ -226,10 +244,20 @@ class Pacer:
         state = self._states.get(limit.key)
         if state is None:
             state = self._states[limit.key] = _State(limit.rate)
-        elif len(state.grants.buf) != limit.rate.count:
-            state.grants.resize(limit.rate.count)
-        state.per = limit.rate.per
+        elif state.rate is not limit.rate and state.rate != limit.rate:
+            self._retune(state, limit.rate)
         return state
+
+    @staticmethod
+    def _retune(state: _State, rate: Rate) -> None:
+        """The key's rate changed: keep its recent grants (resized to the new count), restart
+        the schedule from the last grant at the new spacing (never later than it was)."""
+        if len(state.grants.buf) != rate.count:
+            state.grants.resize(rate.count)
+        restart = state.grants.recent(1) + rate.interval if state.grants.size else -math.inf
+        state.tat = min(state.tat, restart)
+        state.rate = rate
+        state.per = rate.per
 
     def factor(self, key: Hashable, now: float | None = None) -> float:
         """The current fraction of the configured rate (1.0 unless recently penalized)."""
@@ -288,7 +316,8 @@ class Pacer:
         for state, interval in plans:
             on_schedule = now - state.tat <= self._catch_up
             state.tat = (state.tat if on_schedule else now) + interval
-            state.grants.push(now)
+            cold = state.grants.size == 0 or now - state.grants.recent(1) >= state.per
+            state.grants.push(now + self._start_margin if cold else now)
         self._grants_since_prune += 1
         if self._grants_since_prune >= self._prune_every:
             self.prune(now)

@@ -115,7 +115,10 @@ class _ChannelCreateBase(_Strict):
         default=None, description="Override of the platform API base URL (tests, proxies)"
     )
     send_rate_per_second: float | None = Field(
-        default=None, gt=0, le=10_000, description="null = the platform's default limit"
+        default=None,
+        ge=0.01,
+        le=10_000,
+        description="Sends per second, 0.01 to 10,000; null = the platform's default limit",
     )
     enabled: bool = True
 
@@ -215,7 +218,7 @@ class ChannelUpdate(_Strict):
     # Omitted means unchanged (None here); an explicit null is refused (NOT NULL columns).
     name: Text200 | None = None
     api_base_url: HttpUrl | None = None
-    send_rate_per_second: float | None = Field(default=None, gt=0, le=10_000)
+    send_rate_per_second: float | None = Field(default=None, ge=0.01, le=10_000)
     enabled: bool | None = None
     credentials: dict[str, Secret | None] | None = Field(
         default=None,

@@ -28,6 +28,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from fake_platforms.server import FakePlatformServer, Fault, RecordedRequest
+from outbox import leases
 from outbox.app import run_worker
 from outbox.models import (
     ChannelLease,
@@ -389,7 +390,7 @@ async def test_a_channel_whose_secrets_cannot_be_decrypted_does_not_stop_the_oth
 async def test_a_held_channel_keeps_sending_when_its_reloaded_secrets_fail(
     resources: Resources, fake: FakePlatformServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("outbox.worker._CHANNEL_REFRESH", 0.0)  # reload every round
+    monkeypatch.setattr("outbox.ownership._CHANNEL_REFRESH", 0.0)  # reload every round
     channel = await make_channel(resources, fake, rate=2)  # busy longer than the channel lease
     ids = await enqueue(resources, channel, [f"1555090{i}" for i in range(9)])
     async with running(resources):
@@ -403,15 +404,34 @@ async def test_a_held_channel_keeps_sending_when_its_reloaded_secrets_fail(
     assert len(fake.requests) == len(ids)
 
 
-class _CrashOnWrite(DeliveryWorker):
-    """Fault injection: writing the outcome of one message raises, as a bug in our code would."""
+async def test_a_rate_reset_after_a_tiny_rate_lets_the_channel_send_again(
+    resources: Resources, fake: FakePlatformServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 9, D8: a rate of 1e-300 (stored before the API bounded it) must not stall the
+    channel once the rate is reset."""
+    monkeypatch.setattr("outbox.ownership._CHANNEL_REFRESH", 0.0)  # reload every round
+    channel = await make_channel(resources, fake, rate=1e-300)
+    ids = await enqueue(resources, channel, ["15550961", "15550962", "15550963"])
+    async with running(resources):
+        await eventually(lambda: asyncio.sleep(0, len(fake.requests) >= 1))
+        async with resources.sessionmaker() as session, session.begin():
+            row = await session.get(Channel, channel)
+            assert row is not None
+            row.send_rate_per_second = None  # back to the platform default
+        await all_done(resources, ids)
+    assert {m.state for m in (await states(resources, ids)).values()} == {"sent"}
 
-    poison: uuid.UUID | None = None
 
-    async def _write(self, batch: list[Any]) -> None:
-        if any(outcome.claim.message.id == self.poison for outcome in batch):
+def crash_on_write(worker: DeliveryWorker, poison: uuid.UUID) -> None:
+    """Fault injection: writing the outcome of ``poison`` raises, as a bug in our code would."""
+    write = worker.writer.write
+
+    async def crashing(batch: list[Any]) -> None:
+        if any(outcome.claim.message.id == poison for outcome in batch):
             raise RuntimeError("injected: outcome cannot be written")
-        await super()._write(batch)
+        await write(batch)
+
+    worker.writer.write = crashing  # type: ignore[method-assign]
 
 
 async def test_an_outcome_that_cannot_be_written_does_not_hold_up_the_others(
@@ -419,8 +439,8 @@ async def test_an_outcome_that_cannot_be_written_does_not_hold_up_the_others(
 ) -> None:
     channel = await make_channel(resources, fake)
     ids = await enqueue(resources, channel, [f"1555070{i}" for i in range(6)])
-    worker = _CrashOnWrite(resources, owner="w1")
-    worker.poison = ids[2]
+    worker = DeliveryWorker(resources, owner="w1")
+    crash_on_write(worker, ids[2])
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
     try:
@@ -666,6 +686,26 @@ async def test_two_workers_never_exceed_the_channel_rate_together(
     (starts,) = (await send_starts(resources, ids)).values()
     assert len(starts) == len(ids)
     assert max_in_window(starts) <= rate
+
+
+async def test_the_handover_gap_counts_from_the_release_not_from_the_round_start(
+    resources: Resources, fake: FakePlatformServer
+) -> None:
+    """Issue 9, D15: the gap was counted from the ownership round's transaction start, while
+    the releasing worker went on sending until the round committed, so a slow round shortened
+    the gap by its own length. It now counts from the release statement, and the worker stops
+    sending on the channel before that statement runs."""
+    channel = await make_channel(resources, fake)
+    async with resources.sessionmaker() as session, session.begin():
+        assert await leases.acquire_channels(session, "a", [channel], 10.0)
+    async with resources.sessionmaker() as session, session.begin():
+        await session.execute(text("SELECT pg_sleep(0.3)"))  # a slow ownership round
+        before = await session.scalar(text("SELECT clock_timestamp()"))
+        await leases.release_channels(session, "a", [channel], 1.0)
+    async with resources.sessionmaker() as session:
+        lease = await session.get(ChannelLease, channel)
+    assert lease is not None
+    assert lease.expires_at >= before + timedelta(seconds=1.0)
 
 
 async def live_workers(res: Resources) -> int:

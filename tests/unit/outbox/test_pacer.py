@@ -59,14 +59,14 @@ def run(
 
 def test_grants_are_exactly_spaced() -> None:
     clock = FakeClock(0.0)
-    pacer = Pacer(clock, window_margin=0.0)
+    pacer = Pacer(clock, window_margin=0.0, start_margin=0.0)
     grants = run(pacer, clock, Limit("ch", Rate(4)), 9)
     assert grants == [0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0]
 
 
 def test_the_window_margin_keeps_a_full_window_clear_of_its_edge() -> None:
     clock = FakeClock(0.0)
-    pacer = Pacer(clock, window_margin=0.001)
+    pacer = Pacer(clock, window_margin=0.001, start_margin=0.0)
     grants = run(pacer, clock, Limit("ch", Rate(4)), 9)
     assert grants == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.001, 1.251, 1.501, 1.751, 2.002])
     assert max_in_window(grants, 1.0 + 0.001) == 4
@@ -88,7 +88,7 @@ def test_late_wakeups_never_break_the_window_and_keep_the_rate(rate: int) -> Non
     """Wake-ups up to 3 ms late (a busy event loop): catch-up keeps the long-run rate within
     2 % while no 1 s window ever holds more than ``rate`` grants."""
     clock = FakeClock(0.0)
-    pacer = Pacer(clock)
+    pacer = Pacer(clock, start_margin=0.0)
     grants = run(pacer, clock, Limit("ch", Rate(rate)), rate * 5, random.Random(1), 0.003)
     assert max_in_window(grants) <= rate
     achieved = (len(grants) - 1) / (grants[-1] - grants[0])
@@ -130,7 +130,7 @@ def test_window_guard_holds_for_a_minute_rate() -> None:
 
 def test_limits_are_all_or_nothing() -> None:
     clock = FakeClock(0.0)
-    pacer = Pacer(clock, window_margin=0.0)
+    pacer = Pacer(clock, window_margin=0.0, start_margin=0.0)
     channel = Limit("ch", Rate(10))
     alice = Limit(("r", "alice"), Rate(1))
     bob = Limit(("r", "bob"), Rate(1))
@@ -199,7 +199,7 @@ def test_prune_drops_only_idle_keys() -> None:
 
 async def test_async_acquire_serializes_waiters_on_the_channel() -> None:
     clock = FakeClock(0.0)
-    pacer = Pacer(clock, sleep=clock.sleep, window_margin=0.0)
+    pacer = Pacer(clock, sleep=clock.sleep, window_margin=0.0, start_margin=0.0)
     limit = Limit("ch", Rate(5))
     grants = await asyncio.gather(*(pacer.acquire(limit) for _ in range(10)))
     assert sorted(grants) == pytest.approx([i * 0.2 for i in range(10)])
@@ -207,7 +207,7 @@ async def test_async_acquire_serializes_waiters_on_the_channel() -> None:
 
 async def test_async_acquire_waits_for_the_recipient_before_queueing() -> None:
     clock = FakeClock(0.0)
-    pacer = Pacer(clock, sleep=clock.sleep, window_margin=0.0)
+    pacer = Pacer(clock, sleep=clock.sleep, window_margin=0.0, start_margin=0.0)
     limits = limits_for("telegram", "ch", "42")
     first = await pacer.acquire(limits)
     second = await pacer.acquire(limits)
@@ -237,3 +237,82 @@ def test_invalid_rates_are_refused() -> None:
         Rate(0)
     with pytest.raises(ValueError, match="count >= 1"):
         Rate(1, 0.0)
+
+
+def test_a_rate_change_restarts_a_far_future_schedule() -> None:
+    """Issue 9, D8: one grant at a tiny rate put the next slot ~1e300 s away, and the key kept
+    that slot after the rate was reset: the channel stalled until the process restarted."""
+    clock = FakeClock(0.0)
+    pacer = Pacer(clock, window_margin=0.0)
+    assert pacer.acquire_delay(Limit("ch", Rate(1, 1e300))) == 0.0
+    assert pacer.acquire_delay(Limit("ch", Rate(1, 1e300))) > 1e299
+    clock.now = 0.5
+    assert pacer.acquire_delay(Limit("ch", Rate(80))) == 0.0
+    assert pacer.acquire_delay(Limit("ch", Rate(80))) == pytest.approx(1 / 80)
+
+
+def test_a_lowered_rate_holds_its_window_from_the_change_on() -> None:
+    clock = FakeClock(0.0)
+    pacer = Pacer(clock)
+    before = run(pacer, clock, Limit("ch", Rate(80)), 80)
+    change = clock.now
+    after = run(pacer, clock, Limit("ch", Rate(10)), 30)
+    assert max_in_window(before + after) <= 80
+    assert max_in_window(after) <= 10
+    assert after[0] >= before[-10] + 1.0, "the last 10 grants at the old rate still count"
+    assert after[0] > change
+
+
+def test_a_penalty_survives_a_rate_change() -> None:
+    clock = FakeClock(0.0)
+    pacer = Pacer(clock)
+    pacer.penalize("ch", retry_after=3.0)
+    assert pacer.acquire_delay(Limit("ch", Rate(80))) == pytest.approx(3.0)
+    assert pacer.acquire_delay(Limit("ch", Rate(30))) == pytest.approx(3.0)
+
+
+def arrivals(grants: list[float], first_late: float) -> list[float]:
+    """When the requests reach the platform after a cold start: nothing before the first
+    connection is ready (TCP and TLS handshakes, a worker busy taking the channel over),
+    ``first_late`` seconds after the first grant; then as granted, on warm connections."""
+    ready = grants[0] + first_late
+    return [max(g, ready) for g in grants]
+
+
+@pytest.mark.parametrize(("count", "first_late"), [(80, 0.03), (80, 0.049), (200, 0.04)])
+def test_a_late_first_request_after_a_cold_start_cannot_overfill_the_platforms_window(
+    count: int, first_late: float
+) -> None:
+    """Issue 9, D15: 81 sends in one second at the platform at 80/s, always in the first second
+    after a worker took the channel. The worker paces Rate(count, 1.015) (1.5 % margin)."""
+    limit = Limit("ch", Rate(count, 1.015))
+    clock = FakeClock(0.0)
+    without = run(Pacer(clock, start_margin=0.0), clock, limit, count + 5)
+    assert max_in_window(arrivals(without, first_late)) > count, "the defect, reproduced"
+    clock = FakeClock(0.0)
+    grants = run(Pacer(clock, start_margin=0.05), clock, limit, count + 5)
+    assert max_in_window(arrivals(grants, first_late)) <= count
+
+
+def test_the_cold_start_costs_one_wait_then_the_schedule_is_exact() -> None:
+    clock = FakeClock(0.0)
+    pacer = Pacer(clock, window_margin=0.0, start_margin=0.05)
+    grants = run(pacer, clock, Limit("ch", Rate(4)), 9)
+    assert grants == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.05, 1.3, 1.55, 1.8, 2.05])
+
+
+def test_a_key_idle_for_a_window_starts_cold_again_a_busy_one_does_not() -> None:
+    clock = FakeClock(0.0)
+    pacer = Pacer(clock, window_margin=0.0, start_margin=0.05)
+    limit = Limit("ch", Rate(2))
+    grants = run(pacer, clock, limit, 4)
+    assert grants == pytest.approx([0.0, 0.5, 1.05, 1.55])  # 0.0 counted as 0.05 (cold)
+    clock.now = 2.05  # on schedule: warm
+    assert pacer.acquire_delay(limit) == 0.0
+    assert pacer.acquire_delay(limit) == pytest.approx(0.5)  # no cold start: 0.5, not 0.55
+    clock.now = 10.0  # idle for more than a window: the first grant is cold again
+    assert pacer.acquire_delay(limit) == 0.0
+    clock.now = 10.5
+    assert pacer.acquire_delay(limit) == 0.0
+    clock.now = 11.0
+    assert pacer.acquire_delay(limit) == pytest.approx(0.05)

@@ -121,6 +121,12 @@ def test_channel_rate_defaults_and_fractions() -> None:
     assert fractional.count / fractional.per == pytest.approx(2.5)
 
 
+def test_channel_rate_clamps_values_stored_before_the_api_bounded_them() -> None:
+    assert channel_rate("whatsapp", 1e-300) == Rate(1, 100.0)  # 0.01/s, not 1e300 s apart
+    assert channel_rate("whatsapp", 1e9) == Rate(10_000, 1.0)
+    assert channel_rate("whatsapp", float("nan")) == CHANNEL_RATES["whatsapp"]
+
+
 def test_paced_limits_put_the_channel_first_and_keep_a_margin() -> None:
     message = claimed(platform="telegram", recipient="12345")
     limits = paced_limits(message, Rate(30), margin=0.01, whatsapp_pair_interval=None)
