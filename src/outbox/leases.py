@@ -25,6 +25,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from outbox.contracts import SIGNAL_KINDS
 from outbox.delivery import ChannelView
 
 __all__ = [
@@ -126,12 +127,15 @@ _CLAIM = text(
             WHERE m.channel_id = want.channel_id
               AND m.state IN ('queued', 'retrying')
               AND m.next_attempt_at <= now()
-              AND NOT EXISTS (
+              AND (m.content->>'kind' = ANY(CAST(:signals AS text[]))
+                   OR NOT EXISTS (
                   SELECT 1 FROM outbox_messages e
                   WHERE e.conversation_key = m.conversation_key
                     AND e.seq < m.seq
-                    AND e.state IN ('queued', 'sending', 'retrying'))
-            ORDER BY m.next_attempt_at
+                    AND e.state IN ('queued', 'sending', 'retrying')
+                    AND e.content->>'kind' <> ALL(CAST(:signals AS text[]))))
+            ORDER BY (m.content->>'kind' = ANY(CAST(:signals AS text[]))) DESC,
+                m.next_attempt_at
             LIMIT want.n
             FOR UPDATE OF m SKIP LOCKED
         ) p
@@ -271,6 +275,7 @@ async def claim_messages(
             "limits": list(budgets.values()),
             "owner": owner,
             "lease": lease,
+            "signals": sorted(SIGNAL_KINDS),
         },
     )
     return [dict(row) for row in result.mappings()]

@@ -198,6 +198,7 @@ class ChannelOwnership:
                 account_id=row.account_id,
                 credentials=row.credentials,
                 api_base_url=row.api_base_url,
+                webhook_url=f"{self._resources.public_base_url}/webhooks/{row.platform}/{row.id}",
             ),
             rate=rate,
             limit=Limit(channel_key(str(row.id)), paced),

@@ -13,7 +13,7 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,11 +26,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from fake_platforms.server import FakePlatformServer
 from gateway.app import component as gateway_component
-from outbox import worker as worker_module
 from outbox.app import component as outbox_component
 from outbox.intake import window_key
 from outbox.models import ConversationWindow, OutboxEvent, OutboxMessage
-from outbox.platforms import ChannelConfig
 from outbox.receipts_consumer import run_receipts_consumer
 from outbox.worker import DeliveryWorker
 from switchboard.settings import Settings
@@ -90,27 +88,14 @@ class Stack:
         await eventually(check, limit=30)
 
 
-def with_webhook_url(base_url: str) -> Callable[..., ChannelConfig]:
-    """What the worker is to pass (``webhook_url``); filled here until it does."""
-
-    def build(**fields: Any) -> ChannelConfig:
-        fields.setdefault("webhook_url", f"{base_url}/webhooks/{fields['platform']}/{fields['id']}")
-        return ChannelConfig(**fields)
-
-    return build
-
-
 @pytest.fixture
-async def stack(
-    settings: Settings, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[Stack]:
+async def stack(settings: Settings, engine: AsyncEngine) -> AsyncIterator[Stack]:
     settings = tune(settings, kafka_consumer_group=f"r-{uuid.uuid4().hex[:8]}")
     components = [gateway_component(settings), outbox_component(settings)]
     async with (
         FakePlatformServer() as fake,
         running_app(settings, components) as app,
     ):
-        monkeypatch.setattr(worker_module, "ChannelConfig", with_webhook_url(app.base_url))
         stop = asyncio.Event()
         tasks = [
             asyncio.create_task(DeliveryWorker(app.resources, owner="w1").run(stop)),

@@ -905,3 +905,49 @@ async def test_sigterm_drains_and_the_process_exits_0(
             select(func.count()).select_from(OutboxEvent).where(OutboxEvent.published_at.is_(None))
         )
     assert unpublished == 0, "the relay published what the drain staged before exiting"
+
+
+# ---- signals ahead of the queue ----------------------------------------------------------------
+
+
+async def test_a_read_mark_jumps_a_waiting_conversation_and_holds_back_nothing(
+    settings: Settings, engine: AsyncEngine, fake: FakePlatformServer
+) -> None:
+    """Signals (typing, mark_read, callback_answer) are useless late: a read mark is sent while
+    an earlier message of its conversation waits for a retry, and a message queued after the
+    signal still waits for that earlier one (FIFO among messages is kept)."""
+    async with open_resources(tune(settings, outbox_retry_schedule=(60.0,))) as res:
+        channel = await make_channel(res, fake)
+        fake.inject(Fault.server_error(503, path_contains="/messages", recipient="15556666"))
+        [first] = await enqueue(res, channel, ["15556666"], tag="first")
+        async with running(res):
+
+            async def first_waits() -> bool:
+                return (await states(res, [first]))[first].state == "retrying"
+
+            await eventually(first_waits)
+            now = datetime.now(UTC)
+            async with res.sessionmaker() as session, session.begin():
+                signal = OutboxMessage(
+                    command_id=f"cmd-{uuid.uuid4().hex}",
+                    request_hash="0" * 64,
+                    source="api",
+                    channel_id=channel,
+                    platform="whatsapp",
+                    recipient="15556666",
+                    conversation_key=f"{channel}:15556666",
+                    content={"kind": "mark_read", "mark_read": {"message_id": "wamid.customer"}},
+                    message_metadata={},
+                    state="queued",
+                    next_attempt_at=now,
+                    not_after=now + timedelta(seconds=30),
+                )
+                session.add(signal)
+            [after] = await enqueue(res, channel, ["15556666"], tag="after")
+            await all_done(res, [signal.id])
+            rows = await states(res, [first, signal.id, after])
+        assert rows[signal.id].state == "sent"
+        assert rows[first].state == "retrying"
+        assert rows[after].state == "queued"
+        read_marks = [r for r in fake.requests if r.json and r.json.get("status") == "read"]
+        assert [r.json["message_id"] for r in read_marks] == ["wamid.customer"]
