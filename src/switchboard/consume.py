@@ -16,6 +16,10 @@ group join, which a broker may never complete) still under way is abandoned
 finishes its batch, commits, and gets ``stop_grace`` to leave its group before its connections
 are closed anyway.
 
+Metrics: ``switchboard_kafka_consumer_lag{consumer}``, records behind the end of the log over
+the partitions this process holds (highwater minus position, after each poll; Prometheus sums
+the replicas). A partition whose highwater is not known yet (nothing fetched) counts 0.
+
 Log events carry ``consumer=<name>``: ``kafka.consumer_started``,
 ``kafka.consumer_start_abandoned``, ``kafka.consumer_failed``, ``kafka.consumer_stop_timed_out``,
 ``kafka.consumer_stop_failed``, ``kafka.commit_failed``; ``per_record`` logs
@@ -32,6 +36,7 @@ from typing import Any, TypeAlias
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
+from prometheus_client import Gauge
 
 from switchboard.aio import abandon, first_of
 from switchboard.logging import get_logger
@@ -47,6 +52,12 @@ __all__ = [
 ]
 
 log = get_logger(__name__)
+
+CONSUMER_LAG = Gauge(
+    "switchboard_kafka_consumer_lag",
+    "Records behind the end of the log, over the partitions this process consumes",
+    ["consumer"],
+)
 
 Record: TypeAlias = Any
 """``aiokafka.ConsumerRecord[bytes, bytes]`` (aiokafka ships no type information)."""
@@ -146,6 +157,7 @@ class ConsumeLoop:
         backoff = self.retry_backoff[0]
         while not stop.is_set():
             batch = await consumer.getmany(timeout_ms=self.poll_ms, max_records=self.batch_size)
+            await self._record_lag(consumer)
             if not batch:
                 continue
             partitions = list(batch.items())
@@ -169,6 +181,20 @@ class ConsumeLoop:
                 backoff = min(backoff * 2, self.retry_backoff[1])
             else:
                 backoff = self.retry_backoff[0]
+
+    async def _record_lag(self, consumer: AIOKafkaConsumer) -> None:
+        """Set the lag gauge; a metric never disturbs consumption (any failure: left as is)."""
+        try:
+            lag = 0
+            for tp in consumer.assignment():
+                highwater = consumer.highwater(tp)
+                if highwater is None:
+                    continue
+                position = await asyncio.wait_for(consumer.position(tp), 0.1)
+                lag += max(highwater - position, 0)
+        except Exception:  # unassigned by a rebalance, position unknown, ...
+            return
+        CONSUMER_LAG.labels(self.name).set(lag)
 
     async def _start(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> bool:
         """Start ``consumer`` (bootstrap, topic metadata, group join) unless ``stop`` comes
