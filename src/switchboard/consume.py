@@ -17,8 +17,9 @@ finishes its batch, commits, and gets ``stop_grace`` to leave its group before i
 are closed anyway.
 
 Metrics: ``switchboard_kafka_consumer_lag{consumer}``, records behind the end of the log over
-the partitions this process holds (highwater minus position, after each poll; Prometheus sums
-the replicas). A partition whose highwater is not known yet (nothing fetched) counts 0.
+the partitions this process holds (highwater minus position once a poll's records are handled,
+so a rewound partition counts its unfinished records; Prometheus sums the replicas). A partition
+whose highwater is not known yet (nothing fetched) counts 0.
 
 Log events carry ``consumer=<name>``: ``kafka.consumer_started``,
 ``kafka.consumer_start_abandoned``, ``kafka.consumer_failed``, ``kafka.consumer_stop_timed_out``,
@@ -157,8 +158,8 @@ class ConsumeLoop:
         backoff = self.retry_backoff[0]
         while not stop.is_set():
             batch = await consumer.getmany(timeout_ms=self.poll_ms, max_records=self.batch_size)
-            await self._record_lag(consumer)
             if not batch:
+                await self._record_lag(consumer)
                 continue
             partitions = list(batch.items())
             handled = await asyncio.gather(*(self.handle(records) for _, records in partitions))
@@ -175,6 +176,7 @@ class ConsumeLoop:
                     await self.commit(consumer, offsets)
                 except KafkaError as exc:  # e.g. a rebalance: the records come back
                     log.warning("kafka.commit_failed", consumer=self.name, error=type(exc).__name__)
+            await self._record_lag(consumer)
             if stalled:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), backoff)
