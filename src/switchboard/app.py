@@ -28,6 +28,7 @@ from switchboard.channels.endpoints import router as channels_router
 from switchboard.crypto import SecretBox
 from switchboard.errors import SwitchboardError
 from switchboard.logging import get_logger
+from switchboard.requestid import RequestIdMiddleware
 from switchboard.resources import Resources
 from switchboard.settings import Settings
 
@@ -173,6 +174,7 @@ def create_app(
     app.outer_middleware = [m for component in components for m in component.asgi_middleware]
 
     add_health_routes(app)
+    app.add_middleware(RequestIdMiddleware)
     return app
 
 
