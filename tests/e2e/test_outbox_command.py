@@ -10,12 +10,14 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import httpx
 import pytest
 
 from switchboard.embedded import EmbeddedBroker
 from tests.conftest import ENCRYPTION_KEY
+from tests.e2e.test_dev_command import _start as start_dev
 
 pytestmark = pytest.mark.integration
 
@@ -78,3 +80,40 @@ def test_outbox_serves_health_and_metrics_on_its_port(
             if proc.stdout is not None:
                 proc.stdout.close()
     assert proc.returncode in (0, 143)
+
+
+def test_dev_serves_the_outbox_metrics_on_the_api(tmp_path: Path) -> None:
+    proc, found = start_dev(tmp_path / "data")
+    try:
+        assert {"api", "admin api key"} <= found.keys(), found
+        created = httpx.post(
+            f"{found['api']}/v1/channels",
+            json={
+                "platform": "telegram",
+                "name": "Bot",
+                "account_id": "123456",
+                "credentials": {
+                    "bot_token": "123456:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+                    "secret_token": "s",
+                },
+            },
+            headers={"Authorization": f"Bearer {found['admin api key']}"},
+            timeout=10,
+        )
+        assert created.status_code == 201, created.text
+        active = 'switchboard_outbox_channels{state="active"} 1.0'
+        metrics = _poll(f"{found['api']}/metrics", active)
+        assert active in metrics
+        assert "switchboard_outbox_sampler_leader 1.0" in metrics
+        assert "switchboard_gateway_spool_depth 0.0" in metrics
+        lag = 'switchboard_kafka_consumer_lag{consumer="outbox.commands"} 0.0'
+        assert lag in _poll(f"{found['api']}/metrics", lag), "once the consumer has polled"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            if proc.stdout is not None:
+                proc.stdout.close()
