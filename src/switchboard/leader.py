@@ -7,7 +7,11 @@ it until it stops or its connection fails), so sampled metrics do not hop betwee
 A lost connection releases the lock in PostgreSQL at once; the lock is released explicitly
 before a healthy connection goes back to the pool (a pooled connection would keep it).
 
-Log events: ``leader.acquired``, ``leader.failed`` (with ``role=<name>``).
+Work runs next to the process's real work (the outbox worker's task group): any failure of a
+round is logged and the next round starts over; nothing here ends the task but ``stop``.
+
+Log events: ``leader.acquired``, ``leader.failed`` (database away, round timed out),
+``leader.work_crashed`` (a bug), all with ``role=<name>``.
 """
 
 from __future__ import annotations
@@ -111,6 +115,10 @@ async def run_as_leader(
                         await work(conn)
             except _ERRORS as exc:
                 log.warning("leader.failed", role=leader.name, error=type(exc).__name__)
+                await leader.drop()
+                on_follower()
+            except Exception as exc:  # a bug here must not stop the process's real work
+                log.error("leader.work_crashed", role=leader.name, error=repr(exc))
                 await leader.drop()
                 on_follower()
             with contextlib.suppress(TimeoutError):

@@ -26,7 +26,7 @@ from outbox.retention import PURGES, purge_once
 from outbox.sampler import PENDING, RELAY, Sampler, run_sampler, take_sample
 from switchboard.app import open_resources
 from switchboard.channels.models import Channel
-from switchboard.leader import AdvisoryLeader
+from switchboard.leader import AdvisoryLeader, run_as_leader
 from switchboard.resources import Resources
 from switchboard.settings import Settings
 
@@ -350,3 +350,28 @@ def test_record_send_counts_and_times() -> None:
     assert value("switchboard_outbox_send_duration_seconds_count", {"platform": "telegram"}) == (
         timed + 1
     ), "an expired message made no HTTP exchange: no duration"
+
+
+async def test_a_crashing_round_is_logged_and_the_loop_goes_on(resources: Resources) -> None:
+    rounds: list[int] = []
+    stop = asyncio.Event()
+
+    async def work(conn: AsyncConnection) -> None:
+        rounds.append(1)
+        if len(rounds) >= 3:
+            stop.set()
+        raise ValueError("a bug")
+
+    followers: list[int] = []
+    await asyncio.wait_for(
+        run_as_leader(
+            AdvisoryLeader(resources.engine, 4343, "test"),
+            work,
+            interval=0.01,
+            stop=stop,
+            on_follower=lambda: followers.append(1),
+        ),
+        30,
+    )
+    assert len(rounds) == 3
+    assert len(followers) == 3, "each crash gives the lock up and withdraws"
