@@ -10,6 +10,9 @@
   ``undeduplicated`` (published while PostgreSQL was unreachable).
 * ``switchboard_gateway_request_duration_seconds{platform}``: webhook latency, all outcomes.
 * ``switchboard_gateway_batch_size``: webhooks per group-commit batch (one transaction).
+* ``switchboard_gateway_spool_depth``: canonical events in the spool waiting for the broker,
+  counted by every replica's relay every ``gateway_spool_sample_interval_seconds`` (up to
+  ``SPOOL_DEPTH_CAP``: past a million the exact figure no longer matters and costs a scan).
 
 ``platform`` is one of the known platform ids or ``unknown``, so hostile paths cannot create
 unbounded label sets.
@@ -19,7 +22,7 @@ from __future__ import annotations
 
 import functools
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 WEBHOOKS = Counter(
     "switchboard_gateway_webhooks",
@@ -43,6 +46,12 @@ BATCH_SIZE = Histogram(
     "Webhooks per group-commit batch",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
 )
+
+SPOOL_DEPTH = Gauge(
+    "switchboard_gateway_spool_depth",
+    "Canonical events in the spool waiting for the broker (sampled, capped at 1,000,000)",
+)
+SPOOL_DEPTH_CAP = 1_000_000
 
 
 # ``.labels()`` validates and locks on every call; the hot path uses these cached children

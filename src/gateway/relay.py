@@ -15,6 +15,9 @@ batches of one conversation out of order). The others skip the round and try aga
 It wakes when this process spools something, and polls every
 ``gateway_relay_interval_seconds`` for rows spooled by other replicas.
 
+The relay also samples ``switchboard_gateway_spool_depth`` (a bounded ``count``) every
+``gateway_spool_sample_interval_seconds``, on every replica, lock or not.
+
 Purger
 ------
 Every ``gateway_purge_interval_seconds``: deletes dedup rows older than
@@ -26,11 +29,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 from gateway import repository as repo
-from gateway.metrics import EVENTS
+from gateway.metrics import EVENTS, SPOOL_DEPTH, SPOOL_DEPTH_CAP
 from gateway.service import DB_ERRORS, RELAY_ERRORS, Gateway, Record
 from switchboard.logging import get_logger
 
@@ -61,9 +65,27 @@ async def relay_once(gateway: Gateway) -> int:
     return len(rows)
 
 
+async def sample_spool_depth(gateway: Gateway) -> int:
+    """Set ``switchboard_gateway_spool_depth`` from a count bounded by ``SPOOL_DEPTH_CAP``."""
+    acquire = gateway.pool.acquire(timeout=gateway.settings.gateway_db_timeout_seconds)
+    async with acquire as conn:
+        depth = int(
+            await conn.fetchval(
+                "SELECT count(*) FROM (SELECT 1 FROM gateway_spool LIMIT $1) AS s", SPOOL_DEPTH_CAP
+            )
+        )
+    SPOOL_DEPTH.set(depth)
+    return depth
+
+
 async def run_relay(gateway: Gateway, stop: asyncio.Event) -> None:
     settings = gateway.settings
+    sampled_at = float("-inf")
     while not stop.is_set():
+        if time.monotonic() - sampled_at >= settings.gateway_spool_sample_interval_seconds:
+            sampled_at = time.monotonic()
+            with contextlib.suppress(Exception):  # the relay reports a database outage itself
+                await sample_spool_depth(gateway)
         relayed = 0
         gateway.spool_written.clear()  # a spool write during this round wakes the next one
         try:

@@ -52,7 +52,8 @@ def component(settings: Settings) -> Component:
 
 
 async def run_worker(resources: Resources, stop: asyncio.Event) -> None:
-    """The worker process: delivery, the command and receipts consumers, the lifecycle relay.
+    """The worker process: delivery, the command and receipts consumers, the lifecycle relay,
+    and the operations loops (metrics sampler, retention; one replica at a time each).
 
     On ``stop`` the consumers and delivery stop (delivery drains within
     ``outbox_shutdown_deadline``); the relay runs until delivery is done, then publishes what
@@ -61,6 +62,8 @@ async def run_worker(resources: Resources, stop: asyncio.Event) -> None:
     from outbox.commands import run_command_consumer
     from outbox.events import relay_once, run_relay
     from outbox.receipts_consumer import run_receipts_consumer
+    from outbox.retention import run_retention
+    from outbox.sampler import run_sampler
     from outbox.worker import DeliveryWorker
 
     relay_stop = asyncio.Event()
@@ -82,3 +85,5 @@ async def run_worker(resources: Resources, stop: asyncio.Event) -> None:
         group.create_task(relay(), name="outbox-relay")
         group.create_task(run_command_consumer(resources, stop), name="outbox-commands")
         group.create_task(run_receipts_consumer(resources, stop), name="outbox-receipts")
+        group.create_task(run_sampler(resources, stop), name="outbox-sampler")
+        group.create_task(run_retention(resources, stop), name="outbox-retention")

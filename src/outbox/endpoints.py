@@ -10,6 +10,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated
 
+import structlog
 from fastapi import APIRouter, Header, Query, Response, status
 from pydantic import ValidationError
 
@@ -25,9 +26,13 @@ from outbox.schemas import (
     MessageState,
 )
 from switchboard.auth.dependencies import RequireRead, RequireSend
+from switchboard.logging import get_logger
 from switchboard.resources import AppResources, DbSession
 
 router = APIRouter(prefix="/v1", tags=["messages"])
+log = get_logger(__name__)
+bind = structlog.contextvars.bind_contextvars
+"""Log lines of a request carry its message and channel ids (with its request id)."""
 
 IdempotencyKey = Annotated[
     str | None,
@@ -79,10 +84,12 @@ async def send_message(
         problems = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
         raise InvalidCommand(problems or "invalid command") from None
     accepted = await intake.accept(session, resources.settings, command, source="api")
+    bind(message_id=str(accepted.message.id), channel_id=str(accepted.message.channel_id))
     if not accepted.replayed:
         await session.commit()
     else:
         response.headers["Idempotent-Replayed"] = "true"
+    log.debug("outbox.message_accepted", replayed=accepted.replayed)
     _location(response, accepted.message.id)
     return MessageRead.from_row(accepted.message)
 
@@ -90,6 +97,7 @@ async def send_message(
 @router.get("/messages/{message_id}", response_model=MessageDetail, summary="A message")
 async def get_message(message_id: uuid.UUID, session: DbSession, _: RequireRead) -> MessageDetail:
     """State, platform message id, last error, timestamps and every delivery attempt."""
+    bind(message_id=str(message_id))
     message = await intake.get_message(session, message_id)
     history = await intake.attempt_history(session, message_id)
     return MessageDetail(
@@ -131,6 +139,7 @@ async def cancel_message(
     message_id: uuid.UUID, session: DbSession, resources: AppResources, _: RequireSend
 ) -> MessageRead:
     """queued/retrying → cancelled (``message.cancelled``); already cancelled: 200, no change."""
+    bind(message_id=str(message_id))
     message = await intake.cancel(session, resources.settings, message_id)
     await session.commit()
     return MessageRead.from_row(message)
@@ -146,6 +155,7 @@ async def retry_message(
     message_id: uuid.UUID, session: DbSession, resources: AppResources, _: RequireSend
 ) -> MessageRead:
     """dead → queued (``message.queued``), due now, new ``not_after``; attempts are kept."""
+    bind(message_id=str(message_id))
     message = await intake.redrive(session, resources.settings, message_id)
     await session.commit()
     return MessageRead.from_row(message)

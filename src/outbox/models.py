@@ -78,6 +78,13 @@ class OutboxMessage(TimestampMixin, Base):
             "lease_expires_at",
             postgresql_where=text("state = 'sending'"),
         ),
+        Index(
+            "ix_outbox_messages_pending_platform",
+            "platform",
+            "state",
+            "created_at",
+            postgresql_where=text("state IN ('queued', 'sending', 'retrying')"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
@@ -146,6 +153,7 @@ class OutboxEvent(Base):
     __tablename__ = "outbox_events"
     __table_args__ = (
         Index("ix_outbox_events_unpublished", "id", postgresql_where=text("published_at IS NULL")),
+        Index("ix_outbox_events_created_at", "created_at"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)

@@ -28,6 +28,7 @@ from switchboard.channels.endpoints import router as channels_router
 from switchboard.crypto import SecretBox
 from switchboard.errors import SwitchboardError
 from switchboard.logging import get_logger
+from switchboard.requestid import RequestIdMiddleware
 from switchboard.resources import Resources
 from switchboard.settings import Settings
 
@@ -172,6 +173,15 @@ def create_app(
             app.include_router(router)
     app.outer_middleware = [m for component in components for m in component.asgi_middleware]
 
+    add_health_routes(app)
+    app.add_middleware(RequestIdMiddleware)
+    return app
+
+
+def add_health_routes(app: FastAPI) -> None:
+    """``/healthz``, ``/readyz`` and ``/metrics``: the same answers from the API and from the
+    worker's own listener (``create_ops_app``). ``app.state.resources`` must be set."""
+
     @app.get("/healthz", tags=["health"], response_class=PlainTextResponse)
     async def healthz() -> str:
         """The process is alive."""
@@ -206,4 +216,14 @@ def create_app(
             prometheus_client.generate_latest(), media_type=prometheus_client.CONTENT_TYPE_LATEST
         )
 
+
+def create_ops_app(resources: Resources) -> FastAPI:
+    """The health and metrics listener of a process without the API (``switchboard outbox``):
+    the caller owns ``resources``."""
+    app = FastAPI(
+        title="Switchboard worker", version=VERSION, docs_url=None, redoc_url=None, openapi_url=None
+    )
+    app.state.resources = resources
+    install_error_handlers(app)
+    add_health_routes(app)
     return app

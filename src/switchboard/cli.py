@@ -56,18 +56,28 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def cmd_outbox(args: argparse.Namespace) -> None:
+    """The delivery worker, with /healthz, /readyz and /metrics on ``outbox_http_port``."""
     from outbox.app import run_worker
-    from switchboard.app import open_resources
+    from switchboard.app import create_ops_app, open_resources
     from switchboard.logging import configure_logging
-    from switchboard.runner import run, stop_on_signals
+    from switchboard.runner import bind_socket, run, stop_on_signals
 
     settings = load_settings()
     require_encryption_keys(settings)
     configure_logging(settings)
+    sock = bind_socket(settings.http_host, settings.outbox_http_port)
+    port = sock.getsockname()[1]
 
     async def main() -> None:
         async with stop_on_signals() as stop, open_resources(settings) as resources:
-            await run(app=None, sock=None, stop=stop, workers=[lambda s: run_worker(resources, s)])
+            await run(
+                app=create_ops_app(resources),
+                sock=sock,
+                stop=stop,
+                workers=[lambda s: run_worker(resources, s)],
+                on_ready=lambda: print(f"outbox: http://{settings.http_host}:{port}", flush=True),
+                log_level=settings.log_level,
+            )
 
     run_async(main())
 

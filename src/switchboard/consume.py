@@ -16,6 +16,11 @@ group join, which a broker may never complete) still under way is abandoned
 finishes its batch, commits, and gets ``stop_grace`` to leave its group before its connections
 are closed anyway.
 
+Metrics: ``switchboard_kafka_consumer_lag{consumer}``, records behind the end of the log over
+the partitions this process holds (highwater minus position once a poll's records are handled,
+so a rewound partition counts its unfinished records; Prometheus sums the replicas). A partition
+whose highwater is not known yet (nothing fetched) counts 0.
+
 Log events carry ``consumer=<name>``: ``kafka.consumer_started``,
 ``kafka.consumer_start_abandoned``, ``kafka.consumer_failed``, ``kafka.consumer_stop_timed_out``,
 ``kafka.consumer_stop_failed``, ``kafka.commit_failed``; ``per_record`` logs
@@ -32,6 +37,7 @@ from typing import Any, TypeAlias
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
+from prometheus_client import Gauge
 
 from switchboard.aio import abandon, first_of
 from switchboard.logging import get_logger
@@ -47,6 +53,12 @@ __all__ = [
 ]
 
 log = get_logger(__name__)
+
+CONSUMER_LAG = Gauge(
+    "switchboard_kafka_consumer_lag",
+    "Records behind the end of the log, over the partitions this process consumes",
+    ["consumer"],
+)
 
 Record: TypeAlias = Any
 """``aiokafka.ConsumerRecord[bytes, bytes]`` (aiokafka ships no type information)."""
@@ -147,6 +159,7 @@ class ConsumeLoop:
         while not stop.is_set():
             batch = await consumer.getmany(timeout_ms=self.poll_ms, max_records=self.batch_size)
             if not batch:
+                await self._record_lag(consumer)
                 continue
             partitions = list(batch.items())
             handled = await asyncio.gather(*(self.handle(records) for _, records in partitions))
@@ -163,12 +176,27 @@ class ConsumeLoop:
                     await self.commit(consumer, offsets)
                 except KafkaError as exc:  # e.g. a rebalance: the records come back
                     log.warning("kafka.commit_failed", consumer=self.name, error=type(exc).__name__)
+            await self._record_lag(consumer)
             if stalled:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), backoff)
                 backoff = min(backoff * 2, self.retry_backoff[1])
             else:
                 backoff = self.retry_backoff[0]
+
+    async def _record_lag(self, consumer: AIOKafkaConsumer) -> None:
+        """Set the lag gauge; a metric never disturbs consumption (any failure: left as is)."""
+        try:
+            lag = 0
+            for tp in consumer.assignment():
+                highwater = consumer.highwater(tp)
+                if highwater is None:
+                    continue
+                position = await asyncio.wait_for(consumer.position(tp), 0.1)
+                lag += max(highwater - position, 0)
+        except Exception:  # unassigned by a rebalance, position unknown, ...
+            return
+        CONSUMER_LAG.labels(self.name).set(lag)
 
     async def _start(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> bool:
         """Start ``consumer`` (bootstrap, topic metadata, group join) unless ``stop`` comes

@@ -148,6 +148,30 @@ class Settings(BaseSettings):
     )
     # end Outbox delivery
 
+    # Outbox operations (metrics sampler, retention, the worker's HTTP port; docs/operations.md)
+    outbox_http_port: int = Field(
+        default=8081,
+        ge=0,
+        le=65535,
+        description="`switchboard outbox` serves /healthz, /readyz, /metrics here (0: free port)",
+    )
+    outbox_metrics_interval: float = Field(
+        default=5.0, gt=0, description="Seconds between samples of the outbox gauges"
+    )
+    outbox_retention_days: float = Field(
+        default=30.0,
+        gt=0,
+        description="Finished messages (with attempts) and published lifecycle events older "
+        "than this are deleted",
+    )
+    outbox_retention_interval: float = Field(
+        default=300.0, gt=0, description="Seconds between retention runs"
+    )
+    outbox_retention_batch_size: int = Field(
+        default=1000, ge=1, le=100_000, description="Rows deleted per statement (short locks)"
+    )
+    # end Outbox operations
+
     # Security
     admin_api_key: SecretStr | None = Field(
         default=None, description="Bootstrap admin API key; accepted with every scope"
@@ -187,6 +211,9 @@ class Settings(BaseSettings):
     )
     gateway_batch_max_in_flight: int = Field(
         default=16, ge=1, description="Batches in flight at once (each holds a DB connection)"
+    )
+    gateway_spool_sample_interval_seconds: float = Field(
+        default=5.0, gt=0, description="How often each relay counts the spool (a metric)"
     )
     # /Gateway
 

@@ -1,0 +1,121 @@
+"""The outbox gauges, sampled from PostgreSQL every ``outbox_metrics_interval`` seconds by one
+replica at a time (``switchboard.leader``: the others export no sampled value).
+
+Each sample is three cheap statements (checked with EXPLAIN in
+``tests/integration/outbox/test_operations.py``):
+
+* pending messages per platform and state, with the oldest queued/retrying ``created_at``:
+  an index-only scan of ``ix_outbox_messages_pending_platform`` (a partial index on the
+  pending states, so its size is the backlog, not the history);
+* channels by state (a small table);
+* the oldest unpublished lifecycle event and their count: ``ix_outbox_events_unpublished``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from outbox import metrics
+from switchboard.leader import AdvisoryLeader, run_as_leader
+from switchboard.resources import Resources
+
+SAMPLER_LOCK = 0x5357_4D53  # "SWMS": one outbox metrics sampler across replicas
+
+PENDING = text(
+    """
+    SELECT platform, state, count(*) AS n,
+           extract(epoch FROM now() - min(created_at)) AS oldest
+    FROM outbox_messages
+    WHERE state IN ('queued', 'sending', 'retrying')
+    GROUP BY platform, state
+    """
+)
+CHANNELS = text("SELECT enabled, count(*) FROM channels GROUP BY enabled")
+RELAY = text(
+    """
+    SELECT (SELECT extract(epoch FROM now() - created_at) FROM outbox_events
+            WHERE published_at IS NULL ORDER BY id LIMIT 1) AS lag,
+           (SELECT count(*) FROM outbox_events WHERE published_at IS NULL) AS unpublished
+    """
+)
+
+
+@dataclass
+class Sample:
+    pending: dict[tuple[str, str], int] = field(default_factory=dict)
+    oldest: dict[str, float] = field(default_factory=dict)
+    channels: dict[str, int] = field(default_factory=dict)
+    relay_lag: float = 0.0
+    unpublished: int = 0
+
+
+async def take_sample(conn: AsyncConnection) -> Sample:
+    sample = Sample()
+    for platform, state, count, oldest in (await conn.execute(PENDING)).all():
+        sample.pending[(platform, state)] = int(count)
+        if state != "sending":
+            age = max(float(oldest or 0.0), 0.0)
+            sample.oldest[platform] = max(sample.oldest.get(platform, 0.0), age)
+    counts = {bool(enabled): int(n) for enabled, n in (await conn.execute(CHANNELS)).all()}
+    sample.channels = {
+        "active": counts.get(True, 0),
+        "paused": 0,  # no channel control yet (issue 11 item 5): reported so alerts can exist
+        "suspended": 0,
+        "disabled": counts.get(False, 0),
+    }
+    lag, unpublished = (await conn.execute(RELAY)).one()
+    sample.relay_lag = max(float(lag or 0.0), 0.0)
+    sample.unpublished = int(unpublished)
+    return sample
+
+
+class Sampler:
+    """Publishes samples to the gauges; platforms seen once keep a series (0 when empty)."""
+
+    def __init__(self) -> None:
+        self._platforms: set[str] = set()
+
+    def publish(self, sample: Sample) -> None:
+        self._platforms |= {platform for platform, _ in sample.pending}
+        for platform in self._platforms:
+            for state in metrics.PENDING_STATES:
+                count = sample.pending.get((platform, state), 0)
+                metrics.MESSAGES.labels(platform, state).set(count)
+            metrics.OLDEST_QUEUED.labels(platform).set(sample.oldest.get(platform, 0.0))
+        for state in metrics.CHANNEL_STATES:
+            metrics.CHANNELS.labels(state).set(sample.channels.get(state, 0))
+        metrics.RELAY_LAG.set(sample.relay_lag)
+        metrics.UNPUBLISHED.set(sample.unpublished)
+        metrics.SAMPLER_LEADER.set(1)
+
+    def withdraw(self) -> None:
+        """Not the sampling replica: export nothing that could be stale."""
+        self._platforms.clear()
+        for gauge in (metrics.MESSAGES, metrics.OLDEST_QUEUED, metrics.CHANNELS):
+            gauge.clear()
+        metrics.RELAY_LAG.set(0)
+        metrics.UNPUBLISHED.set(0)
+        metrics.SAMPLER_LEADER.set(0)
+
+    async def sample(self, conn: AsyncConnection) -> None:
+        self.publish(await take_sample(conn))
+
+
+async def run_sampler(resources: Resources, stop: asyncio.Event) -> None:
+    """Sample until ``stop``, whenever this replica holds the sampler lock."""
+    sampler = Sampler()
+    try:
+        await run_as_leader(
+            AdvisoryLeader(resources.engine, SAMPLER_LOCK, "outbox.sampler"),
+            sampler.sample,
+            interval=resources.settings.outbox_metrics_interval,
+            stop=stop,
+            on_follower=sampler.withdraw,
+            round_timeout=max(resources.settings.outbox_metrics_interval * 2, 10.0),
+        )
+    finally:
+        sampler.withdraw()

@@ -1,0 +1,48 @@
+"""``switchboard_gateway_spool_depth``: what the spool holds, sampled by the relay loop."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from prometheus_client import REGISTRY
+
+from gateway import relay
+from gateway import repository as repo
+from switchboard.settings import Settings
+from tests.integration.gateway.conftest import Ingress
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def gateway_settings(settings: Settings) -> Settings:
+    return settings.model_copy(
+        update={
+            "gateway_relay_interval_seconds": 0.05,
+            "gateway_spool_sample_interval_seconds": 0.05,
+            "kafka_request_timeout_ms": 2000,
+        }
+    )
+
+
+async def spool_depth(value: float) -> None:
+    async with asyncio.timeout(30):
+        while REGISTRY.get_sample_value("switchboard_gateway_spool_depth") != value:  # noqa: ASYNC110 - a metric another task sets
+            await asyncio.sleep(0.05)
+
+
+async def test_the_relay_reports_the_spool_depth(ingress: Ingress) -> None:
+    gateway = ingress.gateway
+    topic = ingress.app.settings.topic("inbound.v1")
+    rows = [
+        repo.SpoolRow(f"00000000-0000-0000-0000-00000000001{i}", "telegram", topic, "c", b"{}")
+        for i in range(4)
+    ]
+    async with gateway.pool.acquire() as holder, holder.transaction():
+        assert await repo.try_relay_lock(holder)  # another replica's relay: nothing drains
+        async with gateway.pool.acquire() as conn:
+            await repo.spool(conn, rows)
+        assert await relay.sample_spool_depth(gateway) == 4
+        await spool_depth(4)
+    await spool_depth(0)  # the background relay drained it and sampled again
