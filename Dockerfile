@@ -22,6 +22,6 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1
 WORKDIR /app
 USER switchboard
-EXPOSE 8080
+EXPOSE 8080 8081
 ENTRYPOINT ["switchboard"]
 CMD ["serve"]

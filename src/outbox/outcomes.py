@@ -24,6 +24,7 @@ from outbox import leases
 from outbox.claims import Claim, InFlight
 from outbox.delivery import ClaimedMessage, Decision, decide, expired_decision
 from outbox.events import build_event
+from outbox.metrics import record_finished
 from outbox.models import TERMINAL_STATES, OutboxAttempt, OutboxEvent
 from outbox.platforms import SendResult
 from outbox.retry import RetryPolicy
@@ -305,5 +306,7 @@ class OutcomeWriter:
                 stats.retried += 1
             elif state == "failed":
                 stats.failed += 1
+                record_finished(outcome.claim.message.platform, "failed")
             else:
                 stats.dead += 1
+                record_finished(outcome.claim.message.platform, "dead")

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from outbox.claims import Claim
 from outbox.delivery import ClaimedMessage, interrupted_result
+from outbox.metrics import record_send, send_outcome
 from outbox.outcomes import OutcomeWriter
 from outbox.ownership import ChannelOwnership, OwnedChannel
 from outbox.platforms import SENDERS, SendResult, UnsupportedContent
@@ -166,6 +167,7 @@ class Dispatcher:
                 finish(claim, "release")
                 return
             if datetime.now(UTC) >= message.not_after:
+                record_send(message.platform, "expired", 0.0)
                 finish(claim, "expired")
                 return
             claim.sending = True
@@ -178,6 +180,13 @@ class Dispatcher:
                 finish(claim, "result", interrupted_result(elapsed), started_at)
                 raise
             self._note_throttle(message, result)
+            record_send(
+                message.platform,
+                send_outcome(
+                    result.outcome, throttled=result.throttled or result.recipient_throttled
+                ),
+                time.perf_counter() - started,
+            )
             finish(claim, "result", result, started_at)
         except asyncio.CancelledError:
             if not claim.finished:

@@ -23,6 +23,7 @@ from typing import Any
 
 import orjson
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import func, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -951,3 +952,24 @@ async def test_a_read_mark_jumps_a_waiting_conversation_and_holds_back_nothing(
         assert rows[after].state == "queued"
         read_marks = [r for r in fake.requests if r.json and r.json.get("status") == "read"]
         assert [r.json["message_id"] for r in read_marks] == ["wamid.customer"]
+
+
+async def test_sends_are_counted_and_timed_per_platform_and_outcome(
+    resources: Resources, fake: FakePlatformServer
+) -> None:
+    value = REGISTRY.get_sample_value
+    sent = {"platform": "whatsapp", "outcome": "sent"}
+    retryable = {"platform": "whatsapp", "outcome": "retryable"}
+    before_sent = value("switchboard_outbox_sends_total", sent) or 0
+    before_retryable = value("switchboard_outbox_sends_total", retryable) or 0
+    timed = value("switchboard_outbox_send_duration_seconds_count", {"platform": "whatsapp"}) or 0
+    channel = await make_channel(resources, fake)
+    fake.inject(Fault.server_error(503, path_contains="/messages", recipient="15554444", times=1))
+    ids = await enqueue(resources, channel, ["15554444", "15553333", "15552222"])
+    async with running(resources):
+        await all_done(resources, ids)
+    assert value("switchboard_outbox_sends_total", sent) == before_sent + 3
+    assert value("switchboard_outbox_sends_total", retryable) == before_retryable + 1
+    assert value("switchboard_outbox_send_duration_seconds_count", {"platform": "whatsapp"}) == (
+        timed + 4
+    )
