@@ -15,6 +15,8 @@ from typing import Annotated, Any, Literal
 import orjson
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, model_validator
 
+from switchboard.schema_types import NonEmptyText, Text, holds_nul, no_nul
+
 __all__ = [
     "COMMAND_ID_MAX",
     "CONTRACT_VERSION",
@@ -70,16 +72,17 @@ LIFECYCLE_EVENT_TYPES: tuple[LifecycleEventType, ...] = (
 ContentKind = Literal["text", "media", "template", "interactive", "reaction"]
 MediaKind = Literal["image", "video", "audio", "document", "sticker"]
 
-NonEmptyStr = Annotated[str, Field(min_length=1)]
+NonEmptyStr = NonEmptyText
+"""This module's name for a non-empty string without NUL (``switchboard.schema_types``)."""
 
 COMMAND_ID_MAX = 200
 RECIPIENT_MAX = 200
 REPLY_TO_MAX = 300
 """Lengths (characters) of the ``outbox_messages`` columns the command's ``id``, ``to`` and
 ``reply_to`` are stored in: longer values are refused here, not by a failing INSERT."""
-CommandId = Annotated[str, Field(min_length=1, max_length=COMMAND_ID_MAX)]
-Recipient = Annotated[str, Field(min_length=1, max_length=RECIPIENT_MAX)]
-ReplyTo = Annotated[str, Field(min_length=1, max_length=REPLY_TO_MAX)]
+CommandId = Annotated[str, Field(min_length=1, max_length=COMMAND_ID_MAX), AfterValidator(no_nul)]
+Recipient = Annotated[str, Field(min_length=1, max_length=RECIPIENT_MAX), AfterValidator(no_nul)]
+ReplyTo = Annotated[str, Field(min_length=1, max_length=REPLY_TO_MAX), AfterValidator(no_nul)]
 
 METADATA_MAX_BYTES = 16 * 1024
 """Bound of the command's ``metadata`` as compact JSON (orjson). It is echoed in every lifecycle
@@ -87,6 +90,8 @@ event, which must fit in one Kafka record: an unbounded one would make its event
 
 
 def _bounded_metadata(value: dict[str, JsonValue]) -> dict[str, JsonValue]:
+    if holds_nul(value):
+        raise ValueError("strings must not contain the NUL character (\\u0000)")
     try:
         size = len(orjson.dumps(value))
     except orjson.JSONEncodeError:
@@ -102,6 +107,12 @@ Metadata = Annotated[dict[str, JsonValue], AfterValidator(_bounded_metadata)]
 """Free-form JSON object, at most ``METADATA_MAX_BYTES`` as compact JSON."""
 
 
+def _no_nul_json(value: dict[str, JsonValue]) -> dict[str, JsonValue]:
+    if holds_nul(value):
+        raise ValueError("strings must not contain the NUL character (\\u0000)")
+    return value
+
+
 class _Contract(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=False)
 
@@ -112,8 +123,8 @@ class Media(_Contract):
     kind: MediaKind
     id: NonEmptyStr | None = None
     url: NonEmptyStr | None = None
-    caption: str | None = None
-    filename: str | None = None
+    caption: Text | None = None
+    filename: Text | None = None
 
     @model_validator(mode="after")
     def _one_reference(self) -> Media:
@@ -131,7 +142,7 @@ class Template(_Contract):
 
     name: NonEmptyStr
     language: NonEmptyStr
-    components: tuple[dict[str, JsonValue], ...] = ()
+    components: tuple[Annotated[dict[str, JsonValue], AfterValidator(_no_nul_json)], ...] = ()
 
 
 class Button(_Contract):
@@ -157,7 +168,7 @@ class Reaction(_Contract):
     """A reaction to an earlier message; an empty ``emoji`` removes our reaction."""
 
     message_id: NonEmptyStr
-    emoji: str
+    emoji: Text
 
 
 _SUB_OBJECTS: tuple[ContentKind, ...] = ("text", "media", "template", "interactive", "reaction")
@@ -210,7 +221,7 @@ class SendCommand(_Contract):
     def _no_nul(cls, data: Any) -> Any:
         """PostgreSQL text and jsonb cannot hold U+0000: refuse it here, anywhere in the
         command, rather than fail when the row is written."""
-        if _holds_nul(data):
+        if holds_nul(data):
             raise ValueError("strings must not contain the NUL character (\\u0000)")
         return data
 
@@ -228,16 +239,6 @@ class SendCommand(_Contract):
                 "a reaction already targets content.reaction.message_id; drop reply_to"
             )
         return self
-
-
-def _holds_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
-    if isinstance(value, list | tuple):
-        return any(_holds_nul(v) for v in value)
-    return False
 
 
 class LifecycleError(_Contract):

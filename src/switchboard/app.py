@@ -24,6 +24,7 @@ from starlette.types import ASGIApp
 
 from switchboard import db, kafka
 from switchboard.auth.endpoints import router as api_keys_router
+from switchboard.channels.base_url import BaseUrlPolicy, install_policy
 from switchboard.channels.endpoints import router as channels_router
 from switchboard.crypto import SecretBox
 from switchboard.errors import SwitchboardError
@@ -72,6 +73,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
     """Start the shared long-lived clients and close them in reverse order."""
     async with AsyncExitStack() as stack:
         box = SecretBox.from_settings(settings)
+        stack.callback(install_policy, install_policy(BaseUrlPolicy.from_settings(settings)))
         engine = db.create_engine(settings)
         stack.push_async_callback(engine.dispose)
         producer = kafka.create_producer(settings)

@@ -37,6 +37,7 @@ from outbox.platforms.base import (
     HttpExchange,
     SendResult,
     UnsupportedContent,
+    api_base,
     basic_credentials,
     excerpt,
     missing_credential,
@@ -165,7 +166,9 @@ class TwilioSender:
         if not token:
             return missing_credential("auth_token")
         secrets = (token, basic_credentials(sid, token))
-        base = (channel.api_base_url or TWILIO_BASE_URL).rstrip("/")
+        base = api_base(channel, TWILIO_BASE_URL)
+        if isinstance(base, SendResult):
+            return base
         exchange = await post(
             client,
             f"{base}/2010-04-01/Accounts/{sid}/Messages.json",

@@ -7,10 +7,15 @@ from fastapi import APIRouter, Body, Query, status
 
 from switchboard.auth.dependencies import RequireAdmin, RequireRead
 from switchboard.channels import service
+from switchboard.channels.base_url import BaseUrlPolicy
 from switchboard.channels.schemas import ChannelCreate, ChannelRead, ChannelUpdate, Platform
-from switchboard.resources import AppResources, DbSession
+from switchboard.resources import AppResources, DbSession, Resources
 
 router = APIRouter(prefix="/v1/channels", tags=["channels"])
+
+
+def _policy(resources: Resources) -> BaseUrlPolicy:
+    return BaseUrlPolicy.from_settings(resources.settings)
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)
@@ -21,7 +26,9 @@ async def create_channel(
     resources: AppResources,
 ) -> ChannelRead:
     """Register a channel. Credentials are encrypted at rest and never returned."""
-    channel = await service.create(session, resources.secret_box, body)
+    channel = await service.create(
+        session, resources.secret_box, body, base_url_policy=_policy(resources)
+    )
     await session.commit()
     return service.to_read(channel, resources.secret_box, resources.public_base_url)
 
@@ -54,7 +61,9 @@ async def update_channel(
     session: DbSession,
     resources: AppResources,
 ) -> ChannelRead:
-    channel = await service.update(session, resources.secret_box, channel_id, body)
+    channel = await service.update(
+        session, resources.secret_box, channel_id, body, base_url_policy=_policy(resources)
+    )
     await session.commit()
     return service.to_read(channel, resources.secret_box, resources.public_base_url)
 
