@@ -15,16 +15,21 @@ generic "Value should have …" message.
 
 from __future__ import annotations
 
+import re
+import uuid
+from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, Field, SecretStr
+from pydantic import AfterValidator, BeforeValidator, Field, SecretStr
 from pydantic_core import PydanticCustomError
 
 __all__ = [
+    "Instant",
     "Label",
     "NonEmptyText",
     "Secret",
     "Text",
+    "UuidText",
     "holds_nul",
     "no_nul",
 ]
@@ -71,3 +76,37 @@ def _no_control(value: SecretStr) -> SecretStr:
 
 Secret = Annotated[SecretStr, Field(min_length=1, max_length=4096), AfterValidator(_no_control)]
 """A credential: 1-4096 characters, no control characters; never echoed back."""
+
+
+_NUMBER = re.compile(r"\s*[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?\s*")
+
+
+def _not_a_number(value: object) -> object:
+    """pydantic reads a number (or a numeric string, as every query value is) as Unix time:
+    ``created_after=0`` would be 1970. The API documents RFC 3339 date-times and means it."""
+    if isinstance(value, bool | int | float) or (
+        isinstance(value, str) and _NUMBER.fullmatch(value)
+    ):
+        raise PydanticCustomError(
+            "datetime_format", "must be an RFC 3339 date-time, e.g. 2026-01-31T12:00:00Z"
+        )
+    return value
+
+
+Instant = Annotated[datetime, BeforeValidator(_not_a_number)]
+"""An RFC 3339 date-time (a string); numbers are refused."""
+
+
+def _uuid_text(value: str) -> str:
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise PydanticCustomError("uuid_parsing", "must be a UUID") from None
+
+
+UuidText = Annotated[
+    str,
+    Field(min_length=32, max_length=45, json_schema_extra={"format": "uuid"}),
+    AfterValidator(_uuid_text),
+]
+"""A UUID kept as its canonical string (contracts carry ids as strings)."""

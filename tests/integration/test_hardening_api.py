@@ -169,3 +169,25 @@ async def test_an_allow_listed_https_host_is_accepted(
             headers=api.auth(ADMIN_KEY),
         )
         assert plain.status_code == 422, plain.text
+
+
+async def test_a_numeric_created_after_is_a_422_not_1970(api: RunningApp) -> None:
+    for value in ("0", "1700000000", "1e9"):
+        answer = await api.client.get(
+            "/v1/messages", params={"created_after": value}, headers=api.auth(ADMIN_KEY)
+        )
+        assert answer.status_code == 422, answer.text
+        assert "created_after" in answer.json()["error"]["message"]
+    ok = await api.client.get(
+        "/v1/messages",
+        params={"created_after": "2026-01-01T00:00:00Z"},
+        headers=api.auth(ADMIN_KEY),
+    )
+    assert ok.status_code == 200, ok.text
+
+
+async def test_405_names_every_method_of_the_path(api: RunningApp) -> None:
+    answer = await api.client.request("OPTIONS", "/v1/channels", headers=api.auth(ADMIN_KEY))
+    assert answer.status_code == 405
+    assert set(answer.headers["allow"].split(", ")) == {"GET", "POST"}
+    assert answer.json()["error"]["code"] == "method_not_allowed"

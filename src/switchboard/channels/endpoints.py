@@ -9,6 +9,7 @@ from switchboard.auth.dependencies import RequireAdmin, RequireRead
 from switchboard.channels import service
 from switchboard.channels.base_url import BaseUrlPolicy
 from switchboard.channels.schemas import ChannelCreate, ChannelRead, ChannelUpdate, Platform
+from switchboard.errors import AUTHENTICATED, error_responses
 from switchboard.resources import AppResources, DbSession, Resources
 
 router = APIRouter(prefix="/v1/channels", tags=["channels"])
@@ -18,7 +19,11 @@ def _policy(resources: Resources) -> BaseUrlPolicy:
     return BaseUrlPolicy.from_settings(resources.settings)
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    responses=error_responses(*AUTHENTICATED, 400, 409),
+)
 async def create_channel(
     body: Annotated[ChannelCreate, Body()],
     _: RequireAdmin,
@@ -33,7 +38,7 @@ async def create_channel(
     return service.to_read(channel, resources.secret_box, resources.public_base_url)
 
 
-@router.get("")
+@router.get("", responses=error_responses(*AUTHENTICATED))
 async def list_channels(
     _: RequireRead,
     session: DbSession,
@@ -45,7 +50,7 @@ async def list_channels(
     return [service.to_read(c, resources.secret_box, resources.public_base_url) for c in rows]
 
 
-@router.get("/{channel_id}")
+@router.get("/{channel_id}", responses=error_responses(*AUTHENTICATED, 404))
 async def get_channel(
     channel_id: uuid.UUID, _: RequireRead, session: DbSession, resources: AppResources
 ) -> ChannelRead:
@@ -53,7 +58,7 @@ async def get_channel(
     return service.to_read(channel, resources.secret_box, resources.public_base_url)
 
 
-@router.patch("/{channel_id}")
+@router.patch("/{channel_id}", responses=error_responses(*AUTHENTICATED, 400, 404))
 async def update_channel(
     channel_id: uuid.UUID,
     body: ChannelUpdate,
@@ -68,7 +73,7 @@ async def update_channel(
     return service.to_read(channel, resources.secret_box, resources.public_base_url)
 
 
-@router.post("/{channel_id}/disable")
+@router.post("/{channel_id}/disable", responses=error_responses(*AUTHENTICATED, 404))
 async def disable_channel(
     channel_id: uuid.UUID, _: RequireAdmin, session: DbSession, resources: AppResources
 ) -> ChannelRead:
@@ -80,7 +85,7 @@ async def disable_channel(
     return service.to_read(channel, resources.secret_box, resources.public_base_url)
 
 
-@router.post("/{channel_id}/enable")
+@router.post("/{channel_id}/enable", responses=error_responses(*AUTHENTICATED, 404))
 async def enable_channel(
     channel_id: uuid.UUID, _: RequireAdmin, session: DbSession, resources: AppResources
 ) -> ChannelRead:

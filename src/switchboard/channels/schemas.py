@@ -15,6 +15,7 @@ from pydantic import (
     Field,
     HttpUrl,
     SecretStr,
+    StrictBool,
     UrlConstraints,
     field_validator,
     model_validator,
@@ -113,9 +114,13 @@ class _ChannelCreateBase(_Strict):
         "SWITCHBOARD_API_BASE_URL_ALLOWED_HOSTS)",
     )
     send_rate_per_second: float | None = Field(
-        default=None, gt=0, le=10_000, description="null = the platform's default limit"
+        default=None,
+        gt=0,
+        le=10_000,
+        strict=True,
+        description="null = the platform's default limit",
     )
-    enabled: bool = True
+    enabled: StrictBool = True
 
 
 class _MetaChannelCreate(_ChannelCreateBase):
@@ -213,8 +218,8 @@ class ChannelUpdate(_Strict):
     # Omitted means unchanged (None here); an explicit null is refused (NOT NULL columns).
     name: Label | None = None
     api_base_url: ApiBaseUrl | None = None
-    send_rate_per_second: float | None = Field(default=None, gt=0, le=10_000)
-    enabled: bool | None = None
+    send_rate_per_second: float | None = Field(default=None, gt=0, le=10_000, strict=True)
+    enabled: StrictBool | None = None
     credentials: dict[str, Secret | None] | None = Field(
         default=None,
         description="Credentials to replace; null removes an optional one (a previous_* secret)",
