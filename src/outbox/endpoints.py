@@ -45,7 +45,7 @@ Limit = Annotated[int, Query(ge=1, le=500, description="Page size")]
 Cursor = Annotated[str | None, Query(description="`next_cursor` of the previous page")]
 
 
-_BAD_CURSOR = "Invalid cursor (pass the `next_cursor` of a previous page)"
+_BAD_CURSOR = "Invalid cursor (pass the `next_cursor` of a previous page), or NUL in `to`"
 
 
 def _location(response: Response, message_id: uuid.UUID) -> None:
