@@ -370,6 +370,7 @@ async def main_async(args: argparse.Namespace, db_url: str, broker: EmbeddedBrok
         log_level="WARNING",
         outbox_channel_renew_interval=0.5,
         outbox_max_in_flight=args.in_flight,
+        allow_api_base_url_override=True,  # the channels send to the fake platform on loopback
     )
     if not args.skip_throughput:
         await throughput(settings, args.messages, relay=False, profile=args.profile)

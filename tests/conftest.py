@@ -85,6 +85,7 @@ def settings(database_url: str, broker: EmbeddedBroker) -> Settings:
         admin_api_key=SecretStr(ADMIN_KEY),
         encryption_keys=SecretStr(ENCRYPTION_KEY),
         http_port=0,
+        allow_api_base_url_override=True,
     )
 
 

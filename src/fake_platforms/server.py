@@ -41,8 +41,8 @@ import hmac
 import itertools
 import json
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any, Literal, Self
 from urllib.parse import parse_qs
@@ -124,6 +124,10 @@ class Fault:
     """Never answer (until the server closes): the client sees a timeout."""
     succeed: bool = False
     """After ``delay``, answer with the normal success body (a slow response)."""
+    echo: Callable[[str], str] | None = None
+    """A platform or proxy echoing the URL: ``echo(raw request path)`` is appended to
+    ``message`` (or, with ``echo_raw``, is the whole body, as a proxy's HTML error page)."""
+    echo_raw: bool = False
     platform: Platform | None = None
     path_contains: str | None = None
     recipient: str | None = None
@@ -314,6 +318,13 @@ class FakePlatformServer:
         headers = dict(fault.headers)
         if fault.retry_after is not None:
             headers.setdefault("Retry-After", f"{fault.retry_after:g}")
+        if fault.echo is not None:
+            echoed = fault.echo(request.raw_path)
+            if fault.echo_raw:
+                return web.Response(
+                    status=fault.status, text=echoed, content_type="text/html", headers=headers
+                )
+            fault = replace(fault, message=f"{fault.message}: {echoed}")
         return _json(fault.status, _error_body(platform, fault), headers)
 
     async def _graph(self, request: web.Request) -> web.Response:

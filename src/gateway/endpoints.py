@@ -29,8 +29,7 @@ fast path).
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Body, Request
 from fastapi.responses import PlainTextResponse, Response
@@ -49,7 +48,9 @@ from gateway.service import Gateway
 from gateway.verifiers import REGISTRY, Verifier
 from switchboard.auth.dependencies import RequireAdmin
 from switchboard.channels.schemas import Platform
+from switchboard.errors import AUTHENTICATED, error_responses
 from switchboard.logging import get_logger
+from switchboard.schema_types import Instant
 
 log = get_logger(__name__)
 
@@ -57,14 +58,19 @@ router = APIRouter(tags=["webhooks"])
 admin_router = APIRouter(prefix="/v1/admin", tags=["admin"])
 
 
-_WEBHOOK_RESPONSES: dict[int | str, dict[str, Any]] = {
-    400: {"description": "Malformed body"},
-    401: {"description": "Bad or missing signature"},
-    404: {"description": "Unknown or disabled channel, or another platform's channel"},
-    413: {"description": "Body over the size limit"},
-    415: {"description": "Content type the platform does not send"},
-    503: {"description": "Nothing durable could be written; retry"},
-}
+_UNKNOWN_CHANNEL = "Unknown platform or channel, disabled channel, or another platform's channel"
+# 422: FastAPI would otherwise document its own validation error shape for the path parameters.
+_WEBHOOK_RESPONSES = error_responses(
+    422,
+    descriptions={
+        400: "Malformed body",
+        401: "Bad or missing signature",
+        404: _UNKNOWN_CHANNEL,
+        413: "Body over the size limit",
+        415: "Content type the platform does not send",
+        503: "Nothing durable could be written; retry",
+    },
+)
 
 
 def _gateway(request: Request) -> Gateway:
@@ -74,9 +80,24 @@ def _gateway(request: Request) -> Gateway:
 
 @router.get(
     "/webhooks/{platform}/{channel_id}",
-    response_class=PlainTextResponse,
+    # Not response_class=PlainTextResponse: FastAPI would document the JSON errors as text.
+    response_class=Response,
     summary="Subscription handshake (Meta hub.challenge)",
-    responses={403: {"description": "Wrong verify token"}, 404: {}, 405: {}},
+    responses={
+        200: {
+            "description": "The `hub.challenge`, verbatim",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        },
+        **error_responses(
+            422,
+            503,
+            descriptions={
+                403: "Wrong verify token",
+                404: _UNKNOWN_CHANNEL,
+                405: "The platform has no handshake (Telegram, Twilio)",
+            },
+        ),
+    },
 )
 async def handshake(platform: str, channel_id: str, request: Request) -> Response:
     """Meta platforms: answer `hub.challenge` when `hub.verify_token` matches. Telegram and
@@ -142,9 +163,11 @@ async def webhook(platform: str, channel_id: str, request: Request) -> Response:
 class ReplayRequest(BaseModel):
     channel_id: uuid.UUID | None = None
     platform: Platform | None = None
-    since: datetime | None = Field(default=None, description="Received at or after (RFC 3339)")
-    until: datetime | None = Field(default=None, description="Received before (RFC 3339)")
-    limit: int = Field(default=10_000, ge=1, le=1_000_000, description="Webhooks at most")
+    since: Instant | None = Field(default=None, description="Received at or after (RFC 3339)")
+    until: Instant | None = Field(default=None, description="Received before (RFC 3339)")
+    limit: int = Field(
+        default=10_000, ge=1, le=1_000_000, strict=True, description="Webhooks at most"
+    )
 
 
 class ReplayResult(BaseModel):
@@ -153,7 +176,12 @@ class ReplayResult(BaseModel):
     failed: int = Field(description="Webhooks that no longer normalise (skipped)")
 
 
-@admin_router.post("/replay", response_model=ReplayResult, summary="Replay archived webhooks")
+@admin_router.post(
+    "/replay",
+    response_model=ReplayResult,
+    summary="Replay archived webhooks",
+    responses=error_responses(*AUTHENTICATED, 400, 503),
+)
 async def replay(
     _: RequireAdmin,
     request: Request,

@@ -21,6 +21,8 @@ from typing import Annotated, Any, Literal
 import orjson
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, model_validator
 
+from switchboard.schema_types import NonEmptyText, Text, holds_nul, no_nul
+
 __all__ = [
     "COMMAND_ID_MAX",
     "CONTRACT_VERSION",
@@ -95,16 +97,17 @@ SIGNAL_TTL_SECONDS = 10.0
 read mark or indicator that arrives after the reply it announced is worse than none."""
 MediaKind = Literal["image", "video", "audio", "document", "sticker"]
 
-NonEmptyStr = Annotated[str, Field(min_length=1)]
+NonEmptyStr = NonEmptyText
+"""This module's name for a non-empty string without NUL (``switchboard.schema_types``)."""
 
 COMMAND_ID_MAX = 200
 RECIPIENT_MAX = 200
 REPLY_TO_MAX = 300
 """Lengths (characters) of the ``outbox_messages`` columns the command's ``id``, ``to`` and
 ``reply_to`` are stored in: longer values are refused here, not by a failing INSERT."""
-CommandId = Annotated[str, Field(min_length=1, max_length=COMMAND_ID_MAX)]
-Recipient = Annotated[str, Field(min_length=1, max_length=RECIPIENT_MAX)]
-ReplyTo = Annotated[str, Field(min_length=1, max_length=REPLY_TO_MAX)]
+CommandId = Annotated[str, Field(min_length=1, max_length=COMMAND_ID_MAX), AfterValidator(no_nul)]
+Recipient = Annotated[str, Field(min_length=1, max_length=RECIPIENT_MAX), AfterValidator(no_nul)]
+ReplyTo = Annotated[str, Field(min_length=1, max_length=REPLY_TO_MAX), AfterValidator(no_nul)]
 
 METADATA_MAX_BYTES = 16 * 1024
 """Bound of the command's ``metadata`` as compact JSON (orjson). It is echoed in every lifecycle
@@ -112,6 +115,8 @@ event, which must fit in one Kafka record: an unbounded one would make its event
 
 
 def _bounded_metadata(value: dict[str, JsonValue]) -> dict[str, JsonValue]:
+    if holds_nul(value):
+        raise ValueError("strings must not contain the NUL character (\\u0000)")
     try:
         size = len(orjson.dumps(value))
     except orjson.JSONEncodeError:
@@ -127,6 +132,12 @@ Metadata = Annotated[dict[str, JsonValue], AfterValidator(_bounded_metadata)]
 """Free-form JSON object, at most ``METADATA_MAX_BYTES`` as compact JSON."""
 
 
+def _no_nul_json(value: dict[str, JsonValue]) -> dict[str, JsonValue]:
+    if holds_nul(value):
+        raise ValueError("strings must not contain the NUL character (\\u0000)")
+    return value
+
+
 class _Contract(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=False)
 
@@ -137,8 +148,8 @@ class Media(_Contract):
     kind: MediaKind
     id: NonEmptyStr | None = None
     url: NonEmptyStr | None = None
-    caption: str | None = None
-    filename: str | None = None
+    caption: Text | None = None
+    filename: Text | None = None
 
     @model_validator(mode="after")
     def _one_reference(self) -> Media:
@@ -156,7 +167,7 @@ class Template(_Contract):
 
     name: NonEmptyStr
     language: NonEmptyStr
-    components: tuple[dict[str, JsonValue], ...] = ()
+    components: tuple[Annotated[dict[str, JsonValue], AfterValidator(_no_nul_json)], ...] = ()
 
 
 class Button(_Contract):
@@ -182,7 +193,7 @@ class Reaction(_Contract):
     """A reaction to an earlier message; an empty ``emoji`` removes our reaction."""
 
     message_id: NonEmptyStr
-    emoji: str
+    emoji: Text
 
 
 class Typing(_Contract):
@@ -271,7 +282,7 @@ class SendCommand(_Contract):
     def _no_nul(cls, data: Any) -> Any:
         """PostgreSQL text and jsonb cannot hold U+0000: refuse it here, anywhere in the
         command, rather than fail when the row is written."""
-        if _holds_nul(data):
+        if holds_nul(data):
             raise ValueError("strings must not contain the NUL character (\\u0000)")
         return data
 
@@ -303,16 +314,6 @@ def signal_not_after(command: SendCommand, now: datetime, default: datetime) -> 
     if command.content.kind in SIGNAL_KINDS:
         return min(chosen, now + timedelta(seconds=SIGNAL_TTL_SECONDS))
     return chosen
-
-
-def _holds_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
-    if isinstance(value, list | tuple):
-        return any(_holds_nul(v) for v in value)
-    return False
 
 
 class LifecycleError(_Contract):

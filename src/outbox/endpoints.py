@@ -7,7 +7,6 @@ dependency's teardown, which runs after the response is sent).
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Annotated
 
 import structlog
@@ -26,8 +25,10 @@ from outbox.schemas import (
     MessageState,
 )
 from switchboard.auth.dependencies import RequireRead, RequireSend
+from switchboard.errors import AUTHENTICATED, error_responses
 from switchboard.logging import get_logger
 from switchboard.resources import AppResources, DbSession
+from switchboard.schema_types import Instant
 
 router = APIRouter(prefix="/v1", tags=["messages"])
 log = get_logger(__name__)
@@ -49,6 +50,9 @@ Limit = Annotated[int, Query(ge=1, le=500, description="Page size")]
 Cursor = Annotated[str | None, Query(description="`next_cursor` of the previous page")]
 
 
+_BAD_CURSOR = "Invalid cursor (pass the `next_cursor` of a previous page), or NUL in `to`"
+
+
 def _location(response: Response, message_id: uuid.UUID) -> None:
     response.headers["Location"] = f"/v1/messages/{message_id}"
 
@@ -58,13 +62,15 @@ def _location(response: Response, message_id: uuid.UUID) -> None:
     status_code=status.HTTP_202_ACCEPTED,
     response_model=MessageRead,
     summary="Send a message (durably queued; delivered by the outbox worker)",
-    responses={
-        409: {"description": "Idempotency-Key reused with a different body"},
-        422: {
-            "description": "Invalid body, unknown or disabled channel, content the platform "
-            "cannot express, WhatsApp 24-hour window closed (template needed)"
+    responses=error_responses(
+        *AUTHENTICATED,
+        400,
+        descriptions={
+            409: "Idempotency-Key reused with a different body",
+            422: "Invalid body, unknown or disabled channel, content the platform cannot "
+            "express, WhatsApp 24-hour window closed (template needed)",
         },
-    },
+    ),
 )
 async def send_message(
     body: MessageCreate,
@@ -94,7 +100,12 @@ async def send_message(
     return MessageRead.from_row(accepted.message)
 
 
-@router.get("/messages/{message_id}", response_model=MessageDetail, summary="A message")
+@router.get(
+    "/messages/{message_id}",
+    response_model=MessageDetail,
+    summary="A message",
+    responses=error_responses(*AUTHENTICATED, 404),
+)
 async def get_message(message_id: uuid.UUID, session: DbSession, _: RequireRead) -> MessageDetail:
     """State, platform message id, last error, timestamps and every delivery attempt."""
     bind(message_id=str(message_id))
@@ -106,15 +117,20 @@ async def get_message(message_id: uuid.UUID, session: DbSession, _: RequireRead)
     )
 
 
-@router.get("/messages", response_model=MessagePage, summary="List messages, newest first")
+@router.get(
+    "/messages",
+    response_model=MessagePage,
+    summary="List messages, newest first",
+    responses=error_responses(*AUTHENTICATED, descriptions={400: _BAD_CURSOR}),
+)
 async def list_messages(
     session: DbSession,
     _: RequireRead,
     channel_id: uuid.UUID | None = None,
     to: Annotated[str | None, Query(max_length=200, description="Recipient, exactly")] = None,
     state: Annotated[list[MessageState] | None, Query(description="Repeatable")] = None,
-    created_after: datetime | None = None,
-    created_before: datetime | None = None,
+    created_after: Instant | None = None,
+    created_before: Instant | None = None,
     cursor: Cursor = None,
     limit: Limit = 50,
 ) -> MessagePage:
@@ -133,7 +149,11 @@ async def list_messages(
     "/messages/{message_id}/cancel",
     response_model=MessageRead,
     summary="Cancel a message not yet sent",
-    responses={409: {"description": "Not queued or retrying (details.state: current state)"}},
+    responses=error_responses(
+        *AUTHENTICATED,
+        404,
+        descriptions={409: "Not queued or retrying (details.state: current state)"},
+    ),
 )
 async def cancel_message(
     message_id: uuid.UUID, session: DbSession, resources: AppResources, _: RequireSend
@@ -149,7 +169,9 @@ async def cancel_message(
     "/messages/{message_id}/retry",
     response_model=MessageRead,
     summary="Redrive a dead message",
-    responses={409: {"description": "Not dead (details.state: current state)"}},
+    responses=error_responses(
+        *AUTHENTICATED, 404, descriptions={409: "Not dead (details.state: current state)"}
+    ),
 )
 async def retry_message(
     message_id: uuid.UUID, session: DbSession, resources: AppResources, _: RequireSend
@@ -162,15 +184,18 @@ async def retry_message(
 
 
 @router.get(
-    "/dead-letters", response_model=MessagePage, summary="Dead messages (retry with /retry)"
+    "/dead-letters",
+    response_model=MessagePage,
+    summary="Dead messages (retry with /retry)",
+    responses=error_responses(*AUTHENTICATED, descriptions={400: _BAD_CURSOR}),
 )
 async def list_dead_letters(
     session: DbSession,
     _: RequireRead,
     channel_id: uuid.UUID | None = None,
     to: Annotated[str | None, Query(max_length=200)] = None,
-    created_after: datetime | None = None,
-    created_before: datetime | None = None,
+    created_after: Instant | None = None,
+    created_before: Instant | None = None,
     cursor: Cursor = None,
     limit: Limit = 50,
 ) -> MessagePage:

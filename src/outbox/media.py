@@ -52,7 +52,13 @@ from outbox.platforms.telegram import TELEGRAM_BASE_URL
 from outbox.platforms.twilio import TWILIO_BASE_URL
 from switchboard.auth.dependencies import RequireRead
 from switchboard.channels.service import ChannelWithSecrets, load_with_secrets
-from switchboard.errors import NotFound, PayloadTooLarge, SwitchboardError
+from switchboard.errors import (
+    AUTHENTICATED,
+    NotFound,
+    PayloadTooLarge,
+    SwitchboardError,
+    error_responses,
+)
 from switchboard.logging import get_logger
 from switchboard.resources import AppResources, DbSession, Resources
 
@@ -143,10 +149,19 @@ router = APIRouter(prefix="/v1", tags=["media"])
     response_class=StreamingResponse,
     responses={
         200: {"description": "The file, streamed", "content": {"application/octet-stream": {}}},
-        404: {"description": "Unknown channel, or a media id the platform does not know"},
-        410: {"description": "The platform no longer has the file (or its URL expired)"},
-        413: {"description": f"The file is larger than {MEDIA_MAX_BYTES} bytes"},
-        502: {"description": "The platform failed, refused the credentials or timed out"},
+        **error_responses(
+            *AUTHENTICATED,
+            404,
+            410,
+            413,
+            502,
+            descriptions={
+                404: "Unknown channel, or a media id the platform does not know",
+                410: "The platform no longer has the file (or its URL expired)",
+                413: f"The file is larger than {MEDIA_MAX_BYTES} bytes",
+                502: "The platform failed, refused the credentials or timed out",
+            },
+        ),
     },
 )
 async def get_media(

@@ -43,7 +43,7 @@ from outbox.platforms._graph import GRAPH_API_VERSION, GRAPH_BASE_URL
 from outbox.platforms.base import scrub
 from switchboard.auth.dependencies import RequireSend
 from switchboard.channels.service import ChannelWithSecrets, load_with_secrets
-from switchboard.errors import SwitchboardError, Unprocessable
+from switchboard.errors import AUTHENTICATED, SwitchboardError, Unprocessable, error_responses
 from switchboard.logging import get_logger
 from switchboard.resources import AppResources, DbSession
 
@@ -102,13 +102,18 @@ _BODY = {
     response_model=UploadedMedia,
     summary="Upload a media file to the platform; answers the id to send it with",
     openapi_extra={"requestBody": _BODY},
-    responses={
-        404: {"description": "Unknown channel"},
-        411: {"description": "No Content-Length"},
-        413: {"description": f"Larger than {MEDIA_MAX_BYTES} bytes"},
-        422: {"description": "No upload API on this platform (send by url), or refused file"},
-        502: {"description": "The platform failed or could not be reached"},
-    },
+    responses=error_responses(
+        *AUTHENTICATED,
+        404,
+        411,
+        413,
+        502,
+        descriptions={
+            404: "Unknown channel",
+            413: f"Larger than {MEDIA_MAX_BYTES} bytes",
+            422: "No upload API on this platform (send by url), or refused file",
+        },
+    ),
 )
 async def upload_media(
     channel_id: str,

@@ -14,12 +14,12 @@ from outbox.contracts import (
     Content,
     LifecycleEventData,
     Metadata,
-    NonEmptyStr,
     Recipient,
     ReplyTo,
     SendCommand,
 )
 from outbox.models import OutboxAttempt, OutboxMessage
+from switchboard.schema_types import Instant, UuidText
 
 MessageState = Literal[
     "queued",
@@ -39,7 +39,7 @@ class MessageCreate(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    channel_id: NonEmptyStr
+    channel_id: UuidText
     to: Recipient = Field(description="wa_id/phone, PSID, IGSID, chat_id or E.164 number")
     content: Content
     reply_to: ReplyTo | None = None
@@ -48,7 +48,7 @@ class MessageCreate(BaseModel):
         description=f"Free-form, at most {METADATA_MAX_BYTES} bytes as compact JSON; echoed in "
         "every lifecycle event",
     )
-    not_after: datetime | None = Field(
+    not_after: Instant | None = Field(
         default=None, description="Not sent after this instant; default: acceptance + 24 h"
     )
 

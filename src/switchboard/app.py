@@ -20,10 +20,12 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp
 
 from switchboard import db, kafka
 from switchboard.auth.endpoints import router as api_keys_router
+from switchboard.channels.base_url import BaseUrlPolicy, install_policy
 from switchboard.channels.endpoints import router as channels_router
 from switchboard.crypto import SecretBox
 from switchboard.errors import SwitchboardError
@@ -73,6 +75,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
     """Start the shared long-lived clients and close them in reverse order."""
     async with AsyncExitStack() as stack:
         box = SecretBox.from_settings(settings)
+        stack.callback(install_policy, install_policy(BaseUrlPolicy.from_settings(settings)))
         engine = db.create_engine(settings)
         stack.push_async_callback(engine.dispose)
         producer = kafka.create_producer(settings)
@@ -101,6 +104,23 @@ def _error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
     return body
 
 
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route takes on this path: Starlette's 405 names only the methods of
+    the first route that matched the path (``GET`` and ``POST /v1/channels`` are two routes).
+    Asked through ``matches`` alone, which included routers answer too."""
+    routes = request.app.router.routes
+    return ", ".join(
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes
+        )
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(SwitchboardError)
     async def _switchboard_error(_: Request, exc: SwitchboardError) -> Response:
@@ -109,12 +129,15 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         """The framework's own answers (unknown route 404, wrong method 405, …) in our shape."""
         code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_").replace("-", "_")
         message = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
+        headers = exc.headers
+        if exc.status_code == 405:
+            headers = {**(headers or {}), "Allow": _allowed_methods(request)}
         return JSONResponse(
-            _error_body(code, message), status_code=exc.status_code, headers=exc.headers
+            _error_body(code, message), status_code=exc.status_code, headers=headers
         )
 
     @app.exception_handler(RequestValidationError)

@@ -60,12 +60,16 @@ waits forever; no statement of ours is meant to run anywhere near this long."""
 
 
 def create_engine(settings: Settings, *, pool_size: int | None = None) -> AsyncEngine:
+    """``hide_parameters``: a failing statement's message (logged with its traceback, and kept
+    in exception chains) would otherwise carry its bound values, among them credential
+    ciphertext and API-key hashes."""
     return create_async_engine(
         settings.database_url.get_secret_value(),
         pool_size=pool_size or settings.database_pool_size,
         max_overflow=settings.database_max_overflow,
         pool_pre_ping=True,
         pool_recycle=1800,
+        hide_parameters=True,
         connect_args={"timeout": CONNECT_TIMEOUT, "command_timeout": COMMAND_TIMEOUT},
     )
 

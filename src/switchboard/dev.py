@@ -72,6 +72,7 @@ def run_dev(settings: Settings, data_dir: Path | None = None) -> None:
                 "encryption_keys": SecretStr(enc_keys),
                 "http_port": port,
                 "data_dir": root,
+                "allow_api_base_url_override": True,
             }
         )
         os.environ["SWITCHBOARD_DATABASE_URL"] = postgres.url("switchboard")

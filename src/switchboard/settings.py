@@ -181,6 +181,17 @@ class Settings(BaseSettings):
         description="Fernet keys, comma-separated: the first encrypts, all decrypt",
     )
 
+    allow_api_base_url_override: bool = Field(
+        default=False,
+        description="Channels may set any api_base_url, loopback included (dev and tests only: "
+        "the channel's credentials are sent there)",
+    )
+    api_base_url_allowed_hosts: tuple[str, ...] = Field(
+        default=(),
+        description="Hosts a channel's api_base_url may name (HTTPS, public addresses) when the "
+        "override is not allowed in general, e.g. an egress proxy (JSON list)",
+    )
+
     # Gateway (ingress) -- owned by src/gateway; see docs/ingress.md
     webhook_max_body_bytes: int = Field(
         default=3 * 1024 * 1024, ge=1024, description="Larger webhooks get 413 while streaming"

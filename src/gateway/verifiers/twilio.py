@@ -9,6 +9,12 @@
 * Like twilio-python, the URL is tried with and without the scheme's default port.
 * ``auth_token`` and ``previous_auth_token`` are both accepted.
 
+Twilio's signing string has no separators (``MessageSidSM…NumMedia0``), so one signature also
+covers other splits of the same characters: ``MessageSid=SM…NumMedia0`` with ``NumMedia``
+dropped would replay a captured webhook as a new event. A form is therefore accepted only when
+its known fields have Twilio's formats (``well_formed``): identifiers exactly their prefix and
+32 hex digits, counts digits only, and no parameter name that extends a known one.
+
 The URL is the public one Twilio called: ``SWITCHBOARD_PUBLIC_BASE_URL`` + path + query, or the
 ``X-Forwarded-Proto``/``X-Forwarded-Host`` of a trusted proxy (``trust_forwarded_headers``);
 the endpoint builds it and passes it in ``WebhookRequest.url``.
@@ -19,6 +25,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, parse_qsl, urlsplit, urlunsplit
@@ -29,6 +36,36 @@ if TYPE_CHECKING:
     from gateway.verifiers import WebhookRequest
 
 _FORM = "application/x-www-form-urlencoded"
+
+_SID_HEX = "[0-9a-fA-F]{32}"
+_MESSAGE_SID = re.compile(f"(?:SM|MM){_SID_HEX}")
+FIELD_FORMATS: Mapping[str, re.Pattern[str]] = {
+    "MessageSid": _MESSAGE_SID,
+    "SmsSid": _MESSAGE_SID,
+    "SmsMessageSid": _MESSAGE_SID,
+    "AccountSid": re.compile(f"AC{_SID_HEX}"),
+    "MessagingServiceSid": re.compile(f"MG{_SID_HEX}"),
+    "NumMedia": re.compile("[0-9]{1,3}"),
+    "NumSegments": re.compile("[0-9]{1,4}"),
+}
+"""Twilio's formats of the fields whose boundaries a re-split would move
+(https://www.twilio.com/docs/messaging/guides/webhook-request; SIDs are a two-letter prefix and
+32 hex digits: https://www.twilio.com/docs/glossary/what-is-a-sid)."""
+
+
+def well_formed(params: list[tuple[str, str]]) -> bool:
+    """Whether every known field has Twilio's format, once, and no name extends a known one
+    (``MessageSidSM…`` as a name with an empty value is the same signed string too)."""
+    seen: set[str] = set()
+    for name, value in params:
+        pattern = FIELD_FORMATS.get(name)
+        if pattern is not None:
+            if name in seen or not pattern.fullmatch(value):
+                return False
+            seen.add(name)
+        elif any(name.startswith(known) for known in FIELD_FORMATS):
+            return False
+    return True
 
 
 def url_variants(url: str) -> list[str]:
@@ -90,6 +127,8 @@ class TwilioVerifier:
                     request.body.decode("utf-8"), keep_blank_values=True, max_num_fields=10_000
                 )
             except (UnicodeDecodeError, ValueError):
+                return False
+            if not well_formed(params):
                 return False
         ok = False
         for token in candidates(credentials, "auth_token", "previous_auth_token"):

@@ -20,6 +20,7 @@ from outbox.platforms.base import (
     HttpClient,
     HttpExchange,
     SendResult,
+    api_base,
     excerpt,
     missing_credential,
     parse_json,
@@ -35,8 +36,8 @@ GRAPH_API_VERSION = "v21.0"
 GRAPH_BASE_URL = "https://graph.facebook.com"
 
 
-def graph_url(base_url: str | None, node_id: str) -> str:
-    return f"{(base_url or GRAPH_BASE_URL).rstrip('/')}/{GRAPH_API_VERSION}/{node_id}/messages"
+def graph_url(base_url: str, node_id: str) -> str:
+    return f"{base_url}/{GRAPH_API_VERSION}/{node_id}/messages"
 
 
 def _usage_retry_after(headers: Mapping[str, str]) -> float | None:
@@ -112,9 +113,12 @@ async def graph_send(
     if not token:
         return missing_credential("access_token")
     secrets = (token,)
+    base = api_base(channel, GRAPH_BASE_URL)
+    if isinstance(base, SendResult):
+        return base
     exchange = await post(
         client,
-        graph_url(channel.api_base_url, channel.account_id),
+        graph_url(base, channel.account_id),
         timeout=timeout,
         secrets=secrets,
         json_body=body,

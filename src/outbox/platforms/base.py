@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import email.utils
+import html
 import math
 import re
 import time
@@ -29,6 +30,7 @@ import aiohttp
 import orjson
 
 from outbox.contracts import SendCommand
+from switchboard.channels.base_url import active_policy
 
 __all__ = [
     "EXCERPT_LIMIT",
@@ -163,14 +165,66 @@ class Sender(Protocol):
         """Perform one attempt; platform and transport failures are outcomes, not exceptions."""
 
 
-def scrub(text: str, secrets: Iterable[str]) -> str:
-    """Redact each secret as sent and as a server may echo it percent-encoded (a Telegram
-    token's ``:`` in an echoed path becomes ``%3A``)."""
+_WITHHELD = "[withheld: the answer echoed a credential]"
+_SECRET_PART_MIN = 16
+_BACKSLASH_ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})|\\x([0-9a-fA-F]{2})")
+_DECODE_ROUNDS = 3
+
+
+def _secret_forms(secrets: Iterable[str]) -> list[str]:
+    """Each secret, and its secret part: what follows the last ``:`` (a Telegram token is
+    ``<bot id>:<secret>``; the bot id is public, the rest alone is enough to use the bot)."""
+    forms: dict[str, None] = {}
     for secret in secrets:
         if secret:
-            quoted = (urllib.parse.quote(secret, safe=""), urllib.parse.quote(secret))
-            for form in dict.fromkeys((secret, *quoted)):
-                text = text.replace(form, _REDACTED)
+            forms[secret] = None
+            part = secret.rpartition(":")[2]
+            if part != secret and len(part) >= _SECRET_PART_MIN:
+                forms[part] = None
+    return list(forms)
+
+
+def _unescape_backslashes(text: str) -> str:
+    return _BACKSLASH_ESCAPE.sub(lambda m: chr(int(m.group(1) or m.group(2), 16)), text)
+
+
+def _decodings(text: str) -> set[str]:
+    """``text`` as a reader might decode it: HTML entities (``&#58;``, ``&colon;``), percent
+    (``%3a``, ``%3A``), backslash escapes (``\\u003a``, ``\\x3a``), and combinations of up to
+    three of these (a percent-encoded URL in an HTML page in a JSON string)."""
+    seen = {text}
+    frontier = [text]
+    for _ in range(_DECODE_ROUNDS):
+        found: list[str] = []
+        for form in frontier:
+            for decode in (html.unescape, urllib.parse.unquote, _unescape_backslashes):
+                decoded = decode(form)
+                if decoded not in seen:
+                    seen.add(decoded)
+                    found.append(decoded)
+        frontier = found
+    return seen
+
+
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    """``text`` without any credential, however a server or proxy echoed it.
+
+    Each secret (and its secret part, ``_secret_forms``) is first replaced where it appears as
+    sent or percent-encoded. If any decoding of what is left still holds one (a colon echoed
+    as ``&#58;`` or ``\\u003a``, an upper-cased URL…), the whole text is withheld: nothing a
+    platform echoes is worth a credential, and no list of encodings is ever complete.
+    """
+    forms = _secret_forms(secrets)
+    for secret in forms:
+        quoted = (urllib.parse.quote(secret, safe=""), urllib.parse.quote(secret))
+        for form in dict.fromkeys((secret, *quoted)):
+            text = text.replace(form, _REDACTED)
+    if forms:
+        lowered = [form.lower() for form in forms]
+        for decoded in _decodings(text):
+            folded = decoded.lower()
+            if any(secret in folded for secret in lowered):
+                return _WITHHELD
     return text
 
 
@@ -369,6 +423,28 @@ def sent(
         response_excerpt=None if platform_message_id else excerpt(exchange.body, secrets),
         duration_ms=exchange.duration_ms,
     )
+
+
+def api_base(channel: ChannelConfig, default: str) -> str | SendResult:
+    """Where to send the channel's credentials: the platform's API, or the channel's
+    ``api_base_url`` when the deployment allows that override (``switchboard.channels.base_url``);
+    a refused override fails the attempt permanently without touching the network."""
+    if channel.api_base_url is None:
+        return default
+    reason = active_policy().refusal(channel.api_base_url)
+    if reason is not None:
+        return SendResult(
+            outcome="permanent",
+            platform_message_id=None,
+            http_status=None,
+            error_code="api_base_url_not_allowed",
+            error_title=reason,
+            retry_after=None,
+            throttled=False,
+            response_excerpt=None,
+            duration_ms=0.0,
+        )
+    return channel.api_base_url.rstrip("/")
 
 
 def missing_credential(name: str) -> SendResult:

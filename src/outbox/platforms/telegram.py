@@ -38,6 +38,7 @@ from outbox.platforms.base import (
     HttpExchange,
     SendResult,
     UnsupportedContent,
+    api_base,
     excerpt,
     missing_credential,
     parse_json,
@@ -186,7 +187,9 @@ class TelegramSender:
             return missing_credential("bot_token")
         secrets = (token,)
         method, body = self._build(command)
-        base = (channel.api_base_url or TELEGRAM_BASE_URL).rstrip("/")
+        base = api_base(channel, TELEGRAM_BASE_URL)
+        if isinstance(base, SendResult):
+            return base
         exchange = await post(
             client, f"{base}/bot{token}/{method}", timeout=timeout, secrets=secrets, json_body=body
         )

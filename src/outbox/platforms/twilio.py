@@ -48,6 +48,7 @@ from outbox.platforms.base import (
     HttpExchange,
     SendResult,
     UnsupportedContent,
+    api_base,
     basic_credentials,
     excerpt,
     missing_credential,
@@ -191,11 +192,15 @@ class TwilioSender:
             return missing_credential("auth_token")
         secrets = (token, basic_credentials(sid, token))
         if command.content.typing is not None:
-            base = (channel.api_base_url or TWILIO_MESSAGING_BASE_URL).rstrip("/")
+            base = api_base(channel, TWILIO_MESSAGING_BASE_URL)
+            if isinstance(base, SendResult):
+                return base
             url = f"{base}/v2/Indicators/Typing.json"
             form = _typing_form(command, channel.account_id)
         else:
-            base = (channel.api_base_url or TWILIO_BASE_URL).rstrip("/")
+            base = api_base(channel, TWILIO_BASE_URL)
+            if isinstance(base, SendResult):
+                return base
             url = f"{base}/2010-04-01/Accounts/{sid}/Messages.json"
             form = self._request_form(command, channel)
         exchange = await post(

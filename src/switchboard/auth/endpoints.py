@@ -7,12 +7,15 @@ from fastapi import APIRouter, status
 from switchboard.auth import service
 from switchboard.auth.dependencies import RequireAdmin
 from switchboard.auth.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyRead
+from switchboard.errors import AUTHENTICATED, error_responses
 from switchboard.resources import DbSession
 
 router = APIRouter(prefix="/v1/api-keys", tags=["api keys"])
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
+@router.post(
+    "", status_code=status.HTTP_201_CREATED, responses=error_responses(*AUTHENTICATED, 400)
+)
 async def create_api_key(body: ApiKeyCreate, _: RequireAdmin, session: DbSession) -> ApiKeyCreated:
     """Issue a key. The key itself is in this response only; store it now."""
     row, key = await service.create_key(session, body.name, body.scopes)
@@ -20,12 +23,12 @@ async def create_api_key(body: ApiKeyCreate, _: RequireAdmin, session: DbSession
     return ApiKeyCreated.model_validate({**ApiKeyRead.model_validate(row).model_dump(), "key": key})
 
 
-@router.get("")
+@router.get("", responses=error_responses(*AUTHENTICATED))
 async def list_api_keys(_: RequireAdmin, session: DbSession) -> list[ApiKeyRead]:
     return [ApiKeyRead.model_validate(r) for r in await service.list_keys(session)]
 
 
-@router.delete("/{key_id}")
+@router.delete("/{key_id}", responses=error_responses(*AUTHENTICATED, 404))
 async def revoke_api_key(key_id: uuid.UUID, _: RequireAdmin, session: DbSession) -> ApiKeyRead:
     row = await service.revoke_key(session, key_id)
     await session.commit()

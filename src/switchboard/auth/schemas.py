@@ -6,6 +6,8 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from switchboard.schema_types import Label
+
 
 class Scope(StrEnum):
     ADMIN = "admin"
@@ -14,9 +16,9 @@ class Scope(StrEnum):
 
 
 class ApiKeyCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
-    name: str = Field(min_length=1, max_length=200)
+    name: Label
     scopes: list[Scope] = Field(min_length=1)
 
 

@@ -7,13 +7,23 @@ from fastapi import APIRouter, Body, Query, status
 
 from switchboard.auth.dependencies import RequireAdmin, RequireRead
 from switchboard.channels import service
+from switchboard.channels.base_url import BaseUrlPolicy
 from switchboard.channels.schemas import ChannelCreate, ChannelRead, ChannelUpdate, Platform
-from switchboard.resources import AppResources, DbSession
+from switchboard.errors import AUTHENTICATED, error_responses
+from switchboard.resources import AppResources, DbSession, Resources
 
 router = APIRouter(prefix="/v1/channels", tags=["channels"])
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
+def _policy(resources: Resources) -> BaseUrlPolicy:
+    return BaseUrlPolicy.from_settings(resources.settings)
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    responses=error_responses(*AUTHENTICATED, 400, 409),
+)
 async def create_channel(
     body: Annotated[ChannelCreate, Body()],
     _: RequireAdmin,
@@ -21,12 +31,14 @@ async def create_channel(
     resources: AppResources,
 ) -> ChannelRead:
     """Register a channel. Credentials are encrypted at rest and never returned."""
-    channel = await service.create(session, resources.secret_box, body)
+    channel = await service.create(
+        session, resources.secret_box, body, base_url_policy=_policy(resources)
+    )
     await session.commit()
     return service.to_read(channel, resources.secret_box, resources.public_base_url)
 
 
-@router.get("")
+@router.get("", responses=error_responses(*AUTHENTICATED))
 async def list_channels(
     _: RequireRead,
     session: DbSession,
@@ -38,7 +50,7 @@ async def list_channels(
     return [service.to_read(c, resources.secret_box, resources.public_base_url) for c in rows]
 
 
-@router.get("/{channel_id}")
+@router.get("/{channel_id}", responses=error_responses(*AUTHENTICATED, 404))
 async def get_channel(
     channel_id: uuid.UUID, _: RequireRead, session: DbSession, resources: AppResources
 ) -> ChannelRead:
@@ -46,7 +58,7 @@ async def get_channel(
     return service.to_read(channel, resources.secret_box, resources.public_base_url)
 
 
-@router.patch("/{channel_id}")
+@router.patch("/{channel_id}", responses=error_responses(*AUTHENTICATED, 400, 404))
 async def update_channel(
     channel_id: uuid.UUID,
     body: ChannelUpdate,
@@ -54,12 +66,14 @@ async def update_channel(
     session: DbSession,
     resources: AppResources,
 ) -> ChannelRead:
-    channel = await service.update(session, resources.secret_box, channel_id, body)
+    channel = await service.update(
+        session, resources.secret_box, channel_id, body, base_url_policy=_policy(resources)
+    )
     await session.commit()
     return service.to_read(channel, resources.secret_box, resources.public_base_url)
 
 
-@router.post("/{channel_id}/disable")
+@router.post("/{channel_id}/disable", responses=error_responses(*AUTHENTICATED, 404))
 async def disable_channel(
     channel_id: uuid.UUID, _: RequireAdmin, session: DbSession, resources: AppResources
 ) -> ChannelRead:
@@ -71,7 +85,7 @@ async def disable_channel(
     return service.to_read(channel, resources.secret_box, resources.public_base_url)
 
 
-@router.post("/{channel_id}/enable")
+@router.post("/{channel_id}/enable", responses=error_responses(*AUTHENTICATED, 404))
 async def enable_channel(
     channel_id: uuid.UUID, _: RequireAdmin, session: DbSession, resources: AppResources
 ) -> ChannelRead:

@@ -15,11 +15,15 @@ from pydantic import (
     Field,
     HttpUrl,
     SecretStr,
+    StrictBool,
+    UrlConstraints,
     field_validator,
     model_validator,
 )
 from pydantic.config import JsonDict
 from pydantic_core import PydanticCustomError
+
+from switchboard.schema_types import Label, Secret, Text
 
 Platform = Literal["whatsapp", "messenger", "instagram", "telegram", "twilio"]
 
@@ -32,30 +36,22 @@ _TWILIO_SENDER = re.compile(
 )
 
 
-def _no_nul(value: str) -> str:
-    """PostgreSQL text cannot hold NUL, and no platform id or name contains one."""
-    if "\x00" in value:
-        raise PydanticCustomError("nul_character", "must not contain NUL characters (\\u0000)")
-    return value
+API_BASE_URL_MAX = 500
+"""Length of the ``channels.api_base_url`` column, as the URL is stored (no trailing slash)."""
 
 
-Text = Annotated[str, AfterValidator(_no_nul)]
-"""A string that fits a text column: every free-form string of the channel resource."""
-# Length first: after a function validator it would only be a generic "Value should have …".
-Text200 = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_no_nul)]
-
-
-def _no_control(value: SecretStr) -> SecretStr:
-    """Credentials travel in HTTP headers and URL paths, where a control character (a stray
-    newline from a copy-paste) makes every send fail: refuse it when the channel is saved."""
-    if any(ord(c) < 32 or ord(c) == 127 for c in value.get_secret_value()):
+def _fits_column(url: HttpUrl) -> HttpUrl:
+    # The stored form, which normalisation (punycode, percent-encoding) may have lengthened.
+    if len(str(url).rstrip("/")) > API_BASE_URL_MAX:
         raise PydanticCustomError(
-            "control_character", "must not contain control characters (newline, tab, NUL, …)"
+            "url_too_long", "must be at most {max} characters", {"max": API_BASE_URL_MAX}
         )
-    return value
+    return url
 
 
-Secret = Annotated[SecretStr, Field(min_length=1, max_length=4096), AfterValidator(_no_control)]
+ApiBaseUrl = Annotated[
+    HttpUrl, UrlConstraints(max_length=API_BASE_URL_MAX), AfterValidator(_fits_column)
+]
 
 
 class _Strict(BaseModel):
@@ -109,18 +105,22 @@ class TwilioCredentials(_Strict):
 
 
 class _ChannelCreateBase(_Strict):
-    name: Text200
-    account_id: Text200
-    api_base_url: HttpUrl | None = Field(
-        default=None, description="Override of the platform API base URL (tests, proxies)"
+    name: Label
+    account_id: Label
+    api_base_url: ApiBaseUrl | None = Field(
+        default=None,
+        description="Override of the platform API base URL (tests, proxies); refused unless "
+        "the deployment allows it (SWITCHBOARD_ALLOW_API_BASE_URL_OVERRIDE or "
+        "SWITCHBOARD_API_BASE_URL_ALLOWED_HOSTS)",
     )
     send_rate_per_second: float | None = Field(
         default=None,
         ge=0.01,
         le=10_000,
+        strict=True,
         description="Sends per second, 0.01 to 10,000; null = the platform's default limit",
     )
-    enabled: bool = True
+    enabled: StrictBool = True
 
 
 class _MetaChannelCreate(_ChannelCreateBase):
@@ -216,10 +216,10 @@ class ChannelUpdate(_Strict):
     model_config = ConfigDict(json_schema_extra=lambda schema: _not_nullable(schema, _NOT_NULL))
 
     # Omitted means unchanged (None here); an explicit null is refused (NOT NULL columns).
-    name: Text200 | None = None
-    api_base_url: HttpUrl | None = None
-    send_rate_per_second: float | None = Field(default=None, ge=0.01, le=10_000)
-    enabled: bool | None = None
+    name: Label | None = None
+    api_base_url: ApiBaseUrl | None = None
+    send_rate_per_second: float | None = Field(default=None, ge=0.01, le=10_000, strict=True)
+    enabled: StrictBool | None = None
     credentials: dict[str, Secret | None] | None = Field(
         default=None,
         description="Credentials to replace; null removes an optional one (a previous_* secret)",

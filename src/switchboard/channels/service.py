@@ -3,11 +3,12 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from pydantic import BaseModel, SecretStr, ValidationError
+from pydantic import BaseModel, HttpUrl, SecretStr, ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from switchboard.channels.base_url import BaseUrlPolicy, active_policy
 from switchboard.channels.models import Channel
 from switchboard.channels.schemas import (
     CREDENTIAL_MODELS,
@@ -43,6 +44,15 @@ def _plain(model: BaseModel) -> dict[str, str]:
     return out
 
 
+def _checked_base_url(url: HttpUrl | None, policy: BaseUrlPolicy | None) -> str | None:
+    """The URL as stored (no trailing slash), if the deployment lets credentials go there."""
+    if url is None:
+        return None
+    stored = str(url).rstrip("/")
+    (policy or active_policy()).check(stored)
+    return stored
+
+
 def to_read(channel: Channel, box: SecretBox, public_base_url: str) -> ChannelRead:
     return ChannelRead(
         id=channel.id,
@@ -59,13 +69,20 @@ def to_read(channel: Channel, box: SecretBox, public_base_url: str) -> ChannelRe
     )
 
 
-async def create(session: AsyncSession, box: SecretBox, body: ChannelCreate) -> Channel:
+async def create(
+    session: AsyncSession,
+    box: SecretBox,
+    body: ChannelCreate,
+    *,
+    base_url_policy: BaseUrlPolicy | None = None,
+) -> Channel:
+    api_base_url = _checked_base_url(body.api_base_url, base_url_policy)
     channel = Channel(
         platform=body.platform,
         name=body.name,
         account_id=body.account_id,
         secrets=box.encrypt_json(_plain(body.credentials)),
-        api_base_url=str(body.api_base_url).rstrip("/") if body.api_base_url else None,
+        api_base_url=api_base_url,
         send_rate_per_second=body.send_rate_per_second,
         enabled=body.enabled,
     )
@@ -99,13 +116,18 @@ async def list_all(
 
 
 async def update(
-    session: AsyncSession, box: SecretBox, channel_id: uuid.UUID, body: ChannelUpdate
+    session: AsyncSession,
+    box: SecretBox,
+    channel_id: uuid.UUID,
+    body: ChannelUpdate,
+    *,
+    base_url_policy: BaseUrlPolicy | None = None,
 ) -> Channel:
     channel = await get(session, channel_id)
     fields = body.model_dump(exclude_unset=True, exclude={"credentials"})
     for key, value in fields.items():
         if key == "api_base_url":
-            value = str(value).rstrip("/") if value else None
+            value = _checked_base_url(body.api_base_url, base_url_policy)
         setattr(channel, key, value)
     if body.credentials is not None:
         model = CREDENTIAL_MODELS[channel.platform]

@@ -214,8 +214,10 @@ async def test_channel_and_command_validation(api: RunningApp) -> None:
     unknown = await send(api, text_body(str(uuid.uuid4())))
     assert unknown.status_code == 422
     assert unknown.json()["error"]["code"] == "unknown_channel"
-    not_an_id = await send(api, text_body("nope"))
-    assert not_an_id.json()["error"]["code"] == "unknown_channel"
+    not_an_id = await send(api, text_body("nope"))  # typed as a UUID in the OpenAPI document
+    assert not_an_id.status_code == 422
+    assert not_an_id.json()["error"]["code"] == "validation_error"
+    assert "channel_id" in not_an_id.json()["error"]["message"]
 
     channel_id = await create_channel(api)
     past = text_body(channel_id) | {"not_after": "2020-01-01T00:00:00Z"}

@@ -807,6 +807,7 @@ def _worker_env(settings: Settings, **extra: str) -> dict[str, str]:
             if settings.encryption_keys
             else "",
             "SWITCHBOARD_LOG_LEVEL": "WARNING",
+            "SWITCHBOARD_ALLOW_API_BASE_URL_OVERRIDE": "true",  # the fake platform on loopback
             **extra,
         }
     )
