@@ -20,10 +20,15 @@ if TYPE_CHECKING:
 
 
 def _components(settings: Settings) -> list[Component]:
+    from conversations.app import component as conversations_component
     from gateway.app import component as gateway_component
     from outbox.app import component as outbox_component
 
-    return [gateway_component(settings), outbox_component(settings)]
+    return [
+        gateway_component(settings),
+        outbox_component(settings),
+        conversations_component(settings),
+    ]
 
 
 # ---- commands ---------------------------------------------------------------------------------
@@ -56,6 +61,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def cmd_outbox(args: argparse.Namespace) -> None:
+    from conversations.app import run_worker as run_conversations
     from outbox.app import run_worker
     from switchboard.app import open_resources
     from switchboard.logging import configure_logging
@@ -67,7 +73,15 @@ def cmd_outbox(args: argparse.Namespace) -> None:
 
     async def main() -> None:
         async with stop_on_signals() as stop, open_resources(settings) as resources:
-            await run(app=None, sock=None, stop=stop, workers=[lambda s: run_worker(resources, s)])
+            await run(
+                app=None,
+                sock=None,
+                stop=stop,
+                workers=[
+                    lambda s: run_worker(resources, s),
+                    lambda s: run_conversations(resources, s),
+                ],
+            )
 
     run_async(main())
 

@@ -1,0 +1,134 @@
+"""The conversation consumer: ``inbound.v1`` and ``outbound.events.v1`` in one consumer group
+(``conversations_consumer_group``), so replicas share the partitions.
+
+Each polled batch (at most ``conversations_consumer_batch_size`` records) is applied in one
+transaction, each record in its own savepoint: a record whose values PostgreSQL refuses (a data
+or integrity error: too long, invalid) is skipped and logged ``conversations.record_skipped``,
+never blocking its partition. Offsets are committed after the transaction. Any other failure
+(database or broker away) drops the consumer without committing; a new one starts after a
+back-off and the uncommitted records come back (every effect is idempotent: timeline entries
+are unique per message, states move forward, episodes open and close once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer
+from sqlalchemy.exc import DataError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from conversations.inbound import apply_inbound
+from conversations.lifecycle import apply_lifecycle
+from switchboard.aio import abandon, first_of
+from switchboard.kafka import create_consumer
+from switchboard.logging import get_logger
+from switchboard.resources import Resources
+from switchboard.settings import Settings
+
+log = get_logger(__name__)
+
+Handler = Callable[[AsyncSession, Settings, dict[str, Any], datetime], Awaitable[None]]
+_BACKOFF = (0.5, 15.0)
+_STOP_TIMEOUT = 5.0
+
+
+def _decode(value: bytes | None) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    try:
+        doc = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+async def handle_batch(
+    resources: Resources,
+    records: list[Any],
+    handlers: dict[str, Handler],
+    now: datetime | None = None,
+) -> None:
+    """Apply ``records`` (in offset order per partition) in one transaction and commit."""
+    settings = resources.settings
+    now = now or datetime.now(UTC)
+    async with resources.sessionmaker() as session:
+        for record in records:
+            handler = handlers.get(record.topic)
+            event = _decode(record.value)
+            if handler is None or event is None:
+                continue
+            try:
+                async with session.begin_nested():
+                    await handler(session, settings, event, now)
+            except (DataError, IntegrityError) as exc:
+                log.warning(
+                    "conversations.record_skipped",
+                    topic=record.topic,
+                    partition=record.partition,
+                    offset=record.offset,
+                    error=type(exc.orig).__name__ if exc.orig else type(exc).__name__,
+                )
+        await session.commit()
+
+
+async def _consume(
+    resources: Resources,
+    consumer: AIOKafkaConsumer,
+    stop: asyncio.Event,
+    handlers: dict[str, Handler],
+) -> None:
+    while not stop.is_set():
+        batch = await consumer.getmany(
+            timeout_ms=500, max_records=resources.settings.conversations_consumer_batch_size
+        )
+        if not batch:
+            continue
+        records = [
+            r for tp in sorted(batch, key=lambda t: (t.topic, t.partition)) for r in batch[tp]
+        ]
+        await handle_batch(resources, records, handlers)
+        offsets = {tp: rs[-1].offset + 1 for tp, rs in batch.items() if rs}
+        await consumer.commit(offsets)
+
+
+async def run_consumer(resources: Resources, stop: asyncio.Event) -> None:
+    """Consume until ``stop``; a failed consumer is replaced after a back-off."""
+    settings = resources.settings
+    handlers: dict[str, Handler] = {
+        settings.topic("inbound.v1"): apply_inbound,
+        settings.topic("outbound.events.v1"): apply_lifecycle,
+    }
+    backoff = _BACKOFF[0]
+    while not stop.is_set():
+        consumer = create_consumer(
+            settings,
+            *handlers,
+            group_id=settings.conversations_consumer_group,
+            session_timeout_ms=settings.outbox_consumer_session_timeout_ms,
+            heartbeat_interval_ms=max(settings.outbox_consumer_session_timeout_ms // 3, 300),
+        )
+        starting = asyncio.ensure_future(consumer.start())
+        try:
+            if not await first_of(starting, stop):
+                abandon(starting)
+                break
+            starting.result()
+            log.info("conversations.consumer_started")
+            await _consume(resources, consumer, stop, handlers)
+            backoff = _BACKOFF[0]
+        except Exception as exc:
+            log.error("conversations.consumer_failed", error=repr(exc))
+        finally:
+            with contextlib.suppress(Exception, TimeoutError):
+                async with asyncio.timeout(_STOP_TIMEOUT):
+                    await consumer.stop()
+        if not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), backoff)
+            backoff = min(backoff * 2, _BACKOFF[1])
