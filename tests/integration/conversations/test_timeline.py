@@ -146,7 +146,8 @@ async def test_filters_paging_and_errors(harness: Harness) -> None:
     bad = await harness.client.get(
         "/v1/conversations", params={"cursor": "not-a-cursor"}, headers=harness.admin()
     )
-    assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_cursor"
+    assert bad.status_code == 400
+    assert bad.json()["error"]["code"] == "invalid_cursor"
     missing = await harness.client.get(
         "/v1/conversations/telegram:1:nobody/messages", headers=harness.admin()
     )
