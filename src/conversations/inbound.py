@@ -176,8 +176,8 @@ async def _received(
         return
     if message.get("kind") == "reaction" or conversation.unanswered_since is not None:
         return
-    if conversation.last_reply_at is not None and conversation.last_reply_at >= at:
-        return  # our reply (its lifecycle event consumed first) already answered it
+    if _answered_before_seen(conversation.last_reply_at, at, now):
+        return
     conversation.episode += 1
     conversation.unanswered_since = now
     conversation.unanswered_notified = False
@@ -185,6 +185,17 @@ async def _received(
         await _acknowledge(
             session, settings, conversation, rules.auto_reply_from_json(row.auto_reply), now
         )
+
+
+RACE_WINDOW = timedelta(minutes=5)
+
+
+def _answered_before_seen(last_reply_at: datetime | None, at: datetime, now: datetime) -> bool:
+    """Inbound and lifecycle events come from different topics: a reply's ``message.sent`` may
+    be consumed before the customer message it answers. A message the platform dates before
+    our last reply is then already answered, but only a recent date is trusted for this
+    (replayed webhooks and test payloads carry old dates; clocks differ by seconds)."""
+    return last_reply_at is not None and now - RACE_WINDOW <= at <= last_reply_at
 
 
 async def _acknowledge(

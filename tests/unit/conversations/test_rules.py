@@ -182,3 +182,14 @@ def test_states_only_move_forward() -> None:
     assert states.advance("delivered", "failed") == "failed"
     assert states.advance("failed", "read") == "failed"
     assert states.advance("sent", "unknown") == "sent"
+
+
+def test_a_reply_seen_before_its_question_answers_it_only_for_recent_dates() -> None:
+    from conversations.inbound import _answered_before_seen
+
+    now = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
+    reply = now - timedelta(seconds=10)
+    assert _answered_before_seen(reply, now - timedelta(seconds=20), now)
+    assert not _answered_before_seen(reply, now - timedelta(seconds=5), now)
+    assert not _answered_before_seen(reply, now - timedelta(days=400), now)  # replayed, old
+    assert not _answered_before_seen(None, now, now)
