@@ -3,11 +3,12 @@
 
 Each polled batch (at most ``conversations_consumer_batch_size`` records) is applied in one
 transaction, each record in its own savepoint: a record whose values PostgreSQL refuses (a data
-or integrity error: too long, invalid) is skipped and logged ``conversations.record_skipped``,
-never blocking its partition. Offsets are committed after the transaction. Any other failure
-(database or broker away) drops the consumer without committing; a new one starts after a
-back-off and the uncommitted records come back (every effect is idempotent: timeline entries
-are unique per message, states move forward, episodes open and close once).
+or integrity error: too long, invalid), or that names a conversation inconsistently, is skipped
+and logged ``conversations.record_skipped``, never blocking its partition. Offsets are
+committed after the transaction. Any other failure (database or broker away) drops the
+consumer without committing; a new one starts after a back-off and the uncommitted records
+come back (every effect is idempotent: timeline entries are unique per message, states move
+forward, episodes open and close once).
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer
-from sqlalchemy.exc import DataError, IntegrityError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from conversations.inbound import apply_inbound
 from conversations.lifecycle import apply_lifecycle
+from conversations.service import Unrecordable
 from switchboard.aio import abandon, first_of
 from switchboard.kafka import create_consumer
 from switchboard.logging import get_logger
@@ -48,6 +50,22 @@ def _decode(value: bytes | None) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
+def _record_fault(exc: BaseException) -> str | None:
+    """Why a record can never be stored (SQLSTATE class 22, data exception: too long, a
+    character PostgreSQL cannot hold; class 23, integrity), or None for a failure worth
+    retrying (connection lost, timeout)."""
+    if isinstance(exc, Unrecordable):
+        return "unrecordable"
+    cause: BaseException | None = exc
+    while cause is not None:
+        state = getattr(cause.orig, "sqlstate", None) if isinstance(cause, DBAPIError) else None
+        state = state or getattr(cause, "sqlstate", None)
+        if isinstance(state, str):
+            return state if state[:2] in ("22", "23") else None
+        cause = cause.__cause__
+    return None
+
+
 async def handle_batch(
     resources: Resources,
     records: list[Any],
@@ -66,13 +84,16 @@ async def handle_batch(
             try:
                 async with session.begin_nested():
                     await handler(session, settings, event, now)
-            except (DataError, IntegrityError) as exc:
+            except (DBAPIError, Unrecordable) as exc:
+                state = _record_fault(exc)
+                if state is None:
+                    raise
                 log.warning(
                     "conversations.record_skipped",
                     topic=record.topic,
                     partition=record.partition,
                     offset=record.offset,
-                    error=type(exc.orig).__name__ if exc.orig else type(exc).__name__,
+                    reason=state,
                 )
         await session.commit()
 

@@ -5,8 +5,9 @@ where ``peer`` is the chat or contact the business talks to: the WhatsApp ``wa_i
 Messenger/Instagram PSID/IGSID, the Telegram ``chat.id``, the Twilio ``From`` address
 (``+1555…`` or ``whatsapp:+1555…``). A send command names the same party by ``to``. Both are
 reduced to a *contact key* per channel, so an outbound message finds the conversation its
-recipient's messages opened. WhatsApp numbers compare by digits (``+39 333 1234567`` is the
-``wa_id`` ``393331234567``), as the outbox's window key does; other peers compare as they are.
+recipient's messages opened. WhatsApp phone numbers compare by digits (``+39 333 1234567`` is
+the ``wa_id`` ``393331234567``), as the outbox's window key does; other peers (and WhatsApp
+business-scoped user ids) compare as they are.
 """
 
 from __future__ import annotations
@@ -14,8 +15,13 @@ from __future__ import annotations
 TWILIO_WHATSAPP = "whatsapp:"
 
 
+_PHONE_CHARS = frozenset("+0123456789 -().")
+
+
 def contact_key(platform: str, peer: str) -> str:
-    if platform == "whatsapp":
+    """WhatsApp phone numbers by their digits; anything else (a business-scoped user id, other
+    platforms' ids) as it is."""
+    if platform == "whatsapp" and set(peer) <= _PHONE_CHARS:
         digits = "".join(ch for ch in peer if ch.isdigit())
         return digits or peer
     return peer

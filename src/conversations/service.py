@@ -25,6 +25,10 @@ from switchboard.settings import Settings
 log = get_logger(__name__)
 
 
+class Unrecordable(Exception):
+    """An event this layer cannot record (logged and skipped by the consumer)."""
+
+
 @dataclass(frozen=True)
 class Party:
     """Who a conversation is with, as both sides name it."""
@@ -78,7 +82,11 @@ async def locked_conversation(
             .with_for_update()
             .execution_options(populate_existing=True)
         )
-    ).one()
+    ).one_or_none()
+    if conversation is None:
+        # The id is taken by another contact key of the channel (two spellings the keys
+        # cannot tell apart): record nothing rather than guess, and never block the partition.
+        raise Unrecordable(f"conversation id taken by another contact: {party.conversation_id}")
     if canonical and conversation.conversation_id != party.conversation_id:
         clash = await session.get(Conversation, party.conversation_id)
         if clash is None:

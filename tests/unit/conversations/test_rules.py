@@ -193,3 +193,8 @@ def test_a_reply_seen_before_its_question_answers_it_only_for_recent_dates() -> 
     assert not _answered_before_seen(reply, now - timedelta(seconds=5), now)
     assert not _answered_before_seen(reply, now - timedelta(days=400), now)  # replayed, old
     assert not _answered_before_seen(None, now, now)
+
+
+def test_whatsapp_user_ids_are_not_reduced_to_digits() -> None:
+    assert keys.contact_key("whatsapp", "US.13491208655302741918") == "US.13491208655302741918"
+    assert keys.contact_key("whatsapp", "+1 (555) 010-0000") == "15550100000"
