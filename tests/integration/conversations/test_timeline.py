@@ -170,3 +170,25 @@ async def _state_of(harness: Harness, conversation_id: str, message_id: str, sta
 
 async def _count(harness: Harness, n: int, **params: str) -> bool:
     return len((await harness.conversations(**params))["items"]) >= n
+
+
+async def test_scopes(harness: Harness) -> None:
+    channel = await harness.create_channel("telegram")
+    created = await harness.client.post(
+        "/v1/api-keys", json={"name": "dashboard", "scopes": ["read"]}, headers=harness.admin()
+    )
+    assert created.status_code == 201, created.text
+    reader = harness.app.auth(created.json()["key"])
+    assert (await harness.client.get("/v1/conversations", headers=reader)).status_code == 200
+    opt_outs = await harness.client.get(f"/v1/channels/{channel}/opt-outs", headers=reader)
+    assert opt_outs.status_code == 200
+    for method, path in (
+        ("PUT", f"/v1/channels/{channel}/auto-reply"),
+        ("GET", f"/v1/channels/{channel}/auto-reply"),
+        ("PUT", f"/v1/channels/{channel}/conversation-settings"),
+        ("PUT", f"/v1/channels/{channel}/opt-outs/42"),
+        ("DELETE", f"/v1/channels/{channel}/opt-outs/42"),
+    ):
+        refused = await harness.client.request(method, path, headers=reader, json={})
+        assert refused.status_code == 403, (method, path)
+        assert refused.json()["error"]["code"] == "forbidden"
