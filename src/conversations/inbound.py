@@ -101,7 +101,7 @@ async def apply_inbound(
     elif kind == "conversation.updated":
         blocked = _obj(data.get("conversation")).get("blocked")
         if isinstance(blocked, bool):
-            conversation = await locked_conversation(session, party, at)
+            conversation = await locked_conversation(session, party, now)
             await set_opt_out(
                 session,
                 settings,
@@ -129,7 +129,7 @@ async def _received(
     echo = message.get("echo") is True
     contact = data.get("contact") if isinstance(data.get("contact"), dict) else None
     conversation = await locked_conversation(
-        session, party, at, contact=None if echo else contact, canonical=True
+        session, party, now, contact=None if echo else contact, canonical=True
     )
     message_id = _str(message.get("id")) or event_id
     inserted = await session.scalar(
@@ -151,7 +151,7 @@ async def _received(
     )
     if inserted is None:
         return  # a redelivered event: its effects are already recorded
-    conversation.last_activity_at = max(conversation.last_activity_at, at)
+    conversation.last_activity_at = max(conversation.last_activity_at, now)
     if echo:
         conversation.last_outbound_at = max(conversation.last_outbound_at or at, at)
         answer(session, settings, conversation, at=at, message_id=message_id, now=now)

@@ -61,7 +61,7 @@ async def apply_lifecycle(
         channel.platform,
         to,
     )
-    conversation = await locked_conversation(session, party, at)
+    conversation = await locked_conversation(session, party, now)
     raw_metadata = data.get("metadata")
     metadata: dict[str, Any] = raw_metadata if isinstance(raw_metadata, dict) else {}
     automatic = contracts.is_automatic(metadata)
@@ -95,7 +95,7 @@ async def apply_lifecycle(
     entry.platform_message_id = _str(data.get("platform_message_id")) or entry.platform_message_id
     if error is not None:
         entry.error = error
-    conversation.last_activity_at = max(conversation.last_activity_at, at)
+    conversation.last_activity_at = max(conversation.last_activity_at, now)
     first_sent = state == "sent" and (before is None or RANK.get(before, -1) < RANK["sent"])
     if first_sent:
         conversation.last_outbound_at = max(conversation.last_outbound_at or at, at)

@@ -46,12 +46,14 @@ class Party:
 async def locked_conversation(
     session: AsyncSession,
     party: Party,
-    at: datetime,
+    now: datetime,
     *,
     contact: dict[str, Any] | None = None,
     canonical: bool = False,
 ) -> Conversation:
-    """The conversation with ``party`` on its channel, created if new, locked (``FOR UPDATE``)
+    """The conversation with ``party`` on its channel, created if new (active ``now``: activity
+    and retention count from when Switchboard recorded something, never from a platform's date,
+    which may be old), locked (``FOR UPDATE``)
     until the transaction ends: the inbound and lifecycle consumers, and the timer, of any
     replica serialise on it.
 
@@ -68,7 +70,7 @@ async def locked_conversation(
             contact_key=party.contact_key,
             recipient=party.recipient,
             contact=contact,
-            last_activity_at=at,
+            last_activity_at=now,
         )
         .on_conflict_do_nothing()
     )

@@ -192,3 +192,21 @@ async def test_scopes(harness: Harness) -> None:
         refused = await harness.client.request(method, path, headers=reader, json={})
         assert refused.status_code == 403, (method, path)
         assert refused.json()["error"]["code"] == "forbidden"
+
+
+async def test_retention_counts_from_when_we_recorded_not_the_platform_date(
+    harness: Harness,
+) -> None:
+    from conversations.worker import retention_pass
+
+    await harness.create_channel("telegram")
+    await harness.telegram(5, 42, "an old-dated message")  # dated 2023 by the payload
+    conversation_id = f"telegram:{ACCOUNTS['telegram']}:42"
+    await eventually(lambda: _timeline_len(harness, conversation_id, 1))
+    await retention_pass(harness.app.resources, datetime.now(UTC))
+    listed = await harness.conversations()
+    assert [c["conversation_id"] for c in listed["items"]] == [conversation_id]
+    last_activity = datetime.fromisoformat(listed["items"][0]["last_activity_at"])
+    assert last_activity > datetime.now(UTC) - timedelta(hours=1)
+    await retention_pass(harness.app.resources, datetime.now(UTC) + timedelta(days=91))
+    assert (await harness.conversations())["items"] == []
