@@ -72,18 +72,28 @@ async def handle_batch(
     handlers: dict[str, Handler],
     now: datetime | None = None,
 ) -> None:
-    """Apply ``records`` (in offset order per partition) in one transaction and commit."""
-    settings = resources.settings
+    """Apply ``records`` (in offset order per partition) in one transaction and commit.
+
+    The first pass runs the whole batch without savepoints (two round trips less per record).
+    Only if a record turns out to be unstorable is the batch applied again, each record in its
+    own savepoint, skipping the faulty ones."""
     now = now or datetime.now(UTC)
+    decoded = [(handlers.get(r.topic), _decode(r.value), r) for r in records]
+    work = [(h, e, r) for h, e, r in decoded if h is not None and e is not None]
+    try:
+        async with resources.sessionmaker() as session:
+            for handler, event, _ in work:
+                await handler(session, resources.settings, event, now)
+            await session.commit()
+        return
+    except (DBAPIError, Unrecordable) as exc:
+        if _record_fault(exc) is None:
+            raise
     async with resources.sessionmaker() as session:
-        for record in records:
-            handler = handlers.get(record.topic)
-            event = _decode(record.value)
-            if handler is None or event is None:
-                continue
+        for handler, event, record in work:
             try:
                 async with session.begin_nested():
-                    await handler(session, settings, event, now)
+                    await handler(session, resources.settings, event, now)
             except (DBAPIError, Unrecordable) as exc:
                 state = _record_fault(exc)
                 if state is None:

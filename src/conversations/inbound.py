@@ -70,7 +70,12 @@ def _str(value: Any) -> str | None:
 
 
 async def _channel_exists(session: AsyncSession, channel_id: uuid.UUID) -> bool:
-    return await session.scalar(select(Channel.id).where(Channel.id == channel_id)) is not None
+    """Cached for the session (one consumer batch): channels are never deleted."""
+    known: dict[uuid.UUID, bool] = session.info.setdefault("conversations.channels", {})
+    if channel_id not in known:
+        found = await session.scalar(select(Channel.id).where(Channel.id == channel_id))
+        known[channel_id] = found is not None
+    return known[channel_id]
 
 
 async def apply_inbound(

@@ -61,30 +61,31 @@ async def locked_conversation(
     A conversation first opened by a proactive send got a computed id; if the normalizer names
     it differently (e.g. an account id spelt otherwise), it takes the canonical one.
     """
-    await session.execute(
-        pg_insert(Conversation)
-        .values(
-            conversation_id=party.conversation_id,
-            channel_id=party.channel_id,
-            platform=party.platform,
-            contact_key=party.contact_key,
-            recipient=party.recipient,
-            contact=contact,
-            last_activity_at=now,
+    query = (
+        select(Conversation)
+        .where(
+            Conversation.channel_id == party.channel_id,
+            Conversation.contact_key == party.contact_key,
         )
-        .on_conflict_do_nothing()
+        .with_for_update()
+        .execution_options(populate_existing=True)
     )
-    conversation = (
-        await session.scalars(
-            select(Conversation)
-            .where(
-                Conversation.channel_id == party.channel_id,
-                Conversation.contact_key == party.contact_key,
+    conversation = (await session.scalars(query)).one_or_none()
+    if conversation is None:
+        await session.execute(
+            pg_insert(Conversation)
+            .values(
+                conversation_id=party.conversation_id,
+                channel_id=party.channel_id,
+                platform=party.platform,
+                contact_key=party.contact_key,
+                recipient=party.recipient,
+                contact=contact,
+                last_activity_at=now,
             )
-            .with_for_update()
-            .execution_options(populate_existing=True)
+            .on_conflict_do_nothing()
         )
-    ).one_or_none()
+        conversation = (await session.scalars(query)).one_or_none()
     if conversation is None:
         # The id is taken by another contact key of the channel (two spellings the keys
         # cannot tell apart): record nothing rather than guess, and never block the partition.
@@ -138,7 +139,13 @@ def stage_conversation_event(
 
 
 async def channel_settings(session: AsyncSession, channel_id: uuid.UUID) -> ChannelSettings | None:
-    return await session.get(ChannelSettings, channel_id)
+    """Cached for the session (one consumer batch; a change applies from the next batch)."""
+    cache: dict[uuid.UUID, ChannelSettings | None] = session.info.setdefault(
+        "conversations.settings", {}
+    )
+    if channel_id not in cache:
+        cache[channel_id] = await session.get(ChannelSettings, channel_id)
+    return cache[channel_id]
 
 
 def keywords(row: ChannelSettings | None) -> tuple[list[str] | tuple[str, ...], ...]:
