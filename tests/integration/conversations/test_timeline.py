@@ -210,3 +210,30 @@ async def test_retention_counts_from_when_we_recorded_not_the_platform_date(
     assert last_activity > datetime.now(UTC) - timedelta(hours=1)
     await retention_pass(harness.app.resources, datetime.now(UTC) + timedelta(days=91))
     assert (await harness.conversations())["items"] == []
+
+
+async def test_a_conversation_opened_by_a_send_takes_the_normalizers_id(harness: Harness) -> None:
+    """A Twilio channel sending through a Messaging Service (account id ``MG…``) names the
+    conversation of a proactive send ``twilio:MG…:<to>``; the customer's reply is addressed to
+    the number itself. The conversation takes the canonical id, its timeline follows."""
+    from tests.integration.gateway.conftest import channel_body
+
+    body = {**channel_body("twilio"), "account_id": "MG" + "0" * 32}
+    created = await harness.client.post("/v1/channels", json=body, headers=harness.admin())
+    assert created.status_code == 201, created.text
+    harness.channels["twilio"] = str(created.json()["id"])
+    customer = "+15557654321"
+    await harness.lifecycle("message.sent", platform="twilio", to=customer, message_id="promo")
+    provisional = f"twilio:MG{'0' * 32}:{customer}"
+    await eventually(lambda: _timeline_len(harness, provisional, 1))
+    await harness.twilio("SM" + "e" * 32, customer, "who is this?", to="+15551234567")
+    canonical = f"twilio:+15551234567:{customer}"
+    await eventually(lambda: _timeline_len(harness, canonical, 2))
+    page = await harness.timeline(canonical)
+    assert [m["message_id"] for m in page["items"]] == ["promo", "SM" + "e" * 32]
+    listed = await harness.conversations()
+    assert [c["conversation_id"] for c in listed["items"]] == [canonical]
+    missing = await harness.client.get(
+        f"/v1/conversations/{provisional}/messages", headers=harness.admin()
+    )
+    assert missing.status_code == 404
