@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -25,8 +26,10 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from conversations.inbound import apply_inbound
+from conversations.keys import contact_key, inbound_peer
 from conversations.lifecycle import apply_lifecycle
-from conversations.service import Unrecordable
+from conversations.models import CONTACT_KEY_MAX
+from conversations.service import Unrecordable, lock_in_order
 from switchboard.aio import abandon, first_of
 from switchboard.kafka import create_consumer
 from switchboard.logging import get_logger
@@ -66,6 +69,29 @@ def _record_fault(exc: BaseException) -> str | None:
     return None
 
 
+def _lock_key(record: Any, event: dict[str, Any]) -> tuple[uuid.UUID, str] | None:
+    """(channel, contact key) of the conversation a record touches, read as the handlers do."""
+    data = event.get("data")
+    if not isinstance(data, dict):
+        return None
+    platform = data.get("platform")
+    if not isinstance(platform, str):
+        return None
+    if record.topic.endswith("inbound.v1"):
+        conversation_id, account = data.get("conversation_id"), data.get("account_id")
+        if not isinstance(conversation_id, str) or not isinstance(account, str | None):
+            return None
+        peer = inbound_peer(platform, account, conversation_id)
+    else:
+        peer = data.get("to") if isinstance(data.get("to"), str) else None
+    if not peer or "\x00" in peer or len(peer) > CONTACT_KEY_MAX:
+        return None
+    try:
+        return uuid.UUID(str(data.get("channel_id"))), contact_key(platform, peer)
+    except ValueError:
+        return None
+
+
 async def handle_batch(
     resources: Resources,
     records: list[Any],
@@ -82,6 +108,7 @@ async def handle_batch(
     work = [(h, e, r) for h, e, r in decoded if h is not None and e is not None]
     try:
         async with resources.sessionmaker() as session:
+            await lock_in_order(session, {k for _, e, r in work if (k := _lock_key(r, e))})
             for handler, event, _ in work:
                 await handler(session, resources.settings, event, now)
             await session.commit()

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -43,6 +43,25 @@ class Party:
         return contact_key(self.platform, self.recipient)
 
 
+LOCKED = "conversations.locked"
+
+
+async def lock_in_order(session: AsyncSession, keys: set[tuple[uuid.UUID, str]]) -> None:
+    """Lock the existing conversations of a batch at once, in one order (channel, contact key)
+    shared by every transaction: two replicas whose batches touch the same conversations wait
+    for each other instead of deadlocking, and each conversation costs no further round trip
+    (``locked_conversation`` takes it from here)."""
+    if not keys:
+        return
+    rows = await session.scalars(
+        select(Conversation)
+        .where(tuple_(Conversation.channel_id, Conversation.contact_key).in_(sorted(keys)))
+        .order_by(Conversation.channel_id, Conversation.contact_key)
+        .with_for_update()
+    )
+    session.info[LOCKED] = {(c.channel_id, c.contact_key): c for c in rows}
+
+
 async def locked_conversation(
     session: AsyncSession,
     party: Party,
@@ -61,6 +80,8 @@ async def locked_conversation(
     A conversation first opened by a proactive send got a computed id; if the normalizer names
     it differently (e.g. an account id spelt otherwise), it takes the canonical one.
     """
+    locked: dict[tuple[uuid.UUID, str], Conversation] = session.info.get(LOCKED, {})
+    conversation = locked.get((party.channel_id, party.contact_key))
     query = (
         select(Conversation)
         .where(
@@ -70,7 +91,8 @@ async def locked_conversation(
         .with_for_update()
         .execution_options(populate_existing=True)
     )
-    conversation = (await session.scalars(query)).one_or_none()
+    if conversation is None:
+        conversation = (await session.scalars(query)).one_or_none()
     if conversation is None:
         await session.execute(
             pg_insert(Conversation)
