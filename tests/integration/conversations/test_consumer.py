@@ -3,6 +3,7 @@ nothing valid behind them is lost; the worker stops cleanly."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -65,3 +66,45 @@ async def _has(harness: Harness, message_id: str) -> bool:
     if response.status_code != 200:
         return False
     return any(m["message_id"] == message_id for m in response.json()["items"])
+
+
+async def test_batches_sharing_conversations_in_opposite_orders_both_commit(
+    harness: Harness,
+) -> None:
+    """Replicas lock a batch's conversations in one order: two batches touching the same
+    conversations in opposite orders wait for each other instead of deadlocking."""
+    from dataclasses import dataclass
+
+    from conversations.consumer import handle_batch
+    from conversations.inbound import apply_inbound
+
+    @dataclass
+    class Record:
+        topic: str
+        value: bytes
+        partition: int = 0
+        offset: int = 0
+
+    channel = await harness.create_channel("telegram")
+    topic = harness.settings.topic("inbound.v1")
+    handlers = {topic: apply_inbound}
+
+    def record(chat: int, message_id: str) -> Record:
+        event = _event(channel, message_id, "hi")
+        conversation = f"telegram:{ACCOUNTS['telegram']}:{chat}"
+        event["subject"] = event["data"]["conversation_id"] = conversation
+        return Record(topic, orjson.dumps(event))
+
+    chats = list(range(1, 21))
+    await handle_batch(harness.app.resources, [record(c, f"seed-{c}") for c in chats], handlers)
+    for round_ in range(5):
+        forward = [record(c, f"f{round_}-{c}") for c in chats]
+        backward = [record(c, f"b{round_}-{c}") for c in reversed(chats)]
+        await asyncio.gather(
+            handle_batch(harness.app.resources, forward, handlers),
+            handle_batch(harness.app.resources, backward, handlers),
+        )
+    listed = await harness.conversations(limit=50)
+    assert len(listed["items"]) == 20
+    page = await harness.timeline(f"telegram:{ACCOUNTS['telegram']}:7")
+    assert len(page["items"]) == 11
