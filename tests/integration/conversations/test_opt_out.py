@@ -144,3 +144,59 @@ async def test_telegram_blocked_bot_opts_out(
     assert response.status_code == 200
     await conversation_events.until(lambda _: conversation_events.of_type("contact.opted_out"))
     assert await _opt_outs(harness, "telegram") == ["42"]
+
+
+async def test_whatsapp_marketing_opt_out_receipt(
+    harness: Harness, conversation_events: TopicReader
+) -> None:
+    import orjson
+
+    from tests.integration.gateway.conftest import meta_headers
+
+    await harness.create_channel("whatsapp")
+    body = orjson.dumps(
+        {
+            "object": "whatsapp_business_account",
+            "entry": [
+                {
+                    "id": "WABA1",
+                    "changes": [
+                        {
+                            "field": "messages",
+                            "value": {
+                                "messaging_product": "whatsapp",
+                                "metadata": {
+                                    "display_phone_number": "15550783881",
+                                    "phone_number_id": ACCOUNTS["whatsapp"],
+                                },
+                                "statuses": [
+                                    {
+                                        "id": "wamid.PROMO",
+                                        "status": "failed",
+                                        "timestamp": "1749416383",
+                                        "recipient_id": "393331234567",
+                                        "errors": [
+                                            {
+                                                "code": 131050,
+                                                "title": "User has stopped marketing messages",
+                                            }
+                                        ],
+                                    }
+                                ],
+                            },
+                        }
+                    ],
+                }
+            ],
+        }
+    )
+    response = await harness.client.post(
+        f"/webhooks/whatsapp/{harness.channels['whatsapp']}",
+        content=body,
+        headers=meta_headers(body),
+    )
+    assert response.status_code == 200
+    await conversation_events.until(lambda _: conversation_events.of_type("contact.opted_out"))
+    event = conversation_events.of_type("contact.opted_out")[0]
+    assert event["data"]["reason"] == "whatsapp_131050_marketing_opt_out"
+    assert await _opt_outs(harness, "whatsapp") == ["393331234567"]
