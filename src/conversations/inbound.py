@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from conversations import contracts, metrics, rules
 from conversations.answering import answer
-from conversations.keys import contact_key, inbound_peer
+from conversations.keys import inbound_peer
 from conversations.models import Conversation, TimelineEntry
 from conversations.service import (
     Party,
@@ -102,7 +102,7 @@ async def apply_inbound(
     elif kind in ("message.edited", "message.deleted"):
         await _changed(session, party, kind, _obj(data.get("message")))
     elif kind == "message.status":
-        await _status(session, settings, party, event_id, _obj(data.get("status")), at)
+        await _status(session, settings, party, event_id, _obj(data.get("status")), at, now)
     elif kind == "conversation.updated":
         blocked = _obj(data.get("conversation")).get("blocked")
         if isinstance(blocked, bool):
@@ -282,6 +282,7 @@ async def _status(
     event_id: str,
     status: dict[str, Any],
     at: datetime,
+    now: datetime,
 ) -> None:
     platform_id = _str(status.get("message_id"))
     state = _str(status.get("state"))
@@ -301,12 +302,13 @@ async def _status(
     code = _str(_obj(status.get("error")).get("code"))
     signal = rules.platform_opt_out(party.platform, code)
     if signal is not None:
+        conversation = await locked_conversation(session, party, now)
         await set_opt_out(
             session,
             settings,
-            None,
+            conversation,
             channel_id=party.channel_id,
-            key=contact_key(party.platform, party.recipient),
+            key=conversation.contact_key,
             opted_out=True,
             source="platform",
             reason=signal,

@@ -199,4 +199,5 @@ async def test_whatsapp_marketing_opt_out_receipt(
     await conversation_events.until(lambda _: conversation_events.of_type("contact.opted_out"))
     event = conversation_events.of_type("contact.opted_out")[0]
     assert event["data"]["reason"] == "whatsapp_131050_marketing_opt_out"
+    assert event["key"] == f"whatsapp:{ACCOUNTS['whatsapp']}:393331234567"
     assert await _opt_outs(harness, "whatsapp") == ["393331234567"]
