@@ -20,10 +20,15 @@ if TYPE_CHECKING:
 
 
 def _components(settings: Settings) -> list[Component]:
+    from conversations.app import component as conversations_component
     from gateway.app import component as gateway_component
     from outbox.app import component as outbox_component
 
-    return [gateway_component(settings), outbox_component(settings)]
+    return [
+        gateway_component(settings),
+        outbox_component(settings),
+        conversations_component(settings),
+    ]
 
 
 # ---- commands ---------------------------------------------------------------------------------
@@ -57,6 +62,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 def cmd_outbox(args: argparse.Namespace) -> None:
     """The delivery worker, with /healthz, /readyz and /metrics on ``outbox_http_port``."""
+    from conversations.app import run_worker as run_conversations
     from outbox.app import run_worker
     from switchboard.app import create_ops_app, open_resources
     from switchboard.logging import configure_logging
@@ -74,7 +80,10 @@ def cmd_outbox(args: argparse.Namespace) -> None:
                 app=create_ops_app(resources),
                 sock=sock,
                 stop=stop,
-                workers=[lambda s: run_worker(resources, s)],
+                workers=[
+                    lambda s: run_worker(resources, s),
+                    lambda s: run_conversations(resources, s),
+                ],
                 on_ready=lambda: print(f"outbox: http://{settings.http_host}:{port}", flush=True),
                 log_level=settings.log_level,
             )

@@ -33,6 +33,8 @@ def _persistent_secret(path: Path, make: str) -> str:
 
 
 def run_dev(settings: Settings, data_dir: Path | None = None) -> None:
+    from conversations.app import component as conversations_component
+    from conversations.app import run_worker as run_conversations
     from gateway.app import component as gateway_component
     from outbox.app import component as outbox_component
     from outbox.app import run_worker
@@ -97,13 +99,20 @@ def run_dev(settings: Settings, data_dir: Path | None = None) -> None:
 
         async def main() -> None:
             async with stop_on_signals() as stop, open_resources(settings) as resources:
-                components = [gateway_component(settings), outbox_component(settings)]
+                components = [
+                    gateway_component(settings),
+                    outbox_component(settings),
+                    conversations_component(settings),
+                ]
                 app = create_app(settings, components, resources=resources)
                 await run(
                     app=app,
                     sock=sock,
                     stop=stop,
-                    workers=[lambda s: run_worker(resources, s)],
+                    workers=[
+                        lambda s: run_worker(resources, s),
+                        lambda s: run_conversations(resources, s),
+                    ],
                     on_ready=announce,
                     log_level=settings.log_level,
                 )

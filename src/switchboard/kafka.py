@@ -23,6 +23,9 @@ log = get_logger(__name__)
 CLOUDEVENTS_CONTENT_TYPE = b"application/cloudevents+json"
 CE_HEADERS = [("content-type", CLOUDEVENTS_CONTENT_TYPE)]
 
+COMPONENT_TOPICS = ("conversations.v1",)
+"""Topics of the second-wave components (design.md §7), created with the contract topics."""
+
 
 def create_producer(settings: Settings) -> AIOKafkaProducer:
     return AIOKafkaProducer(
@@ -53,7 +56,11 @@ def create_consumer(
 
 async def ensure_topics(settings: Settings, names: Iterable[str] | None = None) -> list[str]:
     """Create the contract topics that are missing; return the ones created."""
-    wanted = list(names) if names is not None else [settings.topic(t) for t in TOPICS]
+    wanted = (
+        list(names)
+        if names is not None
+        else [settings.topic(t) for t in (*TOPICS, *COMPONENT_TOPICS)]
+    )
     admin = AIOKafkaAdminClient(
         bootstrap_servers=settings.kafka_bootstrap_servers,
         client_id=f"{settings.kafka_client_id}-admin",

@@ -11,7 +11,7 @@ from alembic.config import Config
 
 from switchboard.settings import Settings
 
-SERVICE_MODEL_MODULES = ("gateway.models", "outbox.models")
+SERVICE_MODEL_MODULES = ("gateway.models", "outbox.models", "conversations.models")
 
 
 def import_service_models() -> None:

@@ -80,6 +80,13 @@ TOPICS: tuple[tuple[str, str, str, str], ...] = (
         "failed, dead, cancelled).",
     ),
     ("deadletter.v1", "deadletter", "the original key", "Records that could not be processed."),
+    (
+        "conversations.v1",
+        "conversation-event",
+        "conversation_id",
+        "Conversation events: conversation.unanswered, conversation.answered, "
+        "contact.opted_out, contact.opted_in.",
+    ),
 )
 
 

@@ -228,6 +228,23 @@ class Settings(BaseSettings):
     )
     # /Gateway
 
+    # Conversations -- owned by src/conversations; see docs/conversations.md
+    conversations_consumer_group: str = "switchboard-conversations"
+    conversations_consumer_batch_size: int = Field(default=200, ge=1, le=10_000)
+    conversations_timer_interval: float = Field(
+        default=1.0, gt=0, description="How often due unanswered-conversation timers are checked"
+    )
+    conversations_relay_interval: float = Field(default=0.2, gt=0)
+    conversations_retention_days: float = Field(
+        default=90.0, gt=0, description="Conversations idle this long are deleted with timelines"
+    )
+    conversations_api_runs_workers: bool = Field(
+        default=False,
+        description="The HTTP process also runs the conversation consumer, timers and relay "
+        "(single-process deployments); normally `switchboard outbox` runs them",
+    )
+    # /Conversations
+
     @field_validator("kafka_topic_prefix")
     @classmethod
     def _prefix_is_topic_safe(cls, value: str) -> str:

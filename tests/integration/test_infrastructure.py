@@ -18,7 +18,8 @@ pytestmark = pytest.mark.integration
 
 async def test_record_round_trips_through_the_real_broker(settings: Settings) -> None:
     created = await kafka.ensure_topics(settings)
-    assert sorted(created) == sorted(settings.topics.values())
+    component_topics = [settings.topic(t) for t in kafka.COMPONENT_TOPICS]
+    assert sorted(created) == sorted([*settings.topics.values(), *component_topics])
     assert await kafka.ensure_topics(settings) == []
 
     topic = settings.topic("inbound.v1")

@@ -35,6 +35,7 @@ def test_asyncapi_names_every_contract_topic_and_an_existing_schema() -> None:
         "switchboard.outbound.commands.v1",
         "switchboard.outbound.events.v1",
         "switchboard.deadletter.v1",
+        "switchboard.conversations.v1",
     }
     for channel in document["channels"].values():
         for message in channel["messages"].values():

@@ -1,0 +1,53 @@
+"""How a conversation is named, from either side (pure).
+
+The normalizer names an inbound conversation ``<platform>:<account_id>:<peer>`` (design.md §4)
+where ``peer`` is the chat or contact the business talks to: the WhatsApp ``wa_id``, the
+Messenger/Instagram PSID/IGSID, the Telegram ``chat.id``, the Twilio ``From`` address
+(``+1555…`` or ``whatsapp:+1555…``). A send command names the same party by ``to``. Both are
+reduced to a *contact key* per channel, so an outbound message finds the conversation its
+recipient's messages opened. WhatsApp phone numbers compare by digits (``+39 333 1234567`` is
+the ``wa_id`` ``393331234567``), as the outbox's window key does; other peers (and WhatsApp
+business-scoped user ids) compare as they are.
+"""
+
+from __future__ import annotations
+
+TWILIO_WHATSAPP = "whatsapp:"
+
+
+_PHONE_CHARS = frozenset("+0123456789 -().")
+
+
+def contact_key(platform: str, peer: str) -> str:
+    """WhatsApp phone numbers by their digits; anything else (a business-scoped user id, other
+    platforms' ids) as it is."""
+    if platform == "whatsapp" and set(peer) <= _PHONE_CHARS:
+        digits = "".join(ch for ch in peer if ch.isdigit())
+        return digits or peer
+    return peer
+
+
+def inbound_peer(platform: str, account_id: str | None, conversation_id: str) -> str | None:
+    """The ``peer`` part of an inbound ``conversation_id`` (the account id may hold colons,
+    e.g. Twilio's ``whatsapp:+1555…``), or ``None`` if the id is not of that form or names no
+    peer."""
+    prefix = f"{platform}:{account_id or ''}:"
+    if not conversation_id.startswith(prefix):
+        return None
+    peer = conversation_id[len(prefix) :]
+    return peer or None
+
+
+def outbound_conversation_id(platform: str, account_id: str, to: str) -> str:
+    """The id a conversation with ``to`` would get from the normalizer, for a recipient that
+    never wrote to us (a proactive send). Twilio WhatsApp webhooks name our number
+    ``whatsapp:+1555…`` while channels usually store ``+1555…``."""
+    if platform == "whatsapp":
+        return f"whatsapp:{account_id}:{contact_key(platform, to)}"
+    if (
+        platform == "twilio"
+        and to.startswith(TWILIO_WHATSAPP)
+        and not account_id.startswith(TWILIO_WHATSAPP)
+    ):
+        account_id = TWILIO_WHATSAPP + account_id
+    return f"{platform}:{account_id}:{to}"
