@@ -45,17 +45,14 @@ from gateway.errors import (
     WebhookRejected,
 )
 from gateway.metrics import webhooks_counter
-from gateway.service import Gateway
+from gateway.service import Gateway, GatewayHolder
 from gateway.verifiers import REGISTRY, Verifier
 from switchboard.auth.dependencies import RequireAdmin
 from switchboard.channels.schemas import Platform
+from switchboard.errors import ServiceUnavailable
 from switchboard.logging import get_logger
 
 log = get_logger(__name__)
-
-router = APIRouter(tags=["webhooks"])
-admin_router = APIRouter(prefix="/v1/admin", tags=["admin"])
-
 
 _WEBHOOK_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"description": "Malformed body"},
@@ -65,78 +62,6 @@ _WEBHOOK_RESPONSES: dict[int | str, dict[str, Any]] = {
     415: {"description": "Content type the platform does not send"},
     503: {"description": "Nothing durable could be written; retry"},
 }
-
-
-def _gateway(request: Request) -> Gateway:
-    gateway: Gateway = request.app.state.resources.extras["gateway"]
-    return gateway
-
-
-@router.get(
-    "/webhooks/{platform}/{channel_id}",
-    response_class=PlainTextResponse,
-    summary="Subscription handshake (Meta hub.challenge)",
-    responses={403: {"description": "Wrong verify token"}, 404: {}, 405: {}},
-)
-async def handshake(platform: str, channel_id: str, request: Request) -> Response:
-    """Meta platforms: answer `hub.challenge` when `hub.verify_token` matches. Telegram and
-    Twilio have no handshake (405)."""
-    gateway = _gateway(request)
-    try:
-        channel = await intake.channel_for(gateway, platform, channel_id)
-        verifier: Verifier = REGISTRY[platform]
-        try:
-            challenge = verifier.handshake(request.query_params, channel.credentials)
-        except NotImplementedError:
-            raise NoHandshake from None
-        if challenge is None:
-            raise HandshakeRefused
-    except WebhookRejected as exc:
-        webhooks_counter(intake.label(platform), "rejected", exc.reason).inc()
-        log.info("gateway.handshake_refused", platform=intake.label(platform), reason=exc.reason)
-        raise
-    log.info("gateway.handshake", platform=platform, channel_id=channel_id)
-    return PlainTextResponse(challenge)
-
-
-@router.post(
-    "/webhooks/{platform}/{channel_id}",
-    summary="Inbound webhook",
-    responses={200: {"description": "Durable (published and/or stored)"}, **_WEBHOOK_RESPONSES},
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "description": "The platform's webhook body, verbatim (signed on the raw bytes)",
-            "content": {
-                "application/json": {"schema": {"type": "object"}},
-                "application/x-www-form-urlencoded": {"schema": {"type": "object"}},
-            },
-        }
-    },
-)
-async def webhook(platform: str, channel_id: str, request: Request) -> Response:
-    """Verify, normalise, deduplicate and durably publish one platform webhook."""
-
-    async def read_body(limit: int) -> bytes:
-        chunks: list[bytes] = []
-        received = 0
-        async for chunk in request.stream():
-            received += len(chunk)
-            if received > limit:
-                raise TooLarge(f"body over {limit} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-    target = intake.Target(
-        request.url.scheme, request.url.path, request.scope.get("query_string", b"")
-    )
-    reply = await intake.receive_webhook(
-        _gateway(request), platform, channel_id, request.headers, read_body, target
-    )
-    return Response(reply.body, media_type=reply.media_type)
-
-
-# ---- admin ------------------------------------------------------------------------------
 
 
 class ReplayRequest(BaseModel):
@@ -153,20 +78,95 @@ class ReplayResult(BaseModel):
     failed: int = Field(description="Webhooks that no longer normalise (skipped)")
 
 
-@admin_router.post("/replay", response_model=ReplayResult, summary="Replay archived webhooks")
-async def replay(
-    _: RequireAdmin,
-    request: Request,
-    body: Annotated[ReplayRequest, Body()],
-) -> ReplayResult:
-    """Re-normalise archived raw webhooks and publish their events again to `inbound.v1`.
-    Event ids are deterministic, so consumers can drop what they already have."""
-    result = await replay_service.replay(
-        _gateway(request),
-        channel_id=body.channel_id,
-        platform=body.platform,
-        since=body.since,
-        until=body.until,
-        limit=body.limit,
+def routers(holder: GatewayHolder) -> list[APIRouter]:
+    """The webhook routes and the admin replay route, serving the gateway in ``holder``."""
+    router = APIRouter(tags=["webhooks"])
+    admin_router = APIRouter(prefix="/v1/admin", tags=["admin"])
+
+    def _gateway() -> Gateway:
+        if holder.gateway is None:
+            raise ServiceUnavailable("the gateway is not running")
+        return holder.gateway
+
+    @router.get(
+        "/webhooks/{platform}/{channel_id}",
+        response_class=PlainTextResponse,
+        summary="Subscription handshake (Meta hub.challenge)",
+        responses={403: {"description": "Wrong verify token"}, 404: {}, 405: {}},
     )
-    return ReplayResult(webhooks=result.webhooks, events=result.events, failed=result.failed)
+    async def handshake(platform: str, channel_id: str, request: Request) -> Response:
+        """Meta platforms: answer `hub.challenge` when `hub.verify_token` matches. Telegram and
+        Twilio have no handshake (405)."""
+        gateway = _gateway()
+        try:
+            channel = await intake.channel_for(gateway, platform, channel_id)
+            verifier: Verifier = REGISTRY[platform]
+            try:
+                challenge = verifier.handshake(request.query_params, channel.credentials)
+            except NotImplementedError:
+                raise NoHandshake from None
+            if challenge is None:
+                raise HandshakeRefused
+        except WebhookRejected as exc:
+            webhooks_counter(intake.label(platform), "rejected", exc.reason).inc()
+            log.info(
+                "gateway.handshake_refused", platform=intake.label(platform), reason=exc.reason
+            )
+            raise
+        log.info("gateway.handshake", platform=platform, channel_id=channel_id)
+        return PlainTextResponse(challenge)
+
+    @router.post(
+        "/webhooks/{platform}/{channel_id}",
+        summary="Inbound webhook",
+        responses={200: {"description": "Durable (published and/or stored)"}, **_WEBHOOK_RESPONSES},
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "description": "The platform's webhook body, verbatim (signed on the raw bytes)",
+                "content": {
+                    "application/json": {"schema": {"type": "object"}},
+                    "application/x-www-form-urlencoded": {"schema": {"type": "object"}},
+                },
+            }
+        },
+    )
+    async def webhook(platform: str, channel_id: str, request: Request) -> Response:
+        """Verify, normalise, deduplicate and durably publish one platform webhook."""
+
+        async def read_body(limit: int) -> bytes:
+            chunks: list[bytes] = []
+            received = 0
+            async for chunk in request.stream():
+                received += len(chunk)
+                if received > limit:
+                    raise TooLarge(f"body over {limit} bytes")
+                chunks.append(chunk)
+            return b"".join(chunks)
+
+        target = intake.Target(
+            request.url.scheme, request.url.path, request.scope.get("query_string", b"")
+        )
+        reply = await intake.receive_webhook(
+            _gateway(), platform, channel_id, request.headers, read_body, target
+        )
+        return Response(reply.body, media_type=reply.media_type)
+
+    @admin_router.post("/replay", response_model=ReplayResult, summary="Replay archived webhooks")
+    async def replay(
+        _: RequireAdmin,
+        body: Annotated[ReplayRequest, Body()],
+    ) -> ReplayResult:
+        """Re-normalise archived raw webhooks and publish their events again to `inbound.v1`.
+        Event ids are deterministic, so consumers can drop what they already have."""
+        result = await replay_service.replay(
+            _gateway(),
+            channel_id=body.channel_id,
+            platform=body.platform,
+            since=body.since,
+            until=body.until,
+            limit=body.limit,
+        )
+        return ReplayResult(webhooks=result.webhooks, events=result.events, failed=result.failed)
+
+    return [router, admin_router]

@@ -7,7 +7,8 @@ objects). This middleware, installed by the gateway component as the app's outer
 ``gateway.intake.receive_webhook``, the one implementation the FastAPI route also calls, so
 checks, status codes, metrics and logs are the same either way. Everything else (the GET
 handshake, ``/v1``, ``/docs``, another method, a path with another shape, a request under a
-``root_path``, or the app before its lifespan published the gateway) goes to the app.
+``root_path``, or the app before its lifespan opened the gateway) goes to the app. The
+gateway is found in the ``GatewayHolder`` the component gave the fast path when it built it.
 
 What it does for the framework:
 
@@ -32,7 +33,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.errors import TooLarge, WebhookRejected
 from gateway.intake import Target, receive_webhook
-from gateway.service import Gateway
+from gateway.service import GatewayHolder
 
 _PREFIX = "/webhooks/"
 _JSON = b"application/json"
@@ -43,9 +44,9 @@ class _Disconnected(Exception):
 
 
 class WebhookFastPath:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, holder: GatewayHolder) -> None:
         self.app = app
-        self._extras: dict[str, Any] | None = None
+        self.holder = holder
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or scope.get("root_path"):
@@ -53,7 +54,7 @@ class WebhookFastPath:
             return
         path: str = scope["path"]
         parts = path[len(_PREFIX) :].split("/") if path.startswith(_PREFIX) else []
-        gateway = self._gateway(scope) if len(parts) == 2 and parts[0] and parts[1] else None
+        gateway = self.holder.gateway if len(parts) == 2 and parts[0] and parts[1] else None
         if gateway is None:
             await self.app(scope, receive, send)
             return
@@ -95,20 +96,6 @@ class WebhookFastPath:
         except _Disconnected:
             return
         await _respond(send, 200, reply.body, reply.media_type.encode("latin-1"))
-
-    def _gateway(self, scope: Scope) -> Gateway | None:
-        """The running gateway (published by the component's lifespan in the app's
-        ``resources.extras``), if any. The extras dict is looked up once per lifespan."""
-        gateway: Gateway | None = None
-        if self._extras is not None:
-            gateway = self._extras.get("gateway")
-        if gateway is None:
-            try:
-                self._extras = scope["app"].state.resources.extras
-            except (KeyError, AttributeError):
-                return None
-            gateway = self._extras.get("gateway") if self._extras is not None else None
-        return gateway
 
 
 async def _respond(send: Send, status: int, body: bytes, media_type: bytes) -> None:

@@ -27,7 +27,8 @@ from gateway.errors import (
     WrongContentType,
 )
 from gateway.metrics import latency_histogram, webhooks_counter
-from gateway.service import DB_ERRORS, Gateway, received_now
+from gateway.pool import DB_ERRORS
+from gateway.service import Gateway, received_now
 from gateway.verifiers import REGISTRY, WebhookRequest
 from switchboard.channels.service import ChannelWithSecrets
 from switchboard.logging import get_logger

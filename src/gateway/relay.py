@@ -31,7 +31,9 @@ from datetime import UTC, datetime, timedelta
 
 from gateway import repository as repo
 from gateway.metrics import EVENTS
-from gateway.service import DB_ERRORS, RELAY_ERRORS, Gateway, Record
+from gateway.pool import DB_ERRORS, RELAY_ERRORS
+from gateway.publisher import Record
+from gateway.service import Gateway
 from switchboard.logging import get_logger
 
 log = get_logger(__name__)
@@ -46,7 +48,7 @@ async def relay_once(gateway: Gateway) -> int:
             return 0
         rows = await repo.oldest_spooled(conn, settings.gateway_relay_batch_size)
         if not rows:
-            gateway.broker_down_until = 0.0
+            gateway.publisher.broker_up()
             return 0
         results = await gateway.publish(
             [Record(r["topic"], r["conversation_id"].encode(), bytes(r["value"])) for r in rows]
@@ -54,7 +56,7 @@ async def relay_once(gateway: Gateway) -> int:
         if not all(results):
             raise ConnectionError("the broker did not acknowledge the spooled batch")
         await repo.delete_spooled(conn, [r["seq"] for r in rows])
-    gateway.broker_down_until = 0.0
+    gateway.publisher.broker_up()
     for platform, count in Counter(r["platform"] for r in rows).items():
         EVENTS.labels(platform, "relayed").inc(count)
     log.info("gateway.relayed", count=len(rows))

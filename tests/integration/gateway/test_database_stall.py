@@ -16,10 +16,16 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import normalizer
-from gateway.app import component
 from switchboard.settings import Settings
-from tests.integration.gateway.conftest import ACCOUNTS, Ingress, has, read_topic, whatsapp_payload
-from tests.support import StallingProxy, running_app
+from tests.integration.gateway.conftest import (
+    ACCOUNTS,
+    Ingress,
+    has,
+    read_topic,
+    running_ingress,
+    whatsapp_payload,
+)
+from tests.support import StallingProxy
 
 pytestmark = pytest.mark.integration
 
@@ -54,8 +60,8 @@ async def stall_ingress(
             "gateway_relay_interval_seconds": 3600.0,
         }
     )
-    async with running_app(stall_settings, [component(stall_settings)]) as app:
-        yield Ingress(app, {})
+    async with running_ingress(stall_settings) as ingress:
+        yield ingress
         proxy.resume()  # let the shutdown close its connections
 
 
