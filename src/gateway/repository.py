@@ -7,6 +7,13 @@ batches of several replicas lock overlapping ids in the same order), archives th
 every webhook that owns a new id, and reports which of the batch's conversations still have
 events waiting in the spool (those must go through the spool too, to keep per-conversation
 order).
+
+Every value a webhook brings into a bounded column is fitted to it before the claim
+(``archive_row``): one statement carries the whole batch, so a value that PostgreSQL refuses
+(a 300-character ``Content-Type`` in ``varchar(255)``, a NUL in ``jsonb``) would fail the
+claim for every member and send them all down the "PostgreSQL down" path without dedup.
+Event ids are uuid5 and conversation ids are refused with a NUL at intake
+(``gateway.intake``); the spool's other columns come from the gateway itself.
 """
 
 from __future__ import annotations
@@ -18,6 +25,9 @@ from datetime import datetime
 
 import asyncpg  # type: ignore[import-untyped]
 import orjson
+from sqlalchemy import String
+
+from gateway.models import ArchivedWebhook
 
 _CLAIM_BATCH = """
 WITH new AS (
@@ -73,6 +83,47 @@ class ArchiveRow:
     headers: dict[str, str]
     body: bytes
     event_count: int
+
+
+def _length(column: str) -> int:
+    type_ = ArchivedWebhook.__table__.c[column].type
+    assert isinstance(type_, String)
+    assert type_.length is not None
+    return type_.length
+
+
+CONTENT_TYPE_MAX = _length("content_type")
+ACCOUNT_ID_MAX = _length("account_id")
+
+
+def fit_content_type(content_type: str | None) -> str | None:
+    """The header as sent when it fits its column, else its media type alone (what the
+    normalizer and replay read); the parameters of an over-long header are dropped."""
+    if content_type is None or len(content_type) <= CONTENT_TYPE_MAX:
+        return content_type
+    return content_type.split(";", 1)[0].strip()[:CONTENT_TYPE_MAX]
+
+
+def archive_row(
+    *,
+    channel_id: uuid.UUID,
+    platform: str,
+    account_id: str,
+    content_type: str | None,
+    headers: dict[str, str],
+    body: bytes,
+    event_count: int,
+) -> ArchiveRow:
+    """An archive row whose every value fits its column (see the module docstring)."""
+    return ArchiveRow(
+        channel_id,
+        platform,
+        account_id[:ACCOUNT_ID_MAX],
+        fit_content_type(content_type),
+        {k.replace("\x00", "\ufffd"): v.replace("\x00", "\ufffd") for k, v in headers.items()},
+        body,
+        event_count,
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -200,14 +200,14 @@ class Gateway:
         claimed: Callable[[], None],
     ) -> list[Accepted | BaseException]:
         archive = [
-            repo.ArchiveRow(
-                w.channel.id,
-                w.platform,
-                w.channel.account_id,
-                w.content_type,
-                w.headers,
-                w.body,
-                len(w.events),
+            repo.archive_row(
+                channel_id=w.channel.id,
+                platform=w.platform,
+                account_id=w.channel.account_id,
+                content_type=w.content_type,
+                headers=w.headers,
+                body=w.body,
+                event_count=len(w.events),
             )
             for w in webhooks
         ]
