@@ -1,5 +1,4 @@
-"""The gateway's own asyncpg pool (the hot path skips the ORM) and what counts as a database
-failure there.
+"""The gateway's own asyncpg pool (the hot path skips the ORM).
 
 Commits do not wait for the WAL flush unless a spool row is in them (``synchronous_commit =
 off``, see ``gateway.service``); the pool skips asyncpg's reset query on release
@@ -14,19 +13,8 @@ from collections.abc import AsyncIterator
 import asyncpg  # type: ignore[import-untyped]
 from sqlalchemy.engine import make_url
 
+from switchboard.dberrors import DATABASE_ERRORS
 from switchboard.settings import Settings
-
-DB_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-)
-RELAY_ERRORS: tuple[type[BaseException], ...] = (*DB_ERRORS, ConnectionError)
-RETRYABLE: tuple[type[BaseException], ...] = (
-    asyncpg.DeadlockDetectedError,
-    asyncpg.SerializationError,
-)
 
 
 def asyncpg_dsn(sqlalchemy_url: str) -> str:
@@ -54,7 +42,7 @@ async def open_pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
 def terminate(conn: asyncpg.Connection) -> None:
     """Drop a pooled connection at once, if it is still attached (asyncpg terminates one
     whose reset failed and detaches it: then there is nothing left to do)."""
-    with contextlib.suppress(*DB_ERRORS):
+    with contextlib.suppress(*DATABASE_ERRORS):
         conn.terminate()
 
 

@@ -76,9 +76,10 @@ from gateway.batchplan import Accepted, BatchPlan, Webhook
 from gateway.cache import ChannelCache
 from gateway.errors import NotDurable
 from gateway.metrics import BATCH_SIZE, events_counter
-from gateway.pool import DB_ERRORS, RETRYABLE, open_pool, terminate
+from gateway.pool import open_pool, terminate
 from gateway.publisher import Publisher, Record
 from switchboard.channels.service import ChannelWithSecrets
+from switchboard.dberrors import DATABASE_ERRORS, classify, is_retryable
 from switchboard.logging import get_logger
 from switchboard.resources import Resources
 
@@ -177,8 +178,8 @@ class Gateway:
         try:
             acquire = self.pool.acquire(timeout=self.settings.gateway_db_timeout_seconds)
             conn = await acquire.__aenter__()
-        except DB_ERRORS as exc:
-            log.warning("gateway.database_unavailable", error=type(exc).__name__)
+        except DATABASE_ERRORS as exc:
+            log.warning("gateway.database_unavailable", error=type(exc).__name__, kind=_kind(exc))
             claimed()
             return await self._without_database(webhooks, owners)
         try:
@@ -186,7 +187,7 @@ class Gateway:
         finally:
             try:
                 await acquire.__aexit__(None, None, None)
-            except DB_ERRORS as exc:
+            except DATABASE_ERRORS as exc:
                 # The batch's outcome is settled (published, committed or not): a stalled
                 # connection that cannot be reset must not turn it into a 500.
                 log.warning("gateway.release_failed", error=type(exc).__name__)
@@ -242,11 +243,16 @@ class Gateway:
                             ],
                         )
                     stage = "commit"
-            except DB_ERRORS as exc:
-                if stage == "claim" and attempt == 1 and isinstance(exc, RETRYABLE):
+            except DATABASE_ERRORS as exc:
+                if stage == "claim" and attempt == 1 and is_retryable(exc):
                     log.info("gateway.batch_retry", error=type(exc).__name__)
                     continue
-                log.warning("gateway.database_failed", stage=stage, error=type(exc).__name__)
+                log.warning(
+                    "gateway.database_failed",
+                    stage=stage,
+                    error=type(exc).__name__,
+                    kind=_kind(exc),
+                )
                 if plan is None:
                     claimed()
                     return await self._without_database(webhooks, owners)
@@ -273,6 +279,11 @@ class Gateway:
             else:
                 results.append(NotDurable())
         return results
+
+
+def _kind(exc: BaseException) -> str:
+    kind = classify(exc)
+    return kind.value if kind is not None else "other"
 
 
 class GatewayHolder:
