@@ -28,7 +28,9 @@ async def open_pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
         min_size=0,
         max_size=settings.gateway_db_pool_size,
         timeout=settings.gateway_db_timeout_seconds,
-        command_timeout=max(10.0, settings.gateway_publish_timeout_seconds * 3),
+        # Every statement of the hot path (BEGIN, claim, spool, COMMIT) gives up after the
+        # gateway's database timeout; maintenance statements pass their own (repository).
+        command_timeout=settings.gateway_db_timeout_seconds,
         # Commits do not wait for the WAL flush unless a spool row is in them (see accept).
         server_settings={"synchronous_commit": "off"},
         reset=_keep_session,

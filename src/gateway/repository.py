@@ -65,6 +65,10 @@ FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[])
 ORDER BY n
 """
 
+MAINTENANCE_TIMEOUT = 60.0
+"""Seconds for statements off the hot path (purge, replay's reads): the pool's command timeout
+is the gateway's database timeout, sized for the hot path's single-row-per-event statements."""
+
 RELAY_LOCK_KEY = 0x5B_6761_7465  # pg advisory lock id of the spool relay ("[gate")
 
 
@@ -141,12 +145,14 @@ async def claim_batch(
     owners: dict[str, int],
     archive: Sequence[ArchiveRow],
     conversations: Sequence[str],
+    wait_s: float,
 ) -> Claim:
     """Claim the ids of a batch of webhooks in one statement.
 
     ``owners`` maps each event id to the index (in ``archive``) of the first webhook of the
     batch that carries it; ``archive`` has one row per webhook, written only for webhooks that
-    own at least one id that is new.
+    own at least one id that is new. ``wait_s`` must exceed a concurrent batch's publish:
+    an id it claimed stays row-locked until it commits.
     """
     event_ids = sorted(owners)
     row = await conn.fetchrow(
@@ -161,6 +167,7 @@ async def claim_batch(
         [a.body for a in archive],
         [a.event_count for a in archive],
         sorted(set(conversations)),
+        timeout=wait_s,
     )
     assert row is not None
     return Claim(frozenset(row["new_ids"]), frozenset(row["spooled"]))
@@ -211,6 +218,7 @@ async def purge(conn: asyncpg.Connection, table: str, column: str, before: datet
             f"DELETE FROM {table} WHERE ctid IN "  # noqa: S608 - fixed identifiers
             f"(SELECT ctid FROM {table} WHERE {column} < $1 LIMIT 10000)",
             before,
+            timeout=MAINTENANCE_TIMEOUT,
         )
         count = int(status.rsplit(" ", 1)[-1])
         total += count
@@ -243,5 +251,6 @@ async def archived(
             since,
             until,
             limit,
+            timeout=MAINTENANCE_TIMEOUT,
         )
     )

@@ -78,7 +78,7 @@ from gateway.errors import NotDurable
 from gateway.metrics import BATCH_SIZE, events_counter
 from gateway.pool import open_pool, terminate
 from gateway.publisher import Publisher, Record
-from switchboard.channels.service import ChannelWithSecrets
+from switchboard.channels.service import ChannelWithSecrets, load_with_secrets
 from switchboard.dberrors import DATABASE_ERRORS, classify, is_retryable
 from switchboard.logging import get_logger
 from switchboard.resources import Resources
@@ -100,11 +100,16 @@ class Gateway:
             backoff=self.settings.gateway_broker_backoff_seconds,
         )
         self.channels = ChannelCache(
-            resources.sessionmaker,
-            resources.secret_box,
+            self._load_channel,
             self.settings.gateway_channel_cache_ttl_seconds,
             self.settings.gateway_db_timeout_seconds,
+            stale=self.settings.gateway_channel_stale_seconds,
         )
+        self.claim_timeout = (
+            self.settings.gateway_db_timeout_seconds + self.settings.gateway_publish_timeout_seconds
+        )
+        """The claim may wait for a concurrent batch holding the same ids through its publish;
+        every other statement has the pool's command timeout, the database timeout."""
         self.spool_written = asyncio.Event()
         """Set when this process spooled something: wakes the relay."""
         self.batcher: GroupCommit[Webhook, Accepted] = GroupCommit(
@@ -133,6 +138,10 @@ class Gateway:
 
     async def channel(self, channel_id: uuid.UUID) -> ChannelWithSecrets | None:
         return await self.channels.get(channel_id)
+
+    async def _load_channel(self, channel_id: uuid.UUID) -> ChannelWithSecrets | None:
+        async with self.resources.sessionmaker() as session:
+            return await load_with_secrets(session, self.resources.secret_box, channel_id)
 
     async def publish(self, records: Sequence[Record]) -> list[bool]:
         return await self.publisher.publish(records)
@@ -219,7 +228,11 @@ class Gateway:
             try:
                 async with conn.transaction():
                     claim = await repo.claim_batch(
-                        conn, owners=owners, archive=archive, conversations=conversations
+                        conn,
+                        owners=owners,
+                        archive=archive,
+                        conversations=conversations,
+                        wait_s=self.claim_timeout,
                     )
                     claimed()
                     stage = "publish"

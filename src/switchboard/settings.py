@@ -188,6 +188,12 @@ class Settings(BaseSettings):
     gateway_batch_max_in_flight: int = Field(
         default=16, ge=1, description="Batches in flight at once (each holds a DB connection)"
     )
+    gateway_channel_stale_seconds: float = Field(
+        default=300.0,
+        ge=0,
+        description="PostgreSQL unreachable: webhooks use the last known channel (loaded at most "
+        "this long ago) instead of 503",
+    )
     # /Gateway
 
     @field_validator("kafka_topic_prefix")
