@@ -57,6 +57,12 @@ class Settings(BaseSettings):
         default=1_048_576, ge=16_384, description="aiokafka's 16 KB default caps ingress throughput"
     )
     kafka_consumer_group: str = "switchboard-outbox"
+    kafka_stop_timeout_seconds: float = Field(
+        default=3.0,
+        gt=0,
+        description="Stopping: records the broker has not acknowledged by then are given up "
+        "(their owners keep them: the spool, the outbox rows)",
+    )
 
     # Outbox intake
     outbox_api_runs_consumers: bool = Field(
