@@ -11,6 +11,8 @@ challenge, 403 on a wrong token; Telegram and Twilio have no handshake → 405.
 415     a content type the platform does not send (Meta/Telegram JSON; Twilio form or JSON)
 413     ``Content-Length`` over ``webhook_max_body_bytes``, or the streamed body exceeds it
         (counted while reading: we never buffer more than the limit)
+503     the body does not fit the process's in-flight body budget
+        (``webhook_max_inflight_body_bytes``, ``gateway.budget``), with ``Retry-After``
 401     bad or missing signature, no detail
 400     the verified body is malformed (``normalizer.NormalizeError``), or an event or
         conversation id in it contains NUL (PostgreSQL text cannot hold it)
@@ -29,6 +31,7 @@ fast path).
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -41,7 +44,6 @@ from gateway import replay as replay_service
 from gateway.errors import (
     HandshakeRefused,
     NoHandshake,
-    TooLarge,
     WebhookRejected,
 )
 from gateway.metrics import webhooks_counter
@@ -60,7 +62,10 @@ _WEBHOOK_RESPONSES: dict[int | str, dict[str, Any]] = {
     404: {"description": "Unknown or disabled channel, or another platform's channel"},
     413: {"description": "Body over the size limit"},
     415: {"description": "Content type the platform does not send"},
-    503: {"description": "Nothing durable could be written; retry"},
+    503: {
+        "description": "Nothing durable could be written, or too many webhook bodies are in "
+        "flight (with Retry-After); retry"
+    },
 }
 
 
@@ -134,22 +139,22 @@ def routers(holder: GatewayHolder) -> list[APIRouter]:
     async def webhook(platform: str, channel_id: str, request: Request) -> Response:
         """Verify, normalise, deduplicate and durably publish one platform webhook."""
 
-        async def read_body(limit: int) -> bytes:
-            chunks: list[bytes] = []
-            received = 0
-            async for chunk in request.stream():
-                received += len(chunk)
-                if received > limit:
-                    raise TooLarge(f"body over {limit} bytes")
-                chunks.append(chunk)
-            return b"".join(chunks)
+        def body_chunks() -> AsyncIterator[bytes]:
+            return request.stream()
 
         target = intake.Target(
             request.url.scheme, request.url.path, request.scope.get("query_string", b"")
         )
-        reply = await intake.receive_webhook(
-            _gateway(), platform, channel_id, request.headers, read_body, target
-        )
+        try:
+            reply = await intake.receive_webhook(
+                _gateway(), platform, channel_id, request.headers, body_chunks, target
+            )
+        except WebhookRejected as exc:
+            if not exc.headers:
+                raise
+            return Response(
+                exc.body(), exc.status_code, headers=exc.headers, media_type="application/json"
+            )
         return Response(reply.body, media_type=reply.media_type)
 
     @admin_router.post("/replay", response_model=ReplayResult, summary="Replay archived webhooks")

@@ -73,6 +73,7 @@ import normalizer
 from gateway import repository as repo
 from gateway.batcher import GroupCommit
 from gateway.batchplan import Accepted, BatchPlan, Webhook
+from gateway.budget import BodyBudget
 from gateway.cache import ChannelCache
 from gateway.errors import NotDurable
 from gateway.metrics import BATCH_SIZE, events_counter
@@ -110,6 +111,8 @@ class Gateway:
         )
         """The claim may wait for a concurrent batch holding the same ids through its publish;
         every other statement has the pool's command timeout, the database timeout."""
+        self.bodies = BodyBudget(self.settings.webhook_max_inflight_body_bytes)
+        """Webhook body bytes held by this process (``gateway.budget``)."""
         self.spool_written = asyncio.Event()
         """Set when this process spooled something: wakes the relay."""
         self.batcher: GroupCommit[Webhook, Accepted] = GroupCommit(
