@@ -14,8 +14,11 @@ challenge, 403 on a wrong token; Telegram and Twilio have no handshake → 405.
 503     the body does not fit the process's in-flight body budget
         (``webhook_max_inflight_body_bytes``, ``gateway.budget``), with ``Retry-After``
 401     bad or missing signature, no detail
-400     the verified body is malformed (``normalizer.NormalizeError``), or an event or
-        conversation id in it contains NUL (PostgreSQL text cannot hold it)
+400     the verified body cannot be parsed (not JSON, not a UTF-8 form:
+        ``normalizer.NormalizeError``), or an event or conversation id in it contains NUL
+        (PostgreSQL text cannot hold it). A verified body that parses but has an unexpected
+        shape is the platform speaking: 200, published as one ``unsupported`` event with
+        ``raw`` (issue 9, D10)
 503     neither PostgreSQL nor the broker could take the webhook (the platform retries)
 200     durable: published with acks=all and/or committed to PostgreSQL (exactly 200, as Meta
         requires). Twilio gets an empty TwiML ``<Response/>``, others a small JSON summary.

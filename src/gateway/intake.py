@@ -189,6 +189,7 @@ async def _handle(
             content_type=content_type,
             received_at=received_at,
             account_id=channel.account_id,
+            authenticated=True,
         )
     except normalizer.NormalizeError as exc:
         raise Malformed(str(exc).splitlines()[0][:200] or "malformed body") from None
