@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from switchboard.channels.service import ChannelWithSecrets
-from switchboard.dberrors import DATABASE_ERRORS, classify
+from switchboard.dberrors import DATABASE_ERRORS, kind_name
 from switchboard.logging import get_logger
 
 log = get_logger(__name__)
@@ -105,12 +105,11 @@ class ChannelCache:
             return None
         kept = _Entry(now + self._ttl, entry.loaded_at, entry.channel)
         self._entries[channel_id] = kept
-        kind = classify(exc)
         log.warning(
             "gateway.channel_stale",
             channel_id=str(channel_id),
             age_s=round(now - entry.loaded_at, 1),
             error=type(exc).__name__,
-            kind=kind.value if kind is not None else "other",
+            kind=kind_name(exc),
         )
         return kept

@@ -32,7 +32,7 @@ from gateway.metrics import latency_histogram, webhooks_counter
 from gateway.service import Gateway, received_now
 from gateway.verifiers import REGISTRY, WebhookRequest
 from switchboard.channels.service import ChannelWithSecrets
-from switchboard.dberrors import DATABASE_ERRORS, classify
+from switchboard.dberrors import DATABASE_ERRORS, kind_name
 from switchboard.logging import get_logger
 
 log = get_logger(__name__)
@@ -96,12 +96,7 @@ async def channel_for(gateway: Gateway, platform: str, channel_id: str) -> Chann
     except DATABASE_ERRORS as exc:
         # Whatever the database's trouble (down, starting, timed out, or refusing the query),
         # the platform is told to retry: 503, never a 500.
-        kind = classify(exc)
-        log.warning(
-            "gateway.channel_unavailable",
-            error=type(exc).__name__,
-            kind=kind.value if kind is not None else "other",
-        )
+        log.warning("gateway.channel_unavailable", error=type(exc).__name__, kind=kind_name(exc))
         raise NotDurable from None
     if channel is None or not channel.enabled or channel.platform != platform:
         raise UnknownChannel

@@ -80,7 +80,7 @@ from gateway.metrics import BATCH_SIZE, events_counter
 from gateway.pool import open_pool, terminate
 from gateway.publisher import Publisher, Record
 from switchboard.channels.service import ChannelWithSecrets, load_with_secrets
-from switchboard.dberrors import DATABASE_ERRORS, classify, is_retryable
+from switchboard.dberrors import DATABASE_ERRORS, is_retryable, kind_name
 from switchboard.logging import get_logger
 from switchboard.resources import Resources
 
@@ -191,7 +191,9 @@ class Gateway:
             acquire = self.pool.acquire(timeout=self.settings.gateway_db_timeout_seconds)
             conn = await acquire.__aenter__()
         except DATABASE_ERRORS as exc:
-            log.warning("gateway.database_unavailable", error=type(exc).__name__, kind=_kind(exc))
+            log.warning(
+                "gateway.database_unavailable", error=type(exc).__name__, kind=kind_name(exc)
+            )
             claimed()
             return await self._without_database(webhooks, owners)
         try:
@@ -267,7 +269,7 @@ class Gateway:
                     "gateway.database_failed",
                     stage=stage,
                     error=type(exc).__name__,
-                    kind=_kind(exc),
+                    kind=kind_name(exc),
                 )
                 if plan is None:
                     claimed()
@@ -295,11 +297,6 @@ class Gateway:
             else:
                 results.append(NotDurable())
         return results
-
-
-def _kind(exc: BaseException) -> str:
-    kind = classify(exc)
-    return kind.value if kind is not None else "other"
 
 
 class GatewayHolder:

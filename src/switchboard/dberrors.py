@@ -98,6 +98,12 @@ def classify(exc: BaseException) -> DbErrorKind | None:
     return FAULT
 
 
+def kind_name(exc: BaseException) -> str:
+    """The kind as a log value: ``unavailable``, ``retryable``, ``fault`` or ``other``."""
+    kind = classify(exc)
+    return kind.value if kind is not None else "other"
+
+
 def is_unavailable(exc: BaseException) -> bool:
     """The database is down, unreachable, not answering in time, starting or stopping."""
     return classify(exc) is UNAVAILABLE

@@ -7,7 +7,15 @@ import pytest
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_dbapi
 
-from switchboard.dberrors import FAULT, RETRYABLE, UNAVAILABLE, DbErrorKind, classify, sqlstate
+from switchboard.dberrors import (
+    FAULT,
+    RETRYABLE,
+    UNAVAILABLE,
+    DbErrorKind,
+    classify,
+    kind_name,
+    sqlstate,
+)
 
 
 def wrapped_by_sqlalchemy(error: Exception) -> sa_exc.DBAPIError:
@@ -76,3 +84,8 @@ def test_sqlstate_is_found_through_the_wrapping() -> None:
 def test_an_invalidated_connection_is_unavailable() -> None:
     wrapped = sa_exc.DBAPIError("SELECT 1", {}, Exception("gone"), connection_invalidated=True)
     assert classify(wrapped) is UNAVAILABLE
+
+
+def test_kind_name_for_logs() -> None:
+    assert kind_name(TimeoutError()) == "unavailable"
+    assert kind_name(ValueError()) == "other"
