@@ -185,3 +185,25 @@ async def test_an_unexpected_error_on_the_fast_path_is_a_500(
     assert response.status_code == 500
     assert "a bug" not in response.text
     assert (await ingress.client.get("/healthz")).text == "ok"  # the server lives on
+
+
+async def test_overloaded_is_answered_alike_with_retry_after(
+    ingress: Ingress, routed: Ingress
+) -> None:
+    """A webhook that does not fit the in-flight body budget: 503 with Retry-After, from the
+    fast path and from the route (the app's error handler would drop the header)."""
+    await ingress.create_channel("whatsapp")
+    routed.channels = dict(ingress.channels)
+    body = whatsapp_payload(("wamid.FP-full", "1", "budget full"))
+    answers = []
+    for app in (ingress, routed):
+        budget = app.gateway.bodies
+        budget.held = budget.limit  # as if slow uploads held all of it
+        try:
+            response = await app.post_meta("whatsapp", body)
+        finally:
+            budget.held = 0
+        answers.append((response.status_code, response.headers.get("retry-after"), response.json()))
+    assert answers[0] == answers[1]
+    assert answers[0][:2] == (503, "1")
+    assert answers[0][2]["error"]["code"] == "service_unavailable"
