@@ -1,31 +1,38 @@
 """The gateway as a component of the HTTP app: webhook routes and their long-lived parts.
 
 The lifespan opens the gateway's own asyncpg pool (the hot path's single statement does not go
-through the ORM), publishes the ``Gateway`` in ``resources.extras["gateway"]``, and runs the
-spool relay and the retention purger until shutdown. ``POST /webhooks/…`` is served by the raw
-ASGI fast path (``gateway.fastpath``); the FastAPI route documents it.
+through the ORM), publishes the ``Gateway`` in the component's ``GatewayHolder`` (read by the
+fast path and the routes), and runs the spool relay and the retention purger until shutdown.
+``POST /webhooks/…`` is served by the raw ASGI fast path (``gateway.fastpath``); the FastAPI
+route documents it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import functools
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 
 import normalizer
-from gateway.endpoints import admin_router, router
+from gateway.endpoints import routers
 from gateway.fastpath import WebhookFastPath
 from gateway.relay import run_purger, run_relay
-from gateway.service import Gateway
+from gateway.service import Gateway, GatewayHolder
 from switchboard.app import Component
 from switchboard.resources import Resources
 from switchboard.settings import Settings
 
 
+def lifespan(holder: GatewayHolder) -> Callable[[Resources], AbstractAsyncContextManager[None]]:
+    return functools.partial(_lifespan, holder)
+
+
 @contextlib.asynccontextmanager
-async def lifespan(resources: Resources) -> AsyncIterator[None]:
+async def _lifespan(holder: GatewayHolder, resources: Resources) -> AsyncIterator[None]:
     async with Gateway.open(resources) as gateway:
-        resources.extras["gateway"] = gateway
+        holder.gateway = gateway
         stop = asyncio.Event()
         tasks = [
             asyncio.create_task(run_relay(gateway, stop), name="gateway-relay"),
@@ -39,14 +46,16 @@ async def lifespan(resources: Resources) -> AsyncIterator[None]:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            resources.extras.pop("gateway", None)
+            holder.gateway = None
 
 
-def component(settings: Settings) -> Component:
+def component(settings: Settings, holder: GatewayHolder | None = None) -> Component:
+    """The gateway component; ``holder`` (tests) gives access to the running gateway."""
+    holder = holder if holder is not None else GatewayHolder()
     return Component(
         name="gateway",
-        routers=[router, admin_router],
-        lifespan=lifespan,
-        asgi_middleware=[WebhookFastPath],
+        routers=routers(holder),
+        lifespan=lifespan(holder),
+        asgi_middleware=[functools.partial(WebhookFastPath, holder=holder)],
         schemas={"inbound-event": normalizer.json_schema()},
     )

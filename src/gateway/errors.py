@@ -8,11 +8,22 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import orjson
+
 from switchboard import errors
 
 
 class WebhookRejected(errors.SwitchboardError):
     reason: ClassVar[str] = "error"
+    headers: ClassVar[dict[str, str]] = {}
+    """Response headers besides the content type (e.g. ``Retry-After``)."""
+
+    def body(self) -> bytes:
+        """The error as the app's handler renders a ``SwitchboardError``."""
+        error: dict[str, object] = {"code": self.code, "message": self.message}
+        if self.details is not None:
+            error["details"] = self.details
+        return orjson.dumps({"error": error})
 
 
 class BadSignature(WebhookRejected, errors.Unauthorized):
@@ -46,6 +57,14 @@ class NotDurable(WebhookRejected, errors.ServiceUnavailable):
 
     def __init__(self) -> None:
         super().__init__("the webhook could not be stored; retry later")
+
+
+class Overloaded(WebhookRejected, errors.ServiceUnavailable):
+    reason = "overloaded"
+    headers: ClassVar[dict[str, str]] = {"retry-after": "1"}
+
+    def __init__(self) -> None:
+        super().__init__("too many webhook bodies in flight; retry later")
 
 
 class HandshakeRefused(WebhookRejected, errors.Forbidden):

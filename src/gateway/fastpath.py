@@ -7,17 +7,19 @@ objects). This middleware, installed by the gateway component as the app's outer
 ``gateway.intake.receive_webhook``, the one implementation the FastAPI route also calls, so
 checks, status codes, metrics and logs are the same either way. Everything else (the GET
 handshake, ``/v1``, ``/docs``, another method, a path with another shape, a request under a
-``root_path``, or the app before its lifespan published the gateway) goes to the app.
+``root_path``, or the app before its lifespan opened the gateway) goes to the app. The
+gateway is found in the ``GatewayHolder`` the component gave the fast path when it built it.
 
 What it does for the framework:
 
 * path parameters as Starlette's ``{name}`` convertor takes them (``[^/]+`` on the decoded
-  path); the body read from ``receive`` with the running size limit (413 while streaming,
-  after the ``Content-Length`` precheck in ``intake``);
+  path); the body's chunks from ``receive`` (``intake`` applies the size limit, 413 while
+  streaming after the ``Content-Length`` precheck, and the in-flight body budget);
 * headers from the scope (names are lower-case in ASGI; for a repeated header the first one
   wins, as with Starlette's ``Headers.get``);
 * errors as ``switchboard.app``'s handler renders a ``SwitchboardError``:
-  ``{"error": {"code", "message"}}`` (JSON, the exception's status);
+  ``{"error": {"code", "message"}}`` (JSON, the exception's status), plus the error's own
+  headers (``Retry-After`` of a 503 ``Overloaded``);
 * a client that disconnects while sending its body gets nothing (no response can reach it);
   an unexpected exception propagates to the server (uvicorn logs it and answers 500, as the
   app's ``ServerErrorMiddleware`` would).
@@ -25,14 +27,13 @@ What it does for the framework:
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import AsyncIterator
 
-import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.errors import TooLarge, WebhookRejected
+from gateway.errors import WebhookRejected
 from gateway.intake import Target, receive_webhook
-from gateway.service import Gateway
+from gateway.service import GatewayHolder
 
 _PREFIX = "/webhooks/"
 _JSON = b"application/json"
@@ -43,9 +44,9 @@ class _Disconnected(Exception):
 
 
 class WebhookFastPath:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, holder: GatewayHolder) -> None:
         self.app = app
-        self._extras: dict[str, Any] | None = None
+        self.holder = holder
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or scope.get("root_path"):
@@ -53,7 +54,7 @@ class WebhookFastPath:
             return
         path: str = scope["path"]
         parts = path[len(_PREFIX) :].split("/") if path.startswith(_PREFIX) else []
-        gateway = self._gateway(scope) if len(parts) == 2 and parts[0] and parts[1] else None
+        gateway = self.holder.gateway if len(parts) == 2 and parts[0] and parts[1] else None
         if gateway is None:
             await self.app(scope, receive, send)
             return
@@ -63,21 +64,16 @@ class WebhookFastPath:
             if key not in headers:
                 headers[key] = value.decode("latin-1")
 
-        async def read_body(limit: int) -> bytes:
-            chunks: list[bytes] = []
-            received = 0
+        async def body_chunks() -> AsyncIterator[bytes]:
             while True:
                 message = await receive()
                 if message["type"] != "http.request":
                     raise _Disconnected
                 chunk: bytes = message.get("body", b"")
                 if chunk:
-                    received += len(chunk)
-                    if received > limit:
-                        raise TooLarge(f"body over {limit} bytes")
-                    chunks.append(chunk)
+                    yield chunk
                 if not message.get("more_body", False):
-                    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                    return
 
         target = Target(
             scope.get("scheme", "http"),
@@ -85,41 +81,23 @@ class WebhookFastPath:
             scope.get("query_string", b""),
         )
         try:
-            reply = await receive_webhook(gateway, parts[0], parts[1], headers, read_body, target)
+            reply = await receive_webhook(gateway, parts[0], parts[1], headers, body_chunks, target)
         except WebhookRejected as exc:
-            error: dict[str, Any] = {"code": exc.code, "message": exc.message}
-            if exc.details is not None:
-                error["details"] = exc.details
-            await _respond(send, exc.status_code, orjson.dumps({"error": error}), _JSON)
+            await _respond(send, exc.status_code, exc.body(), _JSON, exc.headers)
             return
         except _Disconnected:
             return
         await _respond(send, 200, reply.body, reply.media_type.encode("latin-1"))
 
-    def _gateway(self, scope: Scope) -> Gateway | None:
-        """The running gateway (published by the component's lifespan in the app's
-        ``resources.extras``), if any. The extras dict is looked up once per lifespan."""
-        gateway: Gateway | None = None
-        if self._extras is not None:
-            gateway = self._extras.get("gateway")
-        if gateway is None:
-            try:
-                self._extras = scope["app"].state.resources.extras
-            except (KeyError, AttributeError):
-                return None
-            gateway = self._extras.get("gateway") if self._extras is not None else None
-        return gateway
 
-
-async def _respond(send: Send, status: int, body: bytes, media_type: bytes) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-length", str(len(body)).encode("latin-1")),
-                (b"content-type", media_type),
-            ],
-        }
-    )
+async def _respond(
+    send: Send, status: int, body: bytes, media_type: bytes, extra: dict[str, str] | None = None
+) -> None:
+    headers = [
+        (b"content-length", str(len(body)).encode("latin-1")),
+        (b"content-type", media_type),
+    ]
+    if extra:
+        headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in extra.items()]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

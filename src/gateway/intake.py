@@ -11,33 +11,36 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 
 import orjson
 
 import normalizer
+from gateway.budget import Holding
 from gateway.errors import (
     BadSignature,
     Malformed,
     NotDurable,
+    Overloaded,
     TooLarge,
     UnknownChannel,
     WebhookRejected,
     WrongContentType,
 )
 from gateway.metrics import latency_histogram, webhooks_counter
-from gateway.service import DB_ERRORS, Gateway, received_now
+from gateway.service import Gateway, received_now
 from gateway.verifiers import REGISTRY, WebhookRequest
 from switchboard.channels.service import ChannelWithSecrets
+from switchboard.dberrors import DATABASE_ERRORS, kind_name
 from switchboard.logging import get_logger
 
 log = get_logger(__name__)
 
 TWIML = b'<?xml version="1.0" encoding="UTF-8"?><Response/>'
 
-ReadBody = Callable[[int], Awaitable[bytes]]
-"""Reads the whole body, raising ``TooLarge`` as soon as more than the limit arrived."""
+BodyChunks = Callable[[], AsyncIterator[bytes]]
+"""The request body's chunks as they arrive."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +60,26 @@ class Reply:
     media_type: str
 
 
+@dataclass(frozen=True, slots=True)
+class _Body:
+    chunks: BodyChunks
+    holding: Holding
+
+    async def read(self, limit: int) -> bytes:
+        """The whole body; ``TooLarge`` as soon as more than ``limit`` arrived, ``Overloaded``
+        as soon as it does not fit the process's in-flight body budget."""
+        parts: list[bytes] = []
+        received = 0
+        async for chunk in self.chunks():
+            received += len(chunk)
+            if received > limit:
+                raise TooLarge(f"body over {limit} bytes")
+            if not self.holding.take(len(chunk)):
+                raise Overloaded
+            parts.append(chunk)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
 def label(platform: str) -> str:
     return platform if platform in REGISTRY else "unknown"
 
@@ -70,7 +93,10 @@ async def channel_for(gateway: Gateway, platform: str, channel_id: str) -> Chann
         raise UnknownChannel from None
     try:
         channel = await gateway.channel(key)
-    except DB_ERRORS:
+    except DATABASE_ERRORS as exc:
+        # Whatever the database's trouble (down, starting, timed out, or refusing the query),
+        # the platform is told to retry: 503, never a 500.
+        log.warning("gateway.channel_unavailable", error=type(exc).__name__, kind=kind_name(exc))
         raise NotDurable from None
     if channel is None or not channel.enabled or channel.platform != platform:
         raise UnknownChannel
@@ -98,7 +124,7 @@ async def receive_webhook(
     platform: str,
     channel_id: str,
     headers: Mapping[str, str],
-    read_body: ReadBody,
+    body_chunks: BodyChunks,
     target: Target,
 ) -> Reply:
     """Verify, normalise, deduplicate and durably publish one platform webhook.
@@ -107,7 +133,10 @@ async def receive_webhook(
     started = time.perf_counter()
     platform_label = label(platform)
     try:
-        return await _handle(gateway, platform, channel_id, headers, read_body, target)
+        with gateway.bodies.hold() as holding:
+            return await _handle(
+                gateway, platform, channel_id, headers, _Body(body_chunks, holding), target
+            )
     except WebhookRejected as exc:
         webhooks_counter(platform_label, "rejected", exc.reason).inc()
         log.info(
@@ -123,7 +152,7 @@ async def _handle(
     platform: str,
     channel_id: str,
     headers: Mapping[str, str],
-    read_body: ReadBody,
+    body_in: _Body,
     target: Target,
 ) -> Reply:
     channel = await channel_for(gateway, platform, channel_id)
@@ -140,7 +169,9 @@ async def _handle(
             raise Malformed("invalid Content-Length") from None
         if size > limit:
             raise TooLarge(f"body over {limit} bytes")
-    body = await read_body(limit)
+        if not gateway.bodies.fits(size):
+            raise Overloaded
+    body = await body_in.read(limit)
     url = public_url(gateway, headers, target)
     if not verifier.verify(WebhookRequest(body, headers, url, content_type), channel.credentials):
         raise BadSignature
@@ -153,6 +184,7 @@ async def _handle(
             content_type=content_type,
             received_at=received_at,
             account_id=channel.account_id,
+            authenticated=True,
         )
     except normalizer.NormalizeError as exc:
         raise Malformed(str(exc).splitlines()[0][:200] or "malformed body") from None

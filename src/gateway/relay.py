@@ -35,10 +35,19 @@ from datetime import UTC, datetime, timedelta
 
 from gateway import repository as repo
 from gateway.metrics import EVENTS, SPOOL_DEPTH, SPOOL_DEPTH_CAP
-from gateway.service import DB_ERRORS, RELAY_ERRORS, Gateway, Record
+from gateway.publisher import Record
+from gateway.service import Gateway
+from switchboard.dberrors import DATABASE_ERRORS
 from switchboard.logging import get_logger
 
 log = get_logger(__name__)
+
+
+class BrokerUnacknowledged(Exception):
+    """The broker did not acknowledge every record of a spooled batch (rolled back whole)."""
+
+
+_RELAY_ERRORS: tuple[type[BaseException], ...] = (*DATABASE_ERRORS, BrokerUnacknowledged)
 
 
 async def relay_once(gateway: Gateway) -> int:
@@ -50,15 +59,15 @@ async def relay_once(gateway: Gateway) -> int:
             return 0
         rows = await repo.oldest_spooled(conn, settings.gateway_relay_batch_size)
         if not rows:
-            gateway.broker_down_until = 0.0
+            gateway.publisher.broker_up()
             return 0
         results = await gateway.publish(
             [Record(r["topic"], r["conversation_id"].encode(), bytes(r["value"])) for r in rows]
         )
         if not all(results):
-            raise ConnectionError("the broker did not acknowledge the spooled batch")
+            raise BrokerUnacknowledged
         await repo.delete_spooled(conn, [r["seq"] for r in rows])
-    gateway.broker_down_until = 0.0
+    gateway.publisher.broker_up()
     for platform, count in Counter(r["platform"] for r in rows).items():
         EVENTS.labels(platform, "relayed").inc(count)
     log.info("gateway.relayed", count=len(rows))
@@ -90,7 +99,7 @@ async def run_relay(gateway: Gateway, stop: asyncio.Event) -> None:
         gateway.spool_written.clear()  # a spool write during this round wakes the next one
         try:
             relayed = await relay_once(gateway)
-        except RELAY_ERRORS as exc:
+        except _RELAY_ERRORS as exc:
             log.warning("gateway.relay_failed", error=type(exc).__name__)
         if relayed == settings.gateway_relay_batch_size:
             continue  # more waiting
@@ -132,7 +141,7 @@ async def run_purger(gateway: Gateway, stop: asyncio.Event) -> None:
     while not stop.is_set():
         try:
             await purge_once(gateway)
-        except DB_ERRORS as exc:
+        except DATABASE_ERRORS as exc:
             log.warning("gateway.purge_failed", error=type(exc).__name__)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), gateway.settings.gateway_purge_interval_seconds)

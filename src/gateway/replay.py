@@ -67,6 +67,7 @@ async def replay(
                     content_type=row["content_type"],
                     received_at=row["received_at"],
                     account_id=row["account_id"],
+                    authenticated=True,
                 )
             except normalizer.NormalizeError:
                 failed += 1

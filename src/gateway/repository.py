@@ -7,6 +7,13 @@ batches of several replicas lock overlapping ids in the same order), archives th
 every webhook that owns a new id, and reports which of the batch's conversations still have
 events waiting in the spool (those must go through the spool too, to keep per-conversation
 order).
+
+Every value a webhook brings into a bounded column is fitted to it before the claim
+(``archive_row``): one statement carries the whole batch, so a value that PostgreSQL refuses
+(a 300-character ``Content-Type`` in ``varchar(255)``, a NUL in ``jsonb``) would fail the
+claim for every member and send them all down the "PostgreSQL down" path without dedup.
+Event ids are uuid5 and conversation ids are refused with a NUL at intake
+(``gateway.intake``); the spool's other columns come from the gateway itself.
 """
 
 from __future__ import annotations
@@ -18,6 +25,9 @@ from datetime import datetime
 
 import asyncpg  # type: ignore[import-untyped]
 import orjson
+from sqlalchemy import String
+
+from gateway.models import ArchivedWebhook
 
 _CLAIM_BATCH = """
 WITH new AS (
@@ -55,6 +65,10 @@ FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[])
 ORDER BY n
 """
 
+MAINTENANCE_TIMEOUT = 60.0
+"""Seconds for statements off the hot path (purge, replay's reads): the pool's command timeout
+is the gateway's database timeout, sized for the hot path's single-row-per-event statements."""
+
 RELAY_LOCK_KEY = 0x5B_6761_7465  # pg advisory lock id of the spool relay ("[gate")
 
 
@@ -75,6 +89,47 @@ class ArchiveRow:
     event_count: int
 
 
+def _length(column: str) -> int:
+    type_ = ArchivedWebhook.__table__.c[column].type
+    assert isinstance(type_, String)
+    assert type_.length is not None
+    return type_.length
+
+
+CONTENT_TYPE_MAX = _length("content_type")
+ACCOUNT_ID_MAX = _length("account_id")
+
+
+def fit_content_type(content_type: str | None) -> str | None:
+    """The header as sent when it fits its column, else its media type alone (what the
+    normalizer and replay read); the parameters of an over-long header are dropped."""
+    if content_type is None or len(content_type) <= CONTENT_TYPE_MAX:
+        return content_type
+    return content_type.split(";", 1)[0].strip()[:CONTENT_TYPE_MAX]
+
+
+def archive_row(
+    *,
+    channel_id: uuid.UUID,
+    platform: str,
+    account_id: str,
+    content_type: str | None,
+    headers: dict[str, str],
+    body: bytes,
+    event_count: int,
+) -> ArchiveRow:
+    """An archive row whose every value fits its column (see the module docstring)."""
+    return ArchiveRow(
+        channel_id,
+        platform,
+        account_id[:ACCOUNT_ID_MAX],
+        fit_content_type(content_type),
+        {k.replace("\x00", "\ufffd"): v.replace("\x00", "\ufffd") for k, v in headers.items()},
+        body,
+        event_count,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class SpoolRow:
     event_id: str
@@ -90,12 +145,14 @@ async def claim_batch(
     owners: dict[str, int],
     archive: Sequence[ArchiveRow],
     conversations: Sequence[str],
+    wait_s: float,
 ) -> Claim:
     """Claim the ids of a batch of webhooks in one statement.
 
     ``owners`` maps each event id to the index (in ``archive``) of the first webhook of the
     batch that carries it; ``archive`` has one row per webhook, written only for webhooks that
-    own at least one id that is new.
+    own at least one id that is new. ``wait_s`` must exceed a concurrent batch's publish:
+    an id it claimed stays row-locked until it commits.
     """
     event_ids = sorted(owners)
     row = await conn.fetchrow(
@@ -110,6 +167,7 @@ async def claim_batch(
         [a.body for a in archive],
         [a.event_count for a in archive],
         sorted(set(conversations)),
+        timeout=wait_s,
     )
     assert row is not None
     return Claim(frozenset(row["new_ids"]), frozenset(row["spooled"]))
@@ -160,6 +218,7 @@ async def purge(conn: asyncpg.Connection, table: str, column: str, before: datet
             f"DELETE FROM {table} WHERE ctid IN "  # noqa: S608 - fixed identifiers
             f"(SELECT ctid FROM {table} WHERE {column} < $1 LIMIT 10000)",
             before,
+            timeout=MAINTENANCE_TIMEOUT,
         )
         count = int(status.rsplit(" ", 1)[-1])
         total += count
@@ -192,5 +251,6 @@ async def archived(
             since,
             until,
             limit,
+            timeout=MAINTENANCE_TIMEOUT,
         )
     )

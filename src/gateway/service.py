@@ -63,85 +63,58 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
-from aiokafka.partitioner import DefaultPartitioner
-from sqlalchemy.engine import make_url
 
 import normalizer
 from gateway import repository as repo
 from gateway.batcher import GroupCommit
+from gateway.batchplan import Accepted, BatchPlan, Webhook
+from gateway.budget import BodyBudget
 from gateway.cache import ChannelCache
 from gateway.errors import NotDurable
 from gateway.metrics import BATCH_SIZE, events_counter
-from switchboard.channels.service import ChannelWithSecrets
-from switchboard.kafka import CE_HEADERS
+from gateway.pool import open_pool, terminate
+from gateway.publisher import Publisher, Record
+from switchboard.channels.service import ChannelWithSecrets, load_with_secrets
+from switchboard.dberrors import DATABASE_ERRORS, is_retryable, kind_name
 from switchboard.logging import get_logger
 from switchboard.resources import Resources
 
 log = get_logger(__name__)
 
-DB_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-)
-RELAY_ERRORS: tuple[type[BaseException], ...] = (*DB_ERRORS, ConnectionError)
-RETRYABLE: tuple[type[BaseException], ...] = (
-    asyncpg.DeadlockDetectedError,
-    asyncpg.SerializationError,
-)
-
-
-@dataclass(frozen=True, slots=True)
-class Accepted:
-    events: int
-    new: int
-    duplicates: int
-    published: int
-    spooled: int
-    deduplicated: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class Record:
-    topic: str
-    key: bytes
-    value: bytes
-
-
-def asyncpg_dsn(sqlalchemy_url: str) -> str:
-    return make_url(sqlalchemy_url).set(drivername="postgresql").render_as_string(False)
-
 
 class Gateway:
-    """The long-lived state of the ingress in one process: DB pool, channel cache, producer."""
+    """The long-lived state of the ingress in one process: DB pool, channel cache, publisher."""
 
     def __init__(self, resources: Resources, pool: asyncpg.Pool) -> None:
         self.resources = resources
         self.settings = resources.settings
-        self.producer = resources.producer
         self.pool = pool
         self.topic = self.settings.topic("inbound.v1")
+        self.publisher = Publisher(
+            resources.producer,
+            timeout=self.settings.gateway_publish_timeout_seconds,
+            backoff=self.settings.gateway_broker_backoff_seconds,
+        )
         self.channels = ChannelCache(
-            resources.sessionmaker,
-            resources.secret_box,
+            self._load_channel,
             self.settings.gateway_channel_cache_ttl_seconds,
             self.settings.gateway_db_timeout_seconds,
+            stale=self.settings.gateway_channel_stale_seconds,
         )
-        self.broker_down_until = 0.0
+        self.claim_timeout = (
+            self.settings.gateway_db_timeout_seconds + self.settings.gateway_publish_timeout_seconds
+        )
+        """The claim may wait for a concurrent batch holding the same ids through its publish;
+        every other statement has the pool's command timeout, the database timeout."""
+        self.bodies = BodyBudget(self.settings.webhook_max_inflight_body_bytes)
+        """Webhook body bytes held by this process (``gateway.budget``)."""
         self.spool_written = asyncio.Event()
         """Set when this process spooled something: wakes the relay."""
-        self.unresolved_sends: set[asyncio.Future[Any]] = set()
-        """Sends that timed out but may still reach the broker (then: a duplicate, same id)."""
-        self._partition_cache: dict[tuple[bytes, int], int] = {}
         self.batcher: GroupCommit[Webhook, Accepted] = GroupCommit(
             self._run_batch,
             max_size=self.settings.gateway_batch_max_size,
@@ -159,114 +132,22 @@ class Gateway:
     @classmethod
     @contextlib.asynccontextmanager
     async def open(cls, resources: Resources) -> AsyncIterator[Gateway]:
-        settings = resources.settings
-        pool = await asyncpg.create_pool(
-            asyncpg_dsn(settings.database_url.get_secret_value()),
-            min_size=0,
-            max_size=settings.gateway_db_pool_size,
-            timeout=settings.gateway_db_timeout_seconds,
-            command_timeout=max(10.0, settings.gateway_publish_timeout_seconds * 3),
-            # Commits do not wait for the WAL flush unless a spool row is in them (see accept).
-            server_settings={"synchronous_commit": "off"},
-            reset=_keep_session,
-        )
-        try:
+        async with open_pool(resources.settings) as pool:
             gateway = cls(resources, pool)
             try:
                 yield gateway
             finally:
                 await gateway.batcher.close()
-        finally:
-            await pool.close()
-
-    # ---- channels -------------------------------------------------------------------------
 
     async def channel(self, channel_id: uuid.UUID) -> ChannelWithSecrets | None:
         return await self.channels.get(channel_id)
 
-    # ---- publishing -----------------------------------------------------------------------
-
-    def broker_suspect(self) -> bool:
-        return time.monotonic() < self.broker_down_until
+    async def _load_channel(self, channel_id: uuid.UUID) -> ChannelWithSecrets | None:
+        async with self.resources.sessionmaker() as session:
+            return await load_with_secrets(session, self.resources.secret_box, channel_id)
 
     async def publish(self, records: Sequence[Record]) -> list[bool]:
-        """Send every record and wait for acks=all within the publish timeout.
-
-        Records are grouped into one closed record batch per partition (``send_batch``), in
-        their order: a closed batch is sent without waiting for ``linger_ms`` (our callers
-        already batch), and costs less per record than ``send``. The partition is the
-        producer's default for the key (murmur2), the same one ``send`` would pick.
-
-        Returns per-record success. Never raises for broker trouble: a failure marks the
-        broker suspect for ``gateway_broker_backoff_seconds``.
-        """
-        if not records:
-            return []
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.gateway_publish_timeout_seconds
-        batch_of = [-1] * len(records)  # record index → index in ``futures``
-        futures: list[asyncio.Future[Any]] = []
-        try:
-            async with asyncio.timeout_at(deadline):
-                for batch in await self._record_batches(records):
-                    batch.builder.close()
-                    future = await self.producer.send_batch(
-                        batch.builder, batch.topic, partition=batch.partition
-                    )
-                    for index in batch.indices:
-                        batch_of[index] = len(futures)
-                    futures.append(future)
-        except Exception as exc:  # KafkaError, TimeoutError, producer closed, …
-            log.warning("gateway.publish_failed", error=type(exc).__name__, sent=len(futures))
-        if futures:
-            await asyncio.wait(futures, timeout=max(0.0, deadline - loop.time()))
-        outcome: list[bool] = []
-        for future in futures:
-            if not future.done():
-                self.unresolved_sends.add(future)
-                future.add_done_callback(self._resolved)
-                outcome.append(False)
-            else:
-                outcome.append(not future.cancelled() and future.exception() is None)
-        ok = [index >= 0 and outcome[index] for index in batch_of]
-        if not all(ok):
-            self.broker_down_until = time.monotonic() + self.settings.gateway_broker_backoff_seconds
-        return ok
-
-    async def _record_batches(self, records: Sequence[Record]) -> list[_PartitionBatch]:
-        batches: list[_PartitionBatch] = []
-        open_batches: dict[tuple[str, int], _PartitionBatch] = {}
-        partitions: dict[str, list[int]] = {}
-        for index, record in enumerate(records):
-            topic_partitions = partitions.get(record.topic)
-            if topic_partitions is None:
-                topic_partitions = list(await self.producer.partitions_for(record.topic))
-                partitions[record.topic] = topic_partitions
-            partition = self._partition_for(record.key, topic_partitions)
-            batch = open_batches.get((record.topic, partition))
-            appended = batch is not None and batch.append(index, record)
-            if not appended:
-                batch = _PartitionBatch(record.topic, partition, self.producer.create_batch(), [])
-                if not batch.append(index, record):
-                    continue  # larger than a whole batch: the broker would refuse it
-                open_batches[(record.topic, partition)] = batch
-                batches.append(batch)
-        return batches
-
-    def _partition_for(self, key: bytes, partitions: list[int]) -> int:
-        cache_key = (key, len(partitions))
-        partition = self._partition_cache.get(cache_key)
-        if partition is None:
-            if len(self._partition_cache) >= 100_000:
-                self._partition_cache.clear()
-            partition = int(_PARTITIONER(key, partitions, partitions))
-            self._partition_cache[cache_key] = partition
-        return partition
-
-    def _resolved(self, future: asyncio.Future[Any]) -> None:
-        self.unresolved_sends.discard(future)
-        if not future.cancelled():
-            future.exception()  # retrieved: a late failure is expected, a late success fine
+        return await self.publisher.publish(records)
 
     def record(self, event: normalizer.InboundEvent) -> Record:
         return Record(self.topic, event.subject.encode(), normalizer.dump_event(event))
@@ -309,8 +190,10 @@ class Gateway:
         try:
             acquire = self.pool.acquire(timeout=self.settings.gateway_db_timeout_seconds)
             conn = await acquire.__aenter__()
-        except DB_ERRORS as exc:
-            log.warning("gateway.database_unavailable", error=type(exc).__name__)
+        except DATABASE_ERRORS as exc:
+            log.warning(
+                "gateway.database_unavailable", error=type(exc).__name__, kind=kind_name(exc)
+            )
             claimed()
             return await self._without_database(webhooks, owners)
         try:
@@ -318,11 +201,11 @@ class Gateway:
         finally:
             try:
                 await acquire.__aexit__(None, None, None)
-            except DB_ERRORS as exc:
+            except DATABASE_ERRORS as exc:
                 # The batch's outcome is settled (published, committed or not): a stalled
                 # connection that cannot be reset must not turn it into a 500.
                 log.warning("gateway.release_failed", error=type(exc).__name__)
-                _terminate(conn)
+                terminate(conn)
 
     async def _batch_in_transaction(
         self,
@@ -332,14 +215,14 @@ class Gateway:
         claimed: Callable[[], None],
     ) -> list[Accepted | BaseException]:
         archive = [
-            repo.ArchiveRow(
-                w.channel.id,
-                w.platform,
-                w.channel.account_id,
-                w.content_type,
-                w.headers,
-                w.body,
-                len(w.events),
+            repo.archive_row(
+                channel_id=w.channel.id,
+                platform=w.platform,
+                account_id=w.channel.account_id,
+                content_type=w.content_type,
+                headers=w.headers,
+                body=w.body,
+                event_count=len(w.events),
             )
             for w in webhooks
         ]
@@ -350,7 +233,11 @@ class Gateway:
             try:
                 async with conn.transaction():
                     claim = await repo.claim_batch(
-                        conn, owners=owners, archive=archive, conversations=conversations
+                        conn,
+                        owners=owners,
+                        archive=archive,
+                        conversations=conversations,
+                        wait_s=self.claim_timeout,
                     )
                     claimed()
                     stage = "publish"
@@ -359,7 +246,7 @@ class Gateway:
                         owners,
                         claim.new_ids,
                         claim.spooled_conversations,
-                        broker_suspect=self.broker_suspect(),
+                        broker_suspect=self.publisher.broker_suspect(),
                     )
                     direct = plan.direct()
                     plan.settle(await self.publish([self.record(e) for e in direct]))
@@ -374,11 +261,16 @@ class Gateway:
                             ],
                         )
                     stage = "commit"
-            except DB_ERRORS as exc:
-                if stage == "claim" and attempt == 1 and isinstance(exc, RETRYABLE):
+            except DATABASE_ERRORS as exc:
+                if stage == "claim" and attempt == 1 and is_retryable(exc):
                     log.info("gateway.batch_retry", error=type(exc).__name__)
                     continue
-                log.warning("gateway.database_failed", stage=stage, error=type(exc).__name__)
+                log.warning(
+                    "gateway.database_failed",
+                    stage=stage,
+                    error=type(exc).__name__,
+                    kind=kind_name(exc),
+                )
                 if plan is None:
                     claimed()
                     return await self._without_database(webhooks, owners)
@@ -407,145 +299,14 @@ class Gateway:
         return results
 
 
-_PARTITIONER = DefaultPartitioner()
+class GatewayHolder:
+    """Where an app's running gateway is found (by the fast path and the routes): set by the
+    gateway component's lifespan, ``None`` before it started and after it stopped."""
 
+    __slots__ = ("gateway",)
 
-def _terminate(conn: asyncpg.Connection) -> None:
-    """Drop a pooled connection at once, if it is still attached (asyncpg terminates one
-    whose reset failed and detaches it: then there is nothing left to do)."""
-    with contextlib.suppress(*DB_ERRORS):
-        conn.terminate()
-
-
-async def _keep_session(conn: asyncpg.Connection) -> None:
-    """Pool ``reset``: asyncpg still rolls back an open transaction on release; we skip its
-    default reset query (advisory unlock, CLOSE ALL, UNLISTEN, RESET ALL), a round trip per
-    batch. The gateway never leaves session state behind: ``SET LOCAL`` and
-    ``pg_try_advisory_xact_lock`` only (transaction-scoped), no LISTEN, no cursors."""
-
-
-@dataclass(slots=True)
-class _PartitionBatch:
-    topic: str
-    partition: int
-    builder: Any  # aiokafka BatchBuilder
-    indices: list[int]
-
-    def append(self, index: int, record: Record) -> bool:
-        metadata = self.builder.append(
-            key=record.key, value=record.value, timestamp=None, headers=CE_HEADERS
-        )
-        if metadata is None:
-            return False
-        self.indices.append(index)
-        return True
-
-
-@dataclass(slots=True)
-class Webhook:
-    """One verified webhook waiting for its batch."""
-
-    platform: str
-    channel: ChannelWithSecrets
-    events: list[normalizer.InboundEvent]
-    """Distinct events, in the webhook's order."""
-    count: int
-    """Events in the webhook, repeats included."""
-    body: bytes
-    content_type: str | None
-    headers: dict[str, str]
-
-
-class BatchPlan:
-    """What happens to each event of a claimed batch (pure: no I/O, unit-testable).
-
-    A webhook *owns* the new ids it was the first of its batch to carry; an id not new was
-    committed by an earlier transaction (``ON CONFLICT`` waits for the holder to finish).
-    Per webhook, as for a lone webhook: events of a conversation with spooled events (or all
-    events, while the broker is suspect) go to the spool; the others are published, and a
-    failed publish sends that event and the webhook's later events of its conversation to
-    the spool.
-    """
-
-    def __init__(
-        self,
-        webhooks: Sequence[Webhook],
-        owners: dict[str, int],
-        new_ids: frozenset[str],
-        spooled_conversations: frozenset[str],
-        *,
-        broker_suspect: bool,
-    ) -> None:
-        self.webhooks = webhooks
-        self.new: list[list[normalizer.InboundEvent]] = [
-            [e for e in w.events if e.id in new_ids and owners[e.id] == index]
-            for index, w in enumerate(webhooks)
-        ]
-        self.blocked: list[set[str]] = [
-            {e.subject for e in new if broker_suspect or e.subject in spooled_conversations}
-            for new in self.new
-        ]
-        self.published = [0] * len(webhooks)
-        self.spooled = [0] * len(webhooks)
-        self.spool: list[tuple[str, normalizer.InboundEvent]] = []
-        """(platform, event) to write to the spool, in order."""
-        self.spooled_ids: set[str] = set()
-
-    def direct(self) -> list[normalizer.InboundEvent]:
-        """The events to publish now, webhook after webhook."""
-        return [
-            e
-            for new, blocked in zip(self.new, self.blocked, strict=True)
-            for e in new
-            if e.subject not in blocked
-        ]
-
-    def settle(self, ok: Sequence[bool]) -> None:
-        """Record the publish outcome of ``direct()`` (same order)."""
-        published = dict(zip((e.id for e in self.direct()), ok, strict=True))
-        for index, (webhook, new) in enumerate(zip(self.webhooks, self.new, strict=True)):
-            blocked = self.blocked[index]
-            for event in new:
-                if event.subject in blocked or not published.get(event.id, False):
-                    blocked.add(event.subject)
-                    self.spool.append((webhook.platform, event))
-                    self.spooled_ids.add(event.id)
-                    self.spooled[index] += 1
-                else:
-                    self.published[index] += 1
-
-    def accepted(self) -> list[Accepted | BaseException]:
-        """The batch committed: every webhook is durable."""
-        results: list[Accepted | BaseException] = []
-        for index, webhook in enumerate(self.webhooks):
-            new = len(self.new[index])
-            duplicates = webhook.count - new
-            if self.spooled[index]:
-                events_counter(webhook.platform, "spooled").inc(self.spooled[index])
-            events_counter(webhook.platform, "published").inc(self.published[index])
-            if duplicates:
-                events_counter(webhook.platform, "duplicate").inc(duplicates)
-            results.append(
-                Accepted(webhook.count, new, duplicates, self.published[index], self.spooled[index])
-            )
-        return results
-
-    def after_failed_commit(self) -> list[Accepted | BaseException]:
-        """The spool write or COMMIT failed: no dedup, archive or spool row was kept.
-
-        A webhook is still durable if none of its events was headed for the spool: each one
-        was published (by it or a batch-mate, acks=all) or committed before this batch. Then
-        200 without dedup (a redelivery publishes the same ids again); otherwise 503.
-        """
-        results: list[Accepted | BaseException] = []
-        for index, webhook in enumerate(self.webhooks):
-            if any(e.id in self.spooled_ids for e in webhook.events):
-                results.append(NotDurable())
-                continue
-            published = self.published[index]
-            events_counter(webhook.platform, "undeduplicated").inc(published)
-            results.append(Accepted(webhook.count, published, 0, published, 0, False))
-        return results
+    def __init__(self) -> None:
+        self.gateway: Gateway | None = None
 
 
 def received_now() -> datetime:

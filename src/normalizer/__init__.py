@@ -5,14 +5,20 @@ Pure code: stdlib + pydantic, no I/O, nothing else of ours imported.
 Public API
 ----------
 ``normalize(platform, body, *, channel_id, content_type=None, received_at=None,
-account_id=None) -> list[InboundEvent]``: one webhook body → its events, in body order.
+account_id=None, authenticated=False) -> list[InboundEvent]``: one webhook body → its events,
+in body order.
 ``dump_event(event) -> bytes``: compact JSON (every contract key present, nulls kept).
 ``EVENT_ADAPTER`` / ``EVENTS_ADAPTER``: validate or dump events (one discriminated union on
 ``type``). ``json_schema()``: the JSON Schema committed as
 ``openapi/schemas/inbound-event.schema.json`` (``python -m normalizer.schema``).
 ``NormalizeError``: the only exception; malformed input (not JSON / not a form, or the wrong
 top-level shape). Anything well-formed that we do not understand becomes an ``unsupported``
-event with ``data.raw`` kept: nothing a platform sends is dropped.
+event with ``data.raw`` kept: nothing a platform sends is dropped. With ``authenticated=True``
+(the caller verified the platform's signature, so the body *is* the platform speaking) a
+parsed body of an unexpected top-level shape (a Meta body without an ``entry`` array, a
+Telegram update without an integer ``update_id``, a Twilio form without ``MessageSid``/
+``SmsSid``) is not an error either: it becomes one ``unsupported`` event whose ``raw`` is the
+parsed body; ``NormalizeError`` stays for bytes that cannot be parsed at all.
 
 Deterministic ids
 -----------------
@@ -33,6 +39,8 @@ Telegram                   ``u:<update_id>`` (``u:<update_id>:<n>`` when one upd
 Twilio inbound             ``m:<MessageSid>``
 Twilio status callback     ``s:<MessageSid>:<MessageStatus>:<EventType>``
 anything else              ``raw:<sha256 of the raw object's JSON>``
+authenticated body of an   ``body:<sha256 of the raw body bytes>``
+unexpected shape
 =========================  ==============================================================
 
 Mapping decisions (where §4 leaves room)
@@ -65,6 +73,7 @@ Mapping decisions (where §4 leaves room)
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 from typing import Any, Final
 
@@ -117,13 +126,15 @@ def normalize(
     content_type: str | None = None,
     received_at: datetime | None = None,
     account_id: str | None = None,
+    authenticated: bool = False,
 ) -> list[InboundEvent]:
     """Turn one raw webhook body into its canonical events (possibly none, e.g. an empty
     ``entry`` list). Raises ``NormalizeError`` for malformed input, and nothing else.
 
     ``account_id`` is the channel's configured platform account, used when the payload does
     not name it (always for Telegram). ``received_at`` is used as ``time`` when the platform
-    sends no timestamp. The output depends only on the arguments.
+    sends no timestamp. ``authenticated``: see the module docstring. The output depends only
+    on the arguments.
     """
     if platform not in PLATFORMS:
         raise NormalizeError(f"unknown platform {platform[:40]!r}; expected one of {PLATFORMS}")
@@ -131,14 +142,43 @@ def normalize(
         raise NormalizeError(f"{platform}: body must be bytes")
     emitter = _common.Emitter(platform, channel_id, account_id, received_at)
     if platform == "twilio":
-        twilio.normalize_body(emitter, bytes(body), content_type)
+        raw = bytes(body)
+        if twilio.is_event_stream(content_type):
+            twilio.normalize_body(emitter, raw, content_type)
+            return emitter.events
+        params = twilio.parse_form(raw, content_type)
+        if authenticated and not _expected_shape(platform, params):
+            return _unexpected(emitter, params, body)
+        twilio.normalize(emitter, params)
         return emitter.events
     try:
         doc = _parse_json(body)
     except ValueError as exc:
         reason = str(exc).splitlines()[0] if str(exc) else "invalid"
         raise NormalizeError(f"{platform}: body is not valid JSON ({reason})") from None
+    if authenticated and not _expected_shape(platform, doc):
+        return _unexpected(emitter, doc, body)
     _JSON_PLATFORMS[platform](emitter, doc)
+    return emitter.events
+
+
+def _expected_shape(platform: str, doc: Any) -> bool:
+    """The top-level shape each platform module requires (it raises ``NormalizeError``
+    otherwise); everything below that level is handled item by item."""
+    if platform == "twilio":
+        return bool(doc.get("MessageSid") or doc.get("SmsSid"))
+    if type(doc) is not dict:
+        return False
+    if platform == "telegram":
+        return type(doc.get("update_id")) is int
+    return type(doc.get("entry")) is list
+
+
+def _unexpected(
+    emitter: _common.Emitter, doc: Any, body: bytes | bytearray | memoryview
+) -> list[InboundEvent]:
+    """An authenticated body of an unexpected shape: one ``unsupported`` event, kept whole."""
+    emitter.unsupported(doc, key="body:" + hashlib.sha256(body).hexdigest())
     return emitter.events
 
 

@@ -67,7 +67,7 @@ _ES_PREFIX: Final = "com.twilio.messaging."
 
 def normalize_body(em: c.Emitter, body: bytes, content_type: str | None) -> None:
     """Form bodies (webhooks, status callbacks) or JSON bodies (Event Streams)."""
-    if content_type is not None and _media_type(content_type) == _JSON:
+    if is_event_stream(content_type):
         try:
             doc = from_json(body, allow_inf_nan=False)
         except ValueError:
@@ -75,6 +75,11 @@ def normalize_body(em: c.Emitter, body: bytes, content_type: str | None) -> None
         normalize_json(em, doc)
         return
     normalize(em, parse_form(body, content_type))
+
+
+def is_event_stream(content_type: str | None) -> bool:
+    """A JSON body: Twilio Event Streams (CloudEvents), not a form webhook."""
+    return content_type is not None and _media_type(content_type) == _JSON
 
 
 def _media_type(content_type: str) -> str:

@@ -26,9 +26,11 @@ def component(settings: Settings) -> Component:
     deployment with no worker process.
     """
 
+    media_http = media.MediaHttp()
+
     @asynccontextmanager
     async def lifespan(resources: Resources) -> AsyncIterator[None]:
-        async with media.http_client(resources):
+        async with media_http.running():
             if not resources.settings.outbox_api_runs_consumers:
                 yield
                 return
@@ -42,7 +44,7 @@ def component(settings: Settings) -> Component:
 
     return Component(
         name="outbox",
-        routers=[router, media.router, media_upload.router],
+        routers=[router, media.router(media_http), media_upload.router(media_http)],
         lifespan=lifespan,
         schemas={
             "send-command": send_command_schema(),

@@ -60,16 +60,15 @@ from switchboard.errors import (
     error_responses,
 )
 from switchboard.logging import get_logger
-from switchboard.resources import AppResources, DbSession, Resources
+from switchboard.resources import AppResources, DbSession
 
 __all__ = [
-    "HTTP_CLIENT_KEY",
     "MEDIA_MAX_BYTES",
     "MediaExpired",
+    "MediaHttp",
     "MediaNotFound",
     "MediaTooLarge",
     "PlatformError",
-    "http_client",
     "router",
 ]
 
@@ -82,7 +81,6 @@ MEDIA_CONNECT_TIMEOUT: Final = 10.0
 MEDIA_READ_TIMEOUT: Final = 30.0
 MAX_REDIRECTS: Final = 3
 CHUNK: Final = 64 * 1024
-HTTP_CLIENT_KEY: Final = "media_http"
 
 META_CDN_SUFFIXES: Final = (
     ".fbcdn.net",
@@ -126,85 +124,94 @@ class Fetch:
     content_type: str | None = None
 
 
-@asynccontextmanager
-async def http_client(resources: Resources) -> AsyncIterator[None]:
-    """The proxy's pooled client for the app's lifetime (``resources.extras``)."""
-    timeout = aiohttp.ClientTimeout(
-        total=MEDIA_TIMEOUT, sock_connect=MEDIA_CONNECT_TIMEOUT, sock_read=MEDIA_READ_TIMEOUT
+class MediaHttp:
+    """The proxy's pooled HTTP client, open for the app's lifetime (``running``); the media
+    routes are built around one (``router``), so they never look it up by name."""
+
+    def __init__(self) -> None:
+        self.client: aiohttp.ClientSession | None = None
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        timeout = aiohttp.ClientTimeout(
+            total=MEDIA_TIMEOUT, sock_connect=MEDIA_CONNECT_TIMEOUT, sock_read=MEDIA_READ_TIMEOUT
+        )
+        async with aiohttp.ClientSession(timeout=timeout, auto_decompress=False) as session:
+            self.client = session
+            try:
+                yield
+            finally:
+                self.client = None
+
+
+def router(http: MediaHttp) -> APIRouter:
+    """``GET /v1/channels/{id}/media/{media_id}``, fetching through ``http``."""
+    router = APIRouter(prefix="/v1", tags=["media"])
+
+    @router.get(
+        "/channels/{channel_id}/media/{media_id}",
+        summary="Download an inbound media file through the channel's credentials",
+        response_class=StreamingResponse,
+        responses={
+            200: {"description": "The file, streamed", "content": {"application/octet-stream": {}}},
+            **error_responses(
+                *AUTHENTICATED,
+                404,
+                410,
+                413,
+                502,
+                descriptions={
+                    404: "Unknown channel, or a media id the platform does not know",
+                    410: "The platform no longer has the file (or its URL expired)",
+                    413: f"The file is larger than {MEDIA_MAX_BYTES} bytes",
+                    502: "The platform failed, refused the credentials or timed out",
+                },
+            ),
+        },
     )
-    async with aiohttp.ClientSession(timeout=timeout, auto_decompress=False) as session:
-        resources.extras[HTTP_CLIENT_KEY] = session
+    async def get_media(
+        channel_id: str,
+        media_id: str,
+        session: DbSession,
+        resources: AppResources,
+        _: RequireRead,
+    ) -> StreamingResponse:
+        """Resolve ``media_id`` (``data.message.media.id`` of an inbound event) on the channel's
+        platform and stream the file. See ``docs/media.md`` for what the id is per platform."""
         try:
-            yield
-        finally:
-            resources.extras.pop(HTTP_CLIENT_KEY, None)
+            channel_uuid = uuid.UUID(channel_id)
+        except ValueError:
+            raise MediaNotFound("channel not found") from None
+        channel = await load_with_secrets(session, resources.secret_box, channel_uuid)
+        await session.close()  # nothing more to read: do not hold a connection while streaming
+        if channel is None:
+            raise MediaNotFound("channel not found")
+        client = http.client
+        if client is None:
+            raise PlatformError("the media proxy is not running in this process")
+        bound = log.bind(channel_id=channel_id, platform=channel.platform)
+        try:
+            fetch = await _resolve(client, channel, media_id)
+            response = await _open(client, fetch)
+        except (aiohttp.ClientError, TimeoutError):
+            bound.warning("outbox.media_unreachable")
+            raise PlatformError("the platform could not be reached") from None
+        except SwitchboardError as exc:
+            bound.info("outbox.media_refused", code=exc.code)
+            raise
+        headers = {"Cache-Control": "private, no-store", "X-Content-Type-Options": "nosniff"}
+        if response.content_length is not None:
+            headers["Content-Length"] = str(response.content_length)
+        media_type = fetch.content_type or response.headers.get("Content-Type")
+        bound.info("outbox.media_streamed", length=response.content_length)
+        return StreamingResponse(
+            _body(response),
+            media_type=media_type or "application/octet-stream",
+            headers=headers,
+            background=BackgroundTask(_release, response),  # also when the body never started
+        )
 
-
-router = APIRouter(prefix="/v1", tags=["media"])
-
-
-@router.get(
-    "/channels/{channel_id}/media/{media_id}",
-    summary="Download an inbound media file through the channel's credentials",
-    response_class=StreamingResponse,
-    responses={
-        200: {"description": "The file, streamed", "content": {"application/octet-stream": {}}},
-        **error_responses(
-            *AUTHENTICATED,
-            404,
-            410,
-            413,
-            502,
-            descriptions={
-                404: "Unknown channel, or a media id the platform does not know",
-                410: "The platform no longer has the file (or its URL expired)",
-                413: f"The file is larger than {MEDIA_MAX_BYTES} bytes",
-                502: "The platform failed, refused the credentials or timed out",
-            },
-        ),
-    },
-)
-async def get_media(
-    channel_id: str,
-    media_id: str,
-    session: DbSession,
-    resources: AppResources,
-    _: RequireRead,
-) -> StreamingResponse:
-    """Resolve ``media_id`` (``data.message.media.id`` of an inbound event) on the channel's
-    platform and stream the file. See ``docs/media.md`` for what the id is per platform."""
-    try:
-        channel_uuid = uuid.UUID(channel_id)
-    except ValueError:
-        raise MediaNotFound("channel not found") from None
-    channel = await load_with_secrets(session, resources.secret_box, channel_uuid)
-    await session.close()  # nothing more to read: do not hold a connection while streaming
-    if channel is None:
-        raise MediaNotFound("channel not found")
-    client: aiohttp.ClientSession | None = resources.extras.get(HTTP_CLIENT_KEY)
-    if client is None:
-        raise PlatformError("the media proxy is not running in this process")
-    bound = log.bind(channel_id=channel_id, platform=channel.platform)
-    try:
-        fetch = await _resolve(client, channel, media_id)
-        response = await _open(client, fetch)
-    except (aiohttp.ClientError, TimeoutError):
-        bound.warning("outbox.media_unreachable")
-        raise PlatformError("the platform could not be reached") from None
-    except SwitchboardError as exc:
-        bound.info("outbox.media_refused", code=exc.code)
-        raise
-    headers = {"Cache-Control": "private, no-store", "X-Content-Type-Options": "nosniff"}
-    if response.content_length is not None:
-        headers["Content-Length"] = str(response.content_length)
-    media_type = fetch.content_type or response.headers.get("Content-Type")
-    bound.info("outbox.media_streamed", length=response.content_length)
-    return StreamingResponse(
-        _body(response),
-        media_type=media_type or "application/octet-stream",
-        headers=headers,
-        background=BackgroundTask(_release, response),  # also when the body never started
-    )
+    return router
 
 
 async def _release(response: aiohttp.ClientResponse) -> None:

@@ -33,8 +33,8 @@ from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 
 from outbox.media import (
-    HTTP_CLIENT_KEY,
     MEDIA_MAX_BYTES,
+    MediaHttp,
     MediaNotFound,
     MediaTooLarge,
     PlatformError,
@@ -77,95 +77,101 @@ class UploadedMedia(BaseModel):
     size: int
 
 
-router = APIRouter(prefix="/v1", tags=["media"])
+def router(http: MediaHttp) -> APIRouter:
+    """``POST /v1/channels/{id}/media``, uploading through ``http``."""
+    router = APIRouter(prefix="/v1", tags=["media"])
 
-_BODY = {
-    "required": True,
-    "content": {
-        "multipart/form-data": {
-            "schema": {
-                "type": "object",
-                "required": ["file"],
-                "properties": {
-                    "file": {"type": "string", "format": "binary"},
-                    "kind": {"type": "string", "enum": sorted(KINDS)},
-                },
+    _BODY = {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "kind": {"type": "string", "enum": sorted(KINDS)},
+                    },
+                }
             }
-        }
-    },
-}
-
-
-@router.post(
-    "/channels/{channel_id}/media",
-    status_code=status.HTTP_201_CREATED,
-    response_model=UploadedMedia,
-    summary="Upload a media file to the platform; answers the id to send it with",
-    openapi_extra={"requestBody": _BODY},
-    responses=error_responses(
-        *AUTHENTICATED,
-        404,
-        411,
-        413,
-        502,
-        descriptions={
-            404: "Unknown channel",
-            413: f"Larger than {MEDIA_MAX_BYTES} bytes",
-            422: "No upload API on this platform (send by url), or refused file",
         },
-    ),
-)
-async def upload_media(
-    channel_id: str,
-    request: Request,
-    session: DbSession,
-    resources: AppResources,
-    _: RequireSend,
-) -> UploadedMedia:
-    try:
-        channel_uuid = uuid.UUID(channel_id)
-    except ValueError:
-        raise MediaNotFound("channel not found") from None
-    channel = await load_with_secrets(session, resources.secret_box, channel_uuid)
-    await session.close()
-    if channel is None:
-        raise MediaNotFound("channel not found")
-    if channel.platform not in ("whatsapp", "messenger", "instagram"):
-        raise UploadNotSupported(
-            f"{channel.platform} has no media upload API: send the media by url (content.media.url)"
-        )
-    declared = request.headers.get("content-length")
-    if declared is None or not declared.isdigit():
-        raise LengthRequired("declare the upload's Content-Length")
-    if int(declared) > MEDIA_MAX_BYTES + 64 * 1024:
-        raise MediaTooLarge(f"uploads are limited to {MEDIA_MAX_BYTES} bytes")
-    form = await request.form(max_files=1, max_fields=4)
-    try:
-        upload = form.get("file")
-        if not isinstance(upload, UploadFile):
-            raise Unprocessable("multipart form field 'file' (a file) is required")
-        kind_field = form.get("kind")
-        mime = (upload.content_type or "application/octet-stream").split(";")[0].strip()
-        kind = kind_field if isinstance(kind_field, str) and kind_field else _kind(mime)
-        if kind not in KINDS:
-            raise Unprocessable(f"kind must be one of {', '.join(sorted(KINDS))}")
-        size = upload.size or 0
-        if size > MEDIA_MAX_BYTES:
-            raise MediaTooLarge(f"uploads are limited to {MEDIA_MAX_BYTES} bytes")
-        client: aiohttp.ClientSession | None = resources.extras.get(HTTP_CLIENT_KEY)
-        if client is None:
-            raise PlatformError("the media proxy is not running in this process")
-        await upload.seek(0)
-        try:
-            media_id = await _upload(client, channel, upload, kind, mime)
-        except (aiohttp.ClientError, TimeoutError):
-            raise PlatformError("the platform could not be reached") from None
-    finally:
-        await form.close()
-    log.info("outbox.media_uploaded", channel_id=channel_id, platform=channel.platform, size=size)
-    return UploadedMedia(
-        id=media_id, platform=channel.platform, kind=kind, mime_type=mime, size=size
+    }
+
+    @router.post(
+        "/channels/{channel_id}/media",
+        status_code=status.HTTP_201_CREATED,
+        response_model=UploadedMedia,
+        summary="Upload a media file to the platform; answers the id to send it with",
+        openapi_extra={"requestBody": _BODY},
+        responses=error_responses(
+            *AUTHENTICATED,
+            404,
+            411,
+            413,
+            502,
+            descriptions={
+                404: "Unknown channel",
+                413: f"Larger than {MEDIA_MAX_BYTES} bytes",
+                422: "No upload API on this platform (send by url), or refused file",
+            },
+        ),
     )
+    async def upload_media(
+        channel_id: str,
+        request: Request,
+        session: DbSession,
+        resources: AppResources,
+        _: RequireSend,
+    ) -> UploadedMedia:
+        try:
+            channel_uuid = uuid.UUID(channel_id)
+        except ValueError:
+            raise MediaNotFound("channel not found") from None
+        channel = await load_with_secrets(session, resources.secret_box, channel_uuid)
+        await session.close()
+        if channel is None:
+            raise MediaNotFound("channel not found")
+        if channel.platform not in ("whatsapp", "messenger", "instagram"):
+            raise UploadNotSupported(
+                f"{channel.platform} has no media upload API: "
+                "send the media by url (content.media.url)"
+            )
+        declared = request.headers.get("content-length")
+        if declared is None or not declared.isdigit():
+            raise LengthRequired("declare the upload's Content-Length")
+        if int(declared) > MEDIA_MAX_BYTES + 64 * 1024:
+            raise MediaTooLarge(f"uploads are limited to {MEDIA_MAX_BYTES} bytes")
+        form = await request.form(max_files=1, max_fields=4)
+        try:
+            upload = form.get("file")
+            if not isinstance(upload, UploadFile):
+                raise Unprocessable("multipart form field 'file' (a file) is required")
+            kind_field = form.get("kind")
+            mime = (upload.content_type or "application/octet-stream").split(";")[0].strip()
+            kind = kind_field if isinstance(kind_field, str) and kind_field else _kind(mime)
+            if kind not in KINDS:
+                raise Unprocessable(f"kind must be one of {', '.join(sorted(KINDS))}")
+            size = upload.size or 0
+            if size > MEDIA_MAX_BYTES:
+                raise MediaTooLarge(f"uploads are limited to {MEDIA_MAX_BYTES} bytes")
+            client = http.client
+            if client is None:
+                raise PlatformError("the media proxy is not running in this process")
+            await upload.seek(0)
+            try:
+                media_id = await _upload(client, channel, upload, kind, mime)
+            except (aiohttp.ClientError, TimeoutError):
+                raise PlatformError("the platform could not be reached") from None
+        finally:
+            await form.close()
+        log.info(
+            "outbox.media_uploaded", channel_id=channel_id, platform=channel.platform, size=size
+        )
+        return UploadedMedia(
+            id=media_id, platform=channel.platform, kind=kind, mime_type=mime, size=size
+        )
+
+    return router
 
 
 def _kind(mime: str) -> str:

@@ -37,7 +37,7 @@ def _components(settings: Settings) -> list[Component]:
 def cmd_serve(args: argparse.Namespace) -> None:
     from switchboard.app import create_app
     from switchboard.logging import configure_logging
-    from switchboard.runner import bind_socket, run, stop_on_signals
+    from switchboard.runner import HttpLimits, bind_socket, run, stop_on_signals
 
     settings = load_settings()
     require_encryption_keys(settings)
@@ -55,6 +55,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
                 stop=stop,
                 on_ready=lambda: print(f"api: http://{settings.http_host}:{port}", flush=True),
                 log_level=settings.log_level,
+                limits=HttpLimits.from_settings(settings),
             )
 
     run_async(main())

@@ -39,7 +39,7 @@ def run_dev(settings: Settings, data_dir: Path | None = None) -> None:
     from outbox.app import component as outbox_component
     from outbox.app import run_worker
     from switchboard.app import create_app, open_resources
-    from switchboard.runner import bind_socket, run, stop_on_signals
+    from switchboard.runner import HttpLimits, bind_socket, run, stop_on_signals
 
     configure_logging(settings)
     root = (data_dir or settings.data_dir).resolve()
@@ -115,6 +115,7 @@ def run_dev(settings: Settings, data_dir: Path | None = None) -> None:
                     ],
                     on_ready=announce,
                     log_level=settings.log_level,
+                    limits=HttpLimits.from_settings(settings),
                 )
 
         run_async(main())

@@ -3,6 +3,13 @@
 Producers use ``acks=all``; idempotence is on unless the broker cannot do it (the embedded Tansu
 broker cannot, so ``switchboard dev`` turns it off). Consumers never auto-commit: offsets are
 committed by the caller once the outcome of a record is stored.
+
+A producer's ``stop`` has a deadline (``kafka_stop_timeout_seconds``, plus at most 2 s to
+close its sockets; issue 9 D16):
+aiokafka's own waits for every record to be acknowledged, up to the request timeout and its
+retries (a stalled broker held ``switchboard serve`` 27 s after SIGTERM). Records still
+unacknowledged then fail; their owners keep them elsewhere (the gateway's spool, the outbox
+rows) and the next process publishes them.
 """
 
 from __future__ import annotations
@@ -10,10 +17,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterable
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaTimeoutError, TopicAlreadyExistsError
 
 from switchboard.logging import get_logger
 from switchboard.settings import TOPICS, Settings
@@ -27,8 +35,51 @@ COMPONENT_TOPICS = ("conversations.v1",)
 """Topics of the second-wave components (design.md §7), created with the contract topics."""
 
 
-def create_producer(settings: Settings) -> AIOKafkaProducer:
-    return AIOKafkaProducer(
+_ABANDON_STEP = 1.0
+"""Seconds for each local step of an abandoned stop (closing sockets, ending the sender)."""
+
+
+class Producer(AIOKafkaProducer):  # type: ignore[misc]
+    """``AIOKafkaProducer`` whose ``stop`` gives up on the broker after ``stop_timeout``."""
+
+    def __init__(self, *, stop_timeout: float, **options: Any) -> None:
+        super().__init__(**options)
+        self.stop_timeout = stop_timeout
+
+    async def stop(self) -> None:
+        try:
+            await asyncio.wait_for(self.flush(), self.stop_timeout)
+        except TimeoutError:
+            log.warning("kafka.producer_stop_abandoned", timeout_s=self.stop_timeout)
+            await self._abandon()
+            return
+        try:
+            await asyncio.wait_for(super().stop(), self.stop_timeout)
+        except TimeoutError:
+            log.warning("kafka.producer_close_abandoned", timeout_s=self.stop_timeout)
+
+    async def _abandon(self) -> None:
+        """What ``AIOKafkaProducer.stop`` does, without waiting for the broker: fail the
+        unacknowledged records, stop the sender, close the connections (which fails the
+        requests in flight the sender waits for), each within the deadline."""
+        self._closed = True
+        self._message_accumulator.fail_all(
+            KafkaTimeoutError("the producer stopped before the broker acknowledged")
+        )
+        sender = self._sender.sender_task if self._sender is not None else None
+        if sender is not None:
+            sender.cancel()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.client.close(), _ABANDON_STEP)
+        if sender is not None:
+            await asyncio.wait([sender], timeout=_ABANDON_STEP)
+            if sender.done() and not sender.cancelled():
+                sender.exception()  # retrieved: a request failed by the close is expected
+
+
+def create_producer(settings: Settings) -> Producer:
+    return Producer(
+        stop_timeout=settings.kafka_stop_timeout_seconds,
         bootstrap_servers=settings.kafka_bootstrap_servers,
         client_id=settings.kafka_client_id,
         acks="all",

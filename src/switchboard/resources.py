@@ -8,8 +8,8 @@ acknowledge before the data is durable. Endpoints commit explicitly before retur
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from typing import Annotated, Any
+from dataclasses import dataclass
+from typing import Annotated
 
 from aiokafka import AIOKafkaProducer
 from fastapi import Depends, Request
@@ -26,7 +26,6 @@ class Resources:
     sessionmaker: async_sessionmaker[AsyncSession]
     producer: AIOKafkaProducer
     secret_box: SecretBox
-    extras: dict[str, Any] = field(default_factory=dict)
 
     @property
     def public_base_url(self) -> str:

@@ -10,6 +10,16 @@ compiled queries) into the collector's permanent generation (``gc.freeze``). Wit
 full collection walks them all: 70-100 ms stalls of the event loop, a few per minute under
 load, which showed as send bursts and lost pacing slots at 1,000 msg/s (bench/outbox.py) and
 as tail latency of webhooks.
+
+Slow and abusive clients (issue 9, D7): uvicorn's httptools protocol has no deadline for a
+request's headers or body and no bound on header bytes (httptools buffers a partial header
+value without limit); a connection that sends nothing is never closed. ``GuardedHttpProtocol``
+adds them (``HttpLimits``, from the ``http_*`` settings): headers within
+``http_header_timeout_seconds`` and ``http_max_header_bytes`` (431 beyond), the body within
+``http_body_timeout_seconds`` of the headers (a ``Content-Length`` larger than what is sent
+included); a connection past its deadline is closed. uvicorn's ``timeout_keep_alive`` closes
+idle keep-alive connections. What bounds memory besides is the gateway's in-flight body budget
+(``webhook_max_inflight_body_bytes``, see docs/ingress.md).
 """
 
 from __future__ import annotations
@@ -20,16 +30,127 @@ import gc
 import signal
 import socket
 from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import uvicorn
 from fastapi import FastAPI
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from switchboard.logging import get_logger
+from switchboard.settings import Settings
 
 log = get_logger(__name__)
 
 Worker = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
+
+
+@dataclass(frozen=True, slots=True)
+class HttpLimits:
+    header_timeout: float
+    body_timeout: float
+    max_header_bytes: int
+    keep_alive_timeout: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> HttpLimits:
+        return cls(
+            settings.http_header_timeout_seconds,
+            settings.http_body_timeout_seconds,
+            settings.http_max_header_bytes,
+            settings.http_keep_alive_timeout_seconds,
+        )
+
+
+_431_BODY = b'{"error":{"code":"request_header_fields_too_large","message":"headers too large"}}'
+_HEADERS_TOO_LARGE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+    + f"content-length: {len(_431_BODY)}\r\nconnection: close\r\n\r\n".encode()
+    + _431_BODY
+)
+
+
+class GuardedHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with deadlines for a request's head and body and a bound
+    on its head's bytes (see the module docstring). ``limits`` is set by ``guarded_protocol``."""
+
+    limits: ClassVar[HttpLimits]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._guard: asyncio.TimerHandle | None = None
+        self._in_head = True
+        self._head_bytes = 0
+        self._refused = False
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm(self.limits.header_timeout, "header")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        if self._in_head:
+            self._head_bytes += len(data)
+        super().data_received(data)
+        if self._in_head and self._head_bytes > self.limits.max_header_bytes:
+            self._refuse_head(self._head_bytes)  # a head still incomplete: httptools buffers it
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_head = True
+        self._head_bytes = 0
+        self._arm(self.limits.header_timeout, "header")
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        size = len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers)
+        if size > self.limits.max_header_bytes:
+            self._refuse_head(size)
+            return
+        self._arm(self.limits.body_timeout, "body")
+        super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if not self._refused:
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        if not self._refused:
+            super().on_message_complete()
+
+    def _refuse_head(self, size: int) -> None:
+        """431 and close: the request never reaches the app."""
+        log.info("http.headers_too_large", bytes=size)
+        self._refused = True
+        self._disarm()
+        if not self.transport.is_closing():
+            self.transport.write(_HEADERS_TOO_LARGE)
+            self.transport.close()
+
+    def _arm(self, delay: float, phase: str) -> None:
+        self._disarm()
+        self._guard = self.loop.call_later(delay, self._expired, phase)
+
+    def _disarm(self) -> None:
+        if self._guard is not None:
+            self._guard.cancel()
+            self._guard = None
+
+    def _expired(self, phase: str) -> None:
+        self._guard = None
+        if not self.transport.is_closing():
+            log.info("http.request_timeout", phase=phase)
+            self.transport.close()
+
+
+def guarded_protocol(limits: HttpLimits) -> type[GuardedHttpProtocol]:
+    return type("GuardedHttpProtocol", (GuardedHttpProtocol,), {"limits": limits})
 
 
 class _Server(uvicorn.Server):
@@ -74,11 +195,15 @@ async def run(
     stop: asyncio.Event,
     on_ready: Callable[[], None] | None = None,
     log_level: str = "info",
+    limits: HttpLimits | None = None,
 ) -> None:
-    """Run until ``stop`` is set (or something fails), then shut everything down in order."""
+    """Run until ``stop`` is set (or something fails), then shut everything down in order.
+
+    ``limits`` default to the ``SWITCHBOARD_HTTP_*`` environment (or the settings' defaults)."""
     server: _Server | None = None
     tasks: list[asyncio.Task[None]] = []
     if app is not None and sock is not None:
+        limits = limits or HttpLimits.from_settings(Settings(_env_file=None))
         config = uvicorn.Config(
             app,
             log_level=log_level.lower(),
@@ -87,6 +212,8 @@ async def run(
             lifespan="on",
             server_header=False,
             proxy_headers=False,
+            http=guarded_protocol(limits),
+            timeout_keep_alive=limits.keep_alive_timeout,
         )
         server = _Server(config)
         tasks.append(asyncio.create_task(server.serve(sockets=[sock]), name="http"))

@@ -32,6 +32,23 @@ class Settings(BaseSettings):
         description="Public URL the platforms call (Twilio signs it); defaults to the bind address",
     )
     trust_forwarded_headers: bool = False
+    http_header_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="A request's line and headers must arrive within this (a new connection "
+        "that sends nothing is closed after it too)",
+    )
+    http_body_timeout_seconds: float = Field(
+        default=20.0,
+        gt=0,
+        description="A request's body must arrive within this once its headers did",
+    )
+    http_max_header_bytes: int = Field(
+        default=65_536, ge=4096, description="Request line and headers larger than this: 431"
+    )
+    http_keep_alive_timeout_seconds: int = Field(
+        default=5, ge=1, description="An idle keep-alive connection is closed after this"
+    )
     data_dir: Path = Path(".switchboard")
     log_level: str = "INFO"
     log_format: LogFormat = "console"
@@ -57,6 +74,12 @@ class Settings(BaseSettings):
         default=1_048_576, ge=16_384, description="aiokafka's 16 KB default caps ingress throughput"
     )
     kafka_consumer_group: str = "switchboard-outbox"
+    kafka_stop_timeout_seconds: float = Field(
+        default=3.0,
+        gt=0,
+        description="Stopping: records the broker has not acknowledged by then are given up "
+        "(their owners keep them: the spool, the outbox rows)",
+    )
 
     # Outbox intake
     outbox_api_runs_consumers: bool = Field(
@@ -225,6 +248,18 @@ class Settings(BaseSettings):
     )
     gateway_spool_sample_interval_seconds: float = Field(
         default=5.0, gt=0, description="How often each relay counts the spool (a metric)"
+    )
+    webhook_max_inflight_body_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024,
+        description="Webhook body bytes held at once by one process (received, not yet "
+        "answered); a webhook that would exceed it: 503 with Retry-After",
+    )
+    gateway_channel_stale_seconds: float = Field(
+        default=300.0,
+        ge=0,
+        description="PostgreSQL unreachable: webhooks use the last known channel (loaded at most "
+        "this long ago) instead of 503",
     )
     # /Gateway
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -20,7 +22,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.app import component
-from gateway.service import Gateway
+from gateway.service import Gateway, GatewayHolder
 from switchboard.settings import Settings
 from tests.conftest import ADMIN_KEY
 from tests.support import RunningApp, running_app
@@ -177,11 +179,12 @@ def twilio_signature(url: str, params: dict[str, str], token: str = TW_TOKEN) ->
 class Ingress:
     app: RunningApp
     channels: dict[str, str]
+    holder: GatewayHolder
 
     @property
     def gateway(self) -> Gateway:
-        gateway: Gateway = self.app.resources.extras["gateway"]
-        return gateway
+        assert self.holder.gateway is not None
+        return self.holder.gateway
 
     @property
     def client(self) -> httpx.AsyncClient:
@@ -234,10 +237,21 @@ def gateway_settings(settings: Settings) -> Settings:
     )
 
 
+@contextlib.asynccontextmanager
+async def running_ingress(settings: Settings, *, fast_path: bool = True) -> AsyncIterator[Ingress]:
+    """The app with the gateway component (with or without its fast path), served."""
+    holder = GatewayHolder()
+    gateway = component(settings, holder)
+    if not fast_path:
+        gateway = dataclasses.replace(gateway, asgi_middleware=())
+    async with running_app(settings, [gateway]) as app:
+        yield Ingress(app, {}, holder)
+
+
 @pytest.fixture
 async def ingress(gateway_settings: Settings, engine: AsyncEngine) -> AsyncIterator[Ingress]:
-    async with running_app(gateway_settings, [component(gateway_settings)]) as app:
-        yield Ingress(app, {})
+    async with running_ingress(gateway_settings) as ingress:
+        yield ingress
 
 
 async def read_topic(

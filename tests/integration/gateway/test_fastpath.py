@@ -3,7 +3,6 @@ FastAPI route does (same statuses and bodies), and leaves every other request to
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import urlencode
@@ -13,19 +12,18 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway import fastpath
-from gateway.app import component
 from switchboard.settings import Settings
 from tests.integration.gateway.conftest import (
     META_VERIFY,
     Ingress,
     meta_headers,
+    running_ingress,
     telegram_headers,
     telegram_payload,
     twilio_form,
     twilio_signature,
     whatsapp_payload,
 )
-from tests.support import running_app
 
 pytestmark = pytest.mark.integration
 
@@ -47,9 +45,8 @@ def served(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 @pytest.fixture
 async def routed(gateway_settings: Settings, engine: AsyncEngine) -> AsyncIterator[Ingress]:
     """The same app without the fast path: the FastAPI route serves the webhooks."""
-    plain = dataclasses.replace(component(gateway_settings), asgi_middleware=())
-    async with running_app(gateway_settings, [plain]) as app:
-        yield Ingress(app, {})
+    async with running_ingress(gateway_settings, fast_path=False) as ingress:
+        yield ingress
 
 
 Outcome = tuple[int, str | None, bytes]
@@ -150,8 +147,7 @@ async def test_twilio_url_from_forwarded_headers_on_the_fast_path(
     gateway_settings: Settings, engine: AsyncEngine, served: list[str]
 ) -> None:
     settings = gateway_settings.model_copy(update={"trust_forwarded_headers": True})
-    async with running_app(settings, [component(settings)]) as app:
-        ingress = Ingress(app, {})
+    async with running_ingress(settings) as ingress:
         await ingress.create_channel("twilio")
         path = ingress.path("twilio") + "?x=1"
         params = twilio_form("SM" + "8" * 32, "fwd")
@@ -189,3 +185,25 @@ async def test_an_unexpected_error_on_the_fast_path_is_a_500(
     assert response.status_code == 500
     assert "a bug" not in response.text
     assert (await ingress.client.get("/healthz")).text == "ok"  # the server lives on
+
+
+async def test_overloaded_is_answered_alike_with_retry_after(
+    ingress: Ingress, routed: Ingress
+) -> None:
+    """A webhook that does not fit the in-flight body budget: 503 with Retry-After, from the
+    fast path and from the route (the app's error handler would drop the header)."""
+    await ingress.create_channel("whatsapp")
+    routed.channels = dict(ingress.channels)
+    body = whatsapp_payload(("wamid.FP-full", "1", "budget full"))
+    answers = []
+    for app in (ingress, routed):
+        budget = app.gateway.bodies
+        budget.held = budget.limit  # as if slow uploads held all of it
+        try:
+            response = await app.post_meta("whatsapp", body)
+        finally:
+            budget.held = 0
+        answers.append((response.status_code, response.headers.get("retry-after"), response.json()))
+    assert answers[0] == answers[1]
+    assert answers[0][:2] == (503, "1")
+    assert answers[0][2]["error"]["code"] == "service_unavailable"

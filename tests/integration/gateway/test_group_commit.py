@@ -134,7 +134,7 @@ async def test_failed_commit_of_spooled_events_is_503(
     COMMIT must not be answered 200. The platform's retry then succeeds."""
     await ingress.create_channel("whatsapp")
     with monkeypatch.context() as patch:
-        patch.setattr(ingress.gateway, "broker_suspect", lambda: True)
+        patch.setattr(ingress.gateway.publisher, "broker_suspect", lambda: True)
         poison = whatsapp_payload(("wamid.S0", "8", "FAILCOMMIT"))
         response = await ingress.post_meta("whatsapp", poison)
         assert response.status_code == 503

@@ -14,7 +14,6 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 import normalizer
-from gateway.app import component
 from switchboard import kafka
 from switchboard.embedded import EmbeddedBroker
 from switchboard.settings import Settings
@@ -23,9 +22,9 @@ from tests.integration.gateway.conftest import (
     Ingress,
     has,
     read_topic,
+    running_ingress,
     whatsapp_payload,
 )
-from tests.support import running_app
 
 pytestmark = pytest.mark.integration
 
@@ -49,8 +48,8 @@ async def outage_ingress(
             "gateway_relay_interval_seconds": 3600.0,  # the relay runs when woken (spool writes)
         }
     )
-    async with running_app(outage_settings, [component(outage_settings)]) as app:
-        yield Ingress(app, {})
+    async with running_ingress(outage_settings) as ingress:
+        yield ingress
 
 
 def event_id(ingress: Ingress, body: bytes) -> str:
@@ -109,12 +108,12 @@ async def test_broker_outage_spools_then_relays_once_in_order(
     # Let every timed-out send fail for good before the broker returns (else the producer
     # could still deliver it late: a duplicate with the same id, which consumers can drop).
     async def settled() -> bool:
-        return not gateway.unresolved_sends
+        return not gateway.publisher.unresolved_sends
 
     await until(settled)
     own_broker.start()
     await kafka.ensure_topics(ingress.app.settings)  # the embedded broker keeps topics in memory
-    gateway.broker_down_until = 0.0  # the backoff is over: new webhooks try the broker again
+    gateway.publisher.broker_up()  # the backoff is over: new webhooks try the broker again
 
     # Conversations with spooled events keep going through the spool (order), others do not.
     spooled_before = spooled_total()
@@ -185,7 +184,7 @@ async def test_503_only_when_neither_database_nor_broker(
         await dead.close()
 
     async def settled() -> bool:
-        return not gateway.unresolved_sends
+        return not gateway.publisher.unresolved_sends
 
     await until(settled)
     own_broker.start()
@@ -209,8 +208,8 @@ async def test_starts_without_the_broker_spools_then_relays_once_it_answers(
             "gateway_relay_interval_seconds": 0.2,
         }
     )
-    async with running_app(down_settings, [component(down_settings)]) as app:
-        ingress = Ingress(app, {})
+    async with running_ingress(down_settings) as ingress:
+        app = ingress.app
         ready = await app.client.get("/readyz")
         assert ready.status_code == 503
         assert ready.json()["checks"]["kafka"].startswith("unavailable")

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 import normalizer
 from gateway import relay
 from gateway import repository as repo
-from gateway.service import Record
+from gateway.publisher import Record
 from tests.conftest import ADMIN_KEY, ENCRYPTION_KEY
 from tests.integration.gateway.conftest import (
     ACCOUNTS,

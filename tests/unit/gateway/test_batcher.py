@@ -1,4 +1,4 @@
-"""Group commit batching (``gateway.batcher``) and the batch plan (``gateway.service``), with a
+"""Group commit batching (``gateway.batcher``) and the batch plan (``gateway.batchplan``), with a
 fake timer: no database, no broker."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Any, cast
 import pytest
 
 from gateway.batcher import GroupCommit
+from gateway.batchplan import Accepted, BatchPlan, Webhook
 from gateway.errors import NotDurable
-from gateway.service import Accepted, BatchPlan, Webhook
 
 
 @dataclass

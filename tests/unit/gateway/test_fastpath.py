@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from gateway.fastpath import WebhookFastPath
+from gateway.service import GatewayHolder
 
 
 class Inner:
@@ -19,8 +19,7 @@ class Inner:
 
 
 def scope(method: str = "POST", path: str = "/webhooks/whatsapp/abc", **extra: Any) -> Any:
-    app = SimpleNamespace(state=SimpleNamespace(resources=SimpleNamespace(extras={})))
-    return {"type": "http", "method": method, "path": path, "headers": [], "app": app, **extra}
+    return {"type": "http", "method": method, "path": path, "headers": [], **extra}
 
 
 async def nothing() -> Any:
@@ -48,13 +47,5 @@ async def no_send(message: Any) -> None:
 )
 async def test_falls_through(request_scope: Any) -> None:
     inner = Inner()
-    await WebhookFastPath(inner)(request_scope, nothing, no_send)
-    assert inner.calls == [request_scope]
-
-
-async def test_without_app_in_scope_falls_through() -> None:
-    inner = Inner()
-    request_scope = scope()
-    del request_scope["app"]
-    await WebhookFastPath(inner)(request_scope, nothing, no_send)
+    await WebhookFastPath(inner, GatewayHolder())(request_scope, nothing, no_send)
     assert inner.calls == [request_scope]
