@@ -256,7 +256,10 @@ class KafkaCluster:
             deadline = began + timeout
             for node in self.nodes:
                 self._wait_started(node, deadline)
-            asyncio.run(_wait_for_brokers(self.bootstrap_servers, self.size, deadline))
+            with ThreadPoolExecutor(max_workers=1) as pool:  # callable from a running loop too
+                pool.submit(
+                    asyncio.run, _wait_for_brokers(self.bootstrap_servers, self.size, deadline)
+                ).result()
         except BaseException:
             self.stop()
             raise

@@ -1,10 +1,11 @@
 """Broker and database outages: spool, relay, per-conversation order, 503 only when nothing
-durable could be written. Each test runs its own broker so it can stop it."""
+durable could be written. Each test runs its own broker (of the run's kind: Tansu, or Apache
+Kafka with SWITCHBOARD_TEST_BROKER=kafka) so it can stop it."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import asyncpg
@@ -16,8 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 import normalizer
 from gateway.app import component
 from switchboard import kafka
-from switchboard.embedded import EmbeddedBroker
 from switchboard.settings import Settings
+from tests.conftest import Broker
 from tests.integration.gateway.conftest import (
     ACCOUNTS,
     Ingress,
@@ -31,14 +32,13 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def own_broker() -> Iterator[EmbeddedBroker]:
-    with EmbeddedBroker() as broker:
-        yield broker
+def own_broker(broker_factory: Callable[[], Broker]) -> Broker:
+    return broker_factory()
 
 
 @pytest.fixture
 async def outage_ingress(
-    settings: Settings, engine: AsyncEngine, own_broker: EmbeddedBroker
+    settings: Settings, engine: AsyncEngine, own_broker: Broker
 ) -> AsyncIterator[Ingress]:
     outage_settings = settings.model_copy(
         update={
@@ -80,7 +80,7 @@ async def until(predicate: Any, limit_s: float = 20.0) -> None:
 
 async def test_broker_outage_spools_then_relays_once_in_order(
     outage_ingress: Ingress,
-    own_broker: EmbeddedBroker,
+    own_broker: Broker,
     sessionmaker: async_sessionmaker[AsyncSession],
 ) -> None:
     ingress = outage_ingress
@@ -156,7 +156,7 @@ async def test_broker_outage_spools_then_relays_once_in_order(
 
 
 async def test_503_only_when_neither_database_nor_broker(
-    outage_ingress: Ingress, own_broker: EmbeddedBroker
+    outage_ingress: Ingress, own_broker: Broker
 ) -> None:
     ingress = outage_ingress
     await ingress.create_channel("whatsapp")
@@ -194,7 +194,7 @@ async def test_503_only_when_neither_database_nor_broker(
 async def test_starts_without_the_broker_spools_then_relays_once_it_answers(
     settings: Settings,
     engine: AsyncEngine,
-    own_broker: EmbeddedBroker,
+    own_broker: Broker,
     sessionmaker: async_sessionmaker[AsyncSession],
 ) -> None:
     """A replica (re)started during a broker outage still takes webhooks: they are spooled,
