@@ -86,7 +86,7 @@ class Settings(BaseSettings):
     )
     outbox_consumer_session_timeout_ms: int = Field(
         default=10_000,
-        ge=1_000,
+        ge=6_000,  # Kafka's default group.min.session.timeout.ms: below it the join is refused
         description="Consumer session: how soon a dead process's partitions go to another one",
     )
     outbox_pending_receipt_ttl: float = Field(
