@@ -278,6 +278,13 @@ def main() -> None:
         help="a service setting, e.g. gateway_batch_max_delay_seconds=0.005 (repeatable)",
     )
     parser.add_argument("--bare", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--broker",
+        choices=["tansu", "kafka"],
+        default="tansu",
+        help="tansu: embedded, idempotence off; kafka: Apache Kafka, production producer settings",
+    )
+    parser.add_argument("--brokers", type=int, choices=[1, 3], default=1, help="Kafka nodes")
     args = parser.parse_args()
     if args.bare is not None:
         run_bare(args.bare)
@@ -290,11 +297,22 @@ def main() -> None:
 
     from switchboard.crypto import generate_key
     from switchboard.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
+    from switchboard.kafka_cluster import KafkaCluster
 
     work = Path(tempfile.mkdtemp(prefix="sb-bench-ingress-"))
     procs: list[subprocess.Popen[bytes]] = []
     postgres = EmbeddedPostgres(work / "pg")
-    broker = EmbeddedBroker()
+    broker: EmbeddedBroker | KafkaCluster
+    if args.broker == "kafka":
+        broker = KafkaCluster(work / "kafka", args.brokers)
+        broker_env = {
+            "SWITCHBOARD_KAFKA_ENABLE_IDEMPOTENCE": "true",
+            "SWITCHBOARD_KAFKA_REPLICATION_FACTOR": str(broker.replication_factor),
+            "SWITCHBOARD_KAFKA_MIN_INSYNC_REPLICAS": str(broker.min_insync_replicas),
+        }
+    else:
+        broker = EmbeddedBroker()
+        broker_env = {"SWITCHBOARD_KAFKA_ENABLE_IDEMPOTENCE": "false"}
     try:
         postgres.start()
         broker.start()
@@ -305,7 +323,7 @@ def main() -> None:
             **{k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")},
             "SWITCHBOARD_DATABASE_URL": postgres.url("bench"),
             "SWITCHBOARD_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
-            "SWITCHBOARD_KAFKA_ENABLE_IDEMPOTENCE": "false",
+            **broker_env,
             "SWITCHBOARD_KAFKA_TOPIC_PARTITIONS": "3",
             "SWITCHBOARD_ENCRYPTION_KEYS": generate_key(),
             "SWITCHBOARD_ADMIN_API_KEY": admin_key,

@@ -153,7 +153,7 @@ def database() -> Iterator[str]:
             server = make_url(configured).set(drivername="postgresql+asyncpg")
         else:
             tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sb-bench-")))
-            pg = stack.enter_context(EmbeddedPostgres(tmp / "pg").start())
+            pg = stack.enter_context(EmbeddedPostgres(tmp / "pg"))  # __enter__ starts it
             server = make_url(pg.url("postgres"))
         name = f"switchboard_bench_{secrets.token_hex(3)}"
         admin = server.render_as_string(hide_password=False)

@@ -1,9 +1,15 @@
 """Test harness: a real PostgreSQL and a real Kafka-protocol broker for the whole run.
 
 PostgreSQL: ``SWITCHBOARD_TEST_DATABASE_URL`` if set (a fresh database is created on that server
-for the run and dropped after), otherwise an embedded server in a temporary directory. The
-broker is the embedded Tansu binary on a free port. Every test gets its own topic prefix and
-the tables are truncated after each test that used the database, so tests never share state.
+for the run and dropped after), otherwise an embedded server in a temporary directory.
+
+The broker is chosen by ``SWITCHBOARD_TEST_BROKER``: ``tansu`` (default) is the embedded Tansu
+binary on a free port (no idempotent producer); ``kafka`` is a real Apache Kafka cluster of
+``SWITCHBOARD_TEST_KAFKA_BROKERS`` nodes (1 or 3, default 1) with idempotence on, topics
+replicated min(3, nodes) times and min.insync.replicas 2 on three nodes, as in production.
+
+Every test gets its own topic prefix and the tables are truncated after each test that used the
+database, so tests never share state.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import asyncio
 import os
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -29,11 +35,37 @@ from sqlalchemy.ext.asyncio import (
 from switchboard import migrate
 from switchboard.crypto import generate_key
 from switchboard.embedded import EmbeddedBroker, EmbeddedPostgres
+from switchboard.kafka_cluster import KafkaCluster
 from switchboard.settings import Settings
 
 os.environ.setdefault("SWITCHBOARD_EMBEDDED_PG_FSYNC", "off")
 ADMIN_KEY = "sb_admin_test_" + secrets.token_urlsafe(16)
 ENCRYPTION_KEY = generate_key()
+TEST_BROKER = os.environ.get("SWITCHBOARD_TEST_BROKER", "tansu")
+KAFKA_NODES = int(os.environ.get("SWITCHBOARD_TEST_KAFKA_BROKERS", "1"))
+if TEST_BROKER not in ("tansu", "kafka"):
+    raise pytest.UsageError(f"SWITCHBOARD_TEST_BROKER must be tansu or kafka, not {TEST_BROKER!r}")
+
+Broker = EmbeddedBroker | KafkaCluster
+
+
+def make_broker(data_dir: Path) -> Broker:
+    """The run's kind of broker, not started: ``start()``/``stop()`` restart it on its ports."""
+    if TEST_BROKER == "kafka":
+        return KafkaCluster(data_dir, KAFKA_NODES)
+    return EmbeddedBroker()
+
+
+def broker_settings(broker: Broker) -> dict[str, object]:
+    """Producer and topic settings for ``broker``: production's where the broker allows them."""
+    if isinstance(broker, KafkaCluster):
+        return {
+            "kafka_bootstrap_servers": broker.bootstrap_servers,
+            "kafka_enable_idempotence": True,
+            "kafka_replication_factor": broker.replication_factor,
+            "kafka_min_insync_replicas": broker.min_insync_replicas,
+        }
+    return {"kafka_bootstrap_servers": broker.bootstrap_servers, "kafka_enable_idempotence": False}
 
 
 async def _admin_exec(server_url: str, statement: str) -> None:
@@ -68,24 +100,53 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def broker() -> Iterator[EmbeddedBroker]:
-    with EmbeddedBroker() as running:
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    with make_broker(tmp_path_factory.mktemp("broker")) as running:
         yield running
 
 
 @pytest.fixture
-def settings(database_url: str, broker: EmbeddedBroker) -> Settings:
+def broker_factory(tmp_path: Path) -> Iterator[Callable[[], Broker]]:
+    """Started brokers of the run's kind that a test may stop and start (outage tests)."""
+    made: list[Broker] = []
+
+    def make() -> Broker:
+        broker = make_broker(tmp_path / f"broker-{len(made)}")
+        made.append(broker)
+        return broker.start()
+
+    yield make
+    for broker in made:
+        broker.stop()
+
+
+@pytest.fixture
+def kafka_cluster_factory(tmp_path: Path) -> Iterator[Callable[[int], KafkaCluster]]:
+    """Started Apache Kafka clusters of N nodes, whatever the run's broker (failure tests)."""
+    made: list[KafkaCluster] = []
+
+    def make(nodes: int) -> KafkaCluster:
+        cluster = KafkaCluster(tmp_path / f"kafka-{len(made)}", nodes)
+        made.append(cluster)
+        return cluster.start()
+
+    yield make
+    for cluster in made:
+        cluster.stop()
+
+
+@pytest.fixture
+def settings(database_url: str, broker: Broker) -> Settings:
     return Settings(
         _env_file=None,
         database_url=SecretStr(database_url),
-        kafka_bootstrap_servers=broker.bootstrap_servers,
-        kafka_enable_idempotence=False,
         kafka_topic_prefix=f"t{uuid.uuid4().hex[:10]}.",
         kafka_topic_partitions=3,
         admin_api_key=SecretStr(ADMIN_KEY),
         encryption_keys=SecretStr(ENCRYPTION_KEY),
         http_port=0,
         allow_api_base_url_override=True,
+        **broker_settings(broker),
     )
 
 

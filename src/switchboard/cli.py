@@ -151,7 +151,32 @@ def cmd_openapi(args: argparse.Namespace) -> None:
 def cmd_dev(args: argparse.Namespace) -> None:
     from switchboard.dev import run_dev
 
-    run_dev(load_settings(), data_dir=args.data_dir)
+    if args.broker != "kafka" and args.brokers != 1:
+        fail("--brokers needs --broker kafka (the embedded Tansu broker is a single node)")
+    run_dev(load_settings(), data_dir=args.data_dir, broker=args.broker, brokers=args.brokers)
+
+
+def cmd_kafka(args: argparse.Namespace) -> None:
+    from switchboard.kafka_cluster import KafkaCluster, KafkaUnavailable, fetch
+
+    try:
+        if args.action == "fetch":
+            print(f"kafka jars: {fetch()}")
+            return
+        cluster = KafkaCluster(args.data_dir.resolve(), args.brokers)
+        with cluster:
+            rss = ", ".join(f"{r / 2**20:.0f}" for r in cluster.rss_bytes())
+            for node in cluster.nodes:
+                print(f"kafka broker {node.node_id}: {node.address} pid {node.pid}")
+            print(f"kafka: {cluster.bootstrap_servers}")
+            print(
+                f"started in {cluster.started_in or 0:.1f} s; RSS MiB per node: {rss}; "
+                "Ctrl-C stops it",
+                flush=True,
+            )
+            signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    except KafkaUnavailable as exc:
+        fail(str(exc))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -163,7 +188,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     dev = sub.add_parser("dev", help="everything on embedded PostgreSQL and broker (try it out)")
     dev.add_argument("--data-dir", type=Path, default=None, help="default: ./.switchboard")
+    dev.add_argument(
+        "--broker",
+        choices=["tansu", "kafka"],
+        default="tansu",
+        help="tansu: embedded, in memory (default); kafka: Apache Kafka (Java 17+, Maven)",
+    )
+    dev.add_argument("--brokers", type=int, choices=[1, 3], default=1, help="Kafka nodes")
     dev.set_defaults(func=cmd_dev)
+
+    kafka = sub.add_parser("kafka", help="fetch Apache Kafka, or run a local cluster of it")
+    kafka.add_argument("action", choices=["fetch", "start"])
+    kafka.add_argument("--brokers", type=int, choices=[1, 3], default=1)
+    kafka.add_argument("--data-dir", type=Path, default=Path(".switchboard/kafka-cluster"))
+    kafka.set_defaults(func=cmd_kafka)
 
     sub.add_parser("serve", help="ingress + REST API (production)").set_defaults(func=cmd_serve)
     sub.add_parser("outbox", help="delivery worker (production)").set_defaults(func=cmd_outbox)

@@ -115,11 +115,52 @@ class EmbeddedBroker:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
 
+    def exit_code(self) -> int | None:
+        """None while the broker runs (or was never started); its exit code once it died."""
+        return self._proc.poll() if self._proc is not None else None
+
     def __enter__(self) -> EmbeddedBroker:
         return self.start()
 
     def __exit__(self, *_: object) -> None:
         self.stop()
+
+
+class EmbeddedPostgresRunning(RuntimeError):
+    """The data directory is in use by a live PostgreSQL server (another process's)."""
+
+    def __init__(self, data_dir: Path, pid: int) -> None:
+        super().__init__(f"a PostgreSQL server (pid {pid}) is already running on {data_dir}")
+        self.data_dir = data_dir
+        self.pid = pid
+
+
+def live_postmaster_pid(pgdata: Path) -> int | None:
+    """The pid in ``postmaster.pid`` if that process is alive and is a PostgreSQL server.
+
+    A lock left by a killed server is stale and may go; a live server's never may: without it
+    the server shuts itself down a minute later ("data directory lock file is invalid").
+    """
+    try:
+        pid = int((pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
+    except (FileNotFoundError, ValueError):
+        return None
+    if pid <= 0:
+        return None
+    proc = Path(f"/proc/{pid}")
+    if Path("/proc/self").exists():
+        try:
+            name = (proc / "comm").read_text().strip()
+        except OSError:
+            return None
+        return pid if name in ("postgres", "postmaster") else None
+    try:  # pragma: no cover - no procfs: a live pid is taken as the server's
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass
+    return pid
 
 
 class EmbeddedPostgres:
@@ -172,6 +213,12 @@ class EmbeddedPostgres:
         shutil.chown(self.data_dir, self._run_as, self._run_as)
 
     def start(self, timeout: float = 60.0) -> EmbeddedPostgres:
+        """Start the server; a no-op if this object's server already runs.
+
+        Raises ``EmbeddedPostgresRunning`` when another live server holds the data directory.
+        """
+        if self._proc is not None and self._proc.poll() is None:
+            return self
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._prepare_user()
         pgdata = self.data_dir / "pgdata"
@@ -193,10 +240,14 @@ class EmbeddedPostgres:
                 capture_output=True,
                 user=self._run_as,
             )
+        running = live_postmaster_pid(pgdata)
+        if running is not None:
+            raise EmbeddedPostgresRunning(self.data_dir, running)
         with contextlib.suppress(FileNotFoundError):
-            (pgdata / "postmaster.pid").unlink()  # left by a killed run; we own this data dir
+            (pgdata / "postmaster.pid").unlink()  # left by a killed run: its server is gone
         log_path = self.data_dir / "postgres.log"
-        log_path.touch()
+        log_path.touch(mode=0o600)
+        log_path.chmod(0o600)  # statements and their errors can carry data: owner only
         if self._run_as:
             shutil.chown(log_path, self._run_as, self._run_as)
         with open(log_path, "ab") as log:
@@ -288,6 +339,10 @@ class EmbeddedPostgres:
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
+
+    def exit_code(self) -> int | None:
+        """None while the server runs (or was never started); its exit code once it died."""
+        return self._proc.poll() if self._proc is not None else None
 
     def __enter__(self) -> EmbeddedPostgres:
         return self.start()

@@ -1,8 +1,10 @@
 """Kafka producer/consumer/admin factories with Switchboard's defaults.
 
 Producers use ``acks=all``; idempotence is on unless the broker cannot do it (the embedded Tansu
-broker cannot, so ``switchboard dev`` turns it off). Consumers never auto-commit: offsets are
-committed by the caller once the outcome of a record is stored.
+broker cannot, so ``switchboard dev`` turns it off there; on ``--broker kafka`` it stays on).
+Topics get ``kafka_replication_factor`` and, when set, ``kafka_min_insync_replicas``.
+Consumers never auto-commit: offsets are committed by the caller once the outcome of a record
+is stored.
 
 A producer's ``stop`` has a deadline (``kafka_stop_timeout_seconds``, plus at most 2 s to
 close its sockets; issue 9 D16):
@@ -130,6 +132,7 @@ async def ensure_topics(settings: Settings, names: Iterable[str] | None = None) 
                         name=t,
                         num_partitions=settings.kafka_topic_partitions,
                         replication_factor=settings.kafka_replication_factor,
+                        topic_configs=_topic_configs(settings),
                     )
                     for t in missing
                 ]
@@ -138,6 +141,12 @@ async def ensure_topics(settings: Settings, names: Iterable[str] | None = None) 
         return missing
     finally:
         await admin.close()
+
+
+def _topic_configs(settings: Settings) -> dict[str, str]:
+    if settings.kafka_min_insync_replicas is None:
+        return {}
+    return {"min.insync.replicas": str(settings.kafka_min_insync_replicas)}
 
 
 async def connect(settings: Settings, producer: AIOKafkaProducer) -> None:

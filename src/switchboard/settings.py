@@ -64,6 +64,12 @@ class Settings(BaseSettings):
     kafka_topic_partitions: int = Field(default=6, ge=1)
     kafka_replication_factor: int = Field(default=1, ge=1)
     kafka_create_topics: bool = True
+    kafka_min_insync_replicas: int | None = Field(
+        default=None,
+        ge=1,
+        description="min.insync.replicas of the topics Switchboard creates (broker default if "
+        "unset); 2 with a replication factor of 3, so acks=all survives one broker down",
+    )
     kafka_enable_idempotence: bool = Field(
         default=True, description="Off for brokers without idempotent producers (the embedded one)"
     )
@@ -103,7 +109,7 @@ class Settings(BaseSettings):
     )
     outbox_consumer_session_timeout_ms: int = Field(
         default=10_000,
-        ge=1_000,
+        ge=6_000,  # Kafka's default group.min.session.timeout.ms: below it the join is refused
         description="Consumer session: how soon a dead process's partitions go to another one",
     )
     outbox_pending_receipt_ttl: float = Field(

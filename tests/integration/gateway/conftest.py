@@ -274,7 +274,8 @@ async def read_topic(
             while not partitions:
                 partitions = consumer.partitions_for_topic(topic)
                 if not partitions:
-                    await consumer.force_metadata_update()
+                    # new topics reach a broker's metadata a moment after creation (Kafka)
+                    await consumer._client.force_metadata_update()
                     await asyncio.sleep(0.1)
             assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
             consumer.assign(assigned)

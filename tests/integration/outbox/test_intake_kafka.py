@@ -44,7 +44,7 @@ def kafka_settings(settings: Settings) -> Settings:
         update={
             "kafka_consumer_group": f"outbox-{uuid.uuid4().hex[:8]}",
             "outbox_consumer_batch_size": 50,
-            "outbox_consumer_session_timeout_ms": 3000,
+            "outbox_consumer_session_timeout_ms": 6000,  # Apache Kafka's minimum
         }
     )
 
