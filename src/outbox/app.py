@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from outbox import media, media_upload
+from outbox import media, media_upload, template_endpoints
 from outbox.commands import run_intake
 from outbox.endpoints import router
 from outbox.schemas import lifecycle_event_schema, send_command_schema
@@ -42,7 +42,7 @@ def component(settings: Settings) -> Component:
 
     return Component(
         name="outbox",
-        routers=[router, media.router, media_upload.router],
+        routers=[router, media.router, media_upload.router, template_endpoints.router],
         lifespan=lifespan,
         schemas={
             "send-command": send_command_schema(),
@@ -61,6 +61,7 @@ async def run_worker(resources: Resources, stop: asyncio.Event) -> None:
     from outbox.commands import run_command_consumer
     from outbox.events import relay_once, run_relay
     from outbox.receipts_consumer import run_receipts_consumer
+    from outbox.templates import run_template_sync
     from outbox.worker import DeliveryWorker
 
     relay_stop = asyncio.Event()
@@ -82,3 +83,4 @@ async def run_worker(resources: Resources, stop: asyncio.Event) -> None:
         group.create_task(relay(), name="outbox-relay")
         group.create_task(run_command_consumer(resources, stop), name="outbox-commands")
         group.create_task(run_receipts_consumer(resources, stop), name="outbox-receipts")
+        group.create_task(run_template_sync(resources, stop), name="outbox-templates")
