@@ -17,7 +17,8 @@ Intake (``check_send``): when the channel's registry is synced for its current W
 template send is refused (``template_invalid``) if its name and language are unknown, its
 status is not ``APPROVED``, or its parameters do not match the template's placeholders (header
 and body: as many ``{{n}}`` or the same named ``{{name}}`` parameters; a media header needs one
-parameter). Otherwise (no WABA id, never synced, WABA id changed since) sends pass unchecked.
+parameter; a dynamic URL button needs its ``button`` component). Otherwise (no WABA id,
+never synced, WABA id changed since) sends pass unchecked.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ __all__ = [
     "STATUS_UPDATE_FIELD",
     "Placeholders",
     "apply_status_updates",
+    "button_problems",
     "check_send",
     "fetch_templates",
     "placeholders",
@@ -132,6 +134,40 @@ def parameter_problems(expected: dict[str, Placeholders], components: Iterable[A
     return problems
 
 
+def _dynamic_url_buttons(components: Iterable[Any]) -> set[int]:
+    dynamic: set[int] = set()
+    for component in components:
+        if isinstance(component, dict) and str(component.get("type", "")).upper() == "BUTTONS":
+            buttons = component.get("buttons")
+            for index, button in enumerate(buttons if isinstance(buttons, list) else []):
+                if (
+                    isinstance(button, dict)
+                    and str(button.get("type", "")).upper() == "URL"
+                    and _PLACEHOLDER.search(str(button.get("url") or ""))
+                ):
+                    dynamic.add(index)
+    return dynamic
+
+
+def button_problems(template: Iterable[Any], components: Iterable[Any]) -> list[str]:
+    """URL buttons: each dynamic URL (``.../{{1}}``) needs a ``button`` component of
+    ``sub_type`` url at its index, and a url parameter for a static button is refused."""
+    dynamic = _dynamic_url_buttons(template)
+    given: set[int] = set()
+    for component in components:
+        if not isinstance(component, dict) or str(component.get("type", "")).lower() != "button":
+            continue
+        if str(component.get("sub_type", "")).lower() != "url":
+            continue
+        try:
+            given.add(int(str(component.get("index"))))
+        except ValueError:
+            return ["a url button component needs a numeric index"]
+    problems = [f"the URL button at index {i} needs its parameter" for i in sorted(dynamic - given)]
+    problems += [f"the button at index {i} has no dynamic URL" for i in sorted(given - dynamic)]
+    return problems
+
+
 async def check_send(session: AsyncSession, channel: Channel, command: SendCommand) -> None:
     """Raise ``TemplateInvalid`` if the registry is synced and refuses this template send."""
     template = command.content.template
@@ -151,6 +187,7 @@ async def check_send(session: AsyncSession, channel: Channel, command: SendComma
             details={"status": known.status},
         )
     problems = parameter_problems(placeholders(known.components), template.components)
+    problems += button_problems(known.components, template.components)
     if problems:
         raise TemplateInvalid(f"template {template.name!r}: " + "; ".join(problems))
 

@@ -48,6 +48,16 @@ TEMPLATES = [
     _template("named_greeting", body="Hi {{first_name}}"),
     _template("old_promo", status="PAUSED"),
     _template("draft", status="PENDING"),
+    {
+        **_template("track_order"),
+        "components": [
+            {"type": "BODY", "text": "Your parcel"},
+            {
+                "type": "BUTTONS",
+                "buttons": [{"type": "URL", "text": "Track", "url": "https://t.example/{{1}}"}],
+            },
+        ],
+    },
 ]
 
 
@@ -105,7 +115,7 @@ async def test_registry_syncs_paged_and_lists(stack: Stack) -> None:
 
     assert await _sync(stack) == 1
     requests = _listing_requests(stack)
-    assert len(requests) == 3  # 5 templates, 2 a page
+    assert len(requests) == 3  # 6 templates, 2 a page
     assert all(r.path == f"/v21.0/{WABA}/message_templates" for r in requests)
     assert all(r.headers["Authorization"] == "Bearer EAAG-access-token-987" for r in requests)
 
@@ -122,6 +132,7 @@ async def test_registry_syncs_paged_and_lists(stack: Stack) -> None:
         ("named_greeting", "APPROVED"),
         ("old_promo", "PAUSED"),
         ("order_update", "APPROVED"),
+        ("track_order", "APPROVED"),
     ]
     assert document["templates"][4]["components"] == TEMPLATES[1]["components"]
 
@@ -141,6 +152,7 @@ async def test_registry_syncs_paged_and_lists(stack: Stack) -> None:
         (("hello_world", _text("x")), "the body takes no parameters, got 1"),
         (("named_greeting", {"type": "text", "text": "x"}), "named parameters first_name"),
         (("order_update", _text("a"), _text("b"), "header"), "the header takes no parameters"),
+        (("track_order",), "the URL button at index 0 needs its parameter"),
     ],
 )
 async def test_synced_registry_refuses_invalid_template_sends(

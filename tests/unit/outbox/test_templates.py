@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from outbox.templates import Placeholders, parameter_problems, placeholders
+from outbox.templates import Placeholders, button_problems, parameter_problems, placeholders
 
 
 def _body(text: str) -> dict[str, Any]:
@@ -63,3 +63,34 @@ def test_named_parameters_must_be_named() -> None:
     assert parameter_problems(expected, [{"type": "body", "parameters": unnamed}]) == [
         "the body needs the named parameters first_name"
     ]
+
+
+BUTTONS = [
+    {
+        "type": "BUTTONS",
+        "buttons": [
+            {"type": "QUICK_REPLY", "text": "Stop"},
+            {"type": "URL", "text": "Track", "url": "https://example.com/t/{{1}}"},
+            {"type": "URL", "text": "Home", "url": "https://example.com"},
+        ],
+    }
+]
+
+
+def _url_button(index: object) -> dict[str, Any]:
+    return {"type": "button", "sub_type": "url", "index": index, "parameters": [{"type": "text"}]}
+
+
+def test_dynamic_url_buttons_need_their_parameter() -> None:
+    assert button_problems(BUTTONS, [_url_button("1")]) == []
+    assert button_problems(BUTTONS, [_url_button(1)]) == []
+    assert button_problems(BUTTONS, []) == ["the URL button at index 1 needs its parameter"]
+    assert button_problems(BUTTONS, [_url_button("1"), _url_button("2")]) == [
+        "the button at index 2 has no dynamic URL"
+    ]
+    assert button_problems(BUTTONS, [_url_button("x")]) == [
+        "a url button component needs a numeric index"
+    ]
+    quick = {"type": "button", "sub_type": "quick_reply", "index": "0", "parameters": []}
+    assert button_problems(BUTTONS, [_url_button("1"), quick]) == []
+    assert button_problems([{"type": "BODY", "text": "hi"}], []) == []
