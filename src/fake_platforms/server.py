@@ -26,6 +26,9 @@ Uploads: ``POST /{version}/{node}/media`` (WhatsApp) answers ``{"id"}`` and
 ``POST /{version}/me/message_attachments`` (Messenger/Instagram) ``{"attachment_id"}``; each is
 recorded in ``uploads`` and its bytes become downloadable media under the answered id.
 
+Templates: ``GET /{version}/{waba_id}/message_templates`` lists ``templates`` (paged, see
+``fake_platforms.graph_templates``); each request is recorded.
+
 Twilio status callbacks: like Twilio, a successful send that carried ``StatusCallback`` is
 followed by one form POST per state in ``twilio_callback_states`` (default ``sent`` then
 ``delivered``) to that URL, signed with ``X-Twilio-Signature`` by the auth token of the send's
@@ -49,6 +52,8 @@ from urllib.parse import parse_qs
 
 import aiohttp
 from aiohttp import web
+
+from fake_platforms.graph_templates import GraphTemplates
 
 __all__ = [
     "FakePlatformServer",
@@ -211,6 +216,9 @@ class FakePlatformServer:
         self.media: dict[str, tuple[bytes, str]] = {}
         self.uploads: list[Upload] = []
         self._session: aiohttp.ClientSession | None = None
+        self.templates = GraphTemplates(
+            lambda request, status: self._record_get(request, "whatsapp", status)
+        )
 
     def inject(self, fault: Fault) -> Fault:
         self.faults.append(fault)
@@ -235,6 +243,7 @@ class FakePlatformServer:
         app.router.add_get(
             "/2010-04-01/Accounts/{sid}/Messages/{message}/Media/{key}", self._twilio_media
         )
+        app.router.add_get("/{version}/{waba}/message_templates", self.templates.handle)
         app.router.add_get("/{version}/{media_id}", self._graph_media)
         app.router.add_post("/{version}/{node}/messages", self._graph)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)

@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from outbox import media, media_upload
+from outbox import media, media_upload, template_endpoints
 from outbox.commands import run_intake
 from outbox.endpoints import router
 from outbox.schemas import lifecycle_event_schema, send_command_schema
@@ -44,7 +44,12 @@ def component(settings: Settings) -> Component:
 
     return Component(
         name="outbox",
-        routers=[router, media.router(media_http), media_upload.router(media_http)],
+        routers=[
+            router,
+            media.router(media_http),
+            media_upload.router(media_http),
+            template_endpoints.router,
+        ],
         lifespan=lifespan,
         schemas={
             "send-command": send_command_schema(),
@@ -66,6 +71,7 @@ async def run_worker(resources: Resources, stop: asyncio.Event) -> None:
     from outbox.receipts_consumer import run_receipts_consumer
     from outbox.retention import run_retention
     from outbox.sampler import run_sampler
+    from outbox.templates import run_template_sync
     from outbox.worker import DeliveryWorker
 
     relay_stop = asyncio.Event()
@@ -89,3 +95,4 @@ async def run_worker(resources: Resources, stop: asyncio.Event) -> None:
         group.create_task(run_receipts_consumer(resources, stop), name="outbox-receipts")
         group.create_task(run_sampler(resources, stop), name="outbox-sampler")
         group.create_task(run_retention(resources, stop), name="outbox-retention")
+        group.create_task(run_template_sync(resources, stop), name="outbox-templates")

@@ -37,6 +37,7 @@ from outbox.deadletter import DeadLetter, publish_dead_letter
 from outbox.errors import IdempotencyConflict, UnknownChannel
 from outbox.events import run_relay
 from outbox.receipts_consumer import run_receipts_consumer
+from outbox.templates import run_template_sync
 from switchboard.consume import (
     Commit,
     ConsumeLoop,
@@ -172,6 +173,7 @@ async def run_intake(resources: Resources, stop: asyncio.Event) -> None:
         run_command_consumer(resources, stop),
         run_receipts_consumer(resources, stop),
         run_relay(resources, stop),
+        run_template_sync(resources, stop),
         return_exceptions=True,
     )
     for result in results:

@@ -20,6 +20,7 @@ __all__ = [
     "InvalidState",
     "MessageNotFound",
     "Rejected",
+    "TemplateInvalid",
     "UnknownChannel",
     "WindowClosed",
 ]
@@ -55,6 +56,12 @@ class WindowClosed(Rejected):
     """WhatsApp: free-form message outside the 24-hour customer service window."""
 
     code = "window_closed"
+
+
+class TemplateInvalid(Rejected):
+    """WhatsApp: the channel's synced template registry refuses the template send."""
+
+    code = "template_invalid"
 
 
 class IdempotencyConflict(Conflict):

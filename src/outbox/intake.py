@@ -32,7 +32,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from outbox import events
+from outbox import events, templates
 from outbox.contracts import LifecycleError, SendCommand, signal_not_after
 from outbox.errors import (
     ChannelDisabled,
@@ -140,6 +140,7 @@ async def check(
         sender.validate(command, account_id=channel.account_id)
     except UnsupportedContent as exc:
         raise ContentNotSupported(str(exc)) from None
+    await templates.check_send(session, channel, command)
     if settings.outbox_whatsapp_window_check and needs_window(
         channel.platform, command, channel.account_id
     ):

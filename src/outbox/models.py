@@ -221,3 +221,33 @@ class PendingReceipt(Base):
         DateTime(timezone=True), server_default=text("now()")
     )
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class TemplateSync(Base):
+    """A WhatsApp channel's template registry is "synced" once a full listing from Graph was
+    stored; only then does intake check template sends against it (``outbox.templates``)."""
+
+    __tablename__ = "outbox_template_syncs"
+
+    channel_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("channels.id", ondelete="CASCADE"), primary_key=True
+    )
+    business_account_id: Mapped[str] = mapped_column(String(200))
+    """The WABA the listing came from: a changed id on the channel makes the registry stale."""
+    synced_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class MessageTemplate(Base):
+    """One template (name + language) of a channel's WABA, as Graph lists it."""
+
+    __tablename__ = "outbox_message_templates"
+
+    channel_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("channels.id", ondelete="CASCADE"), primary_key=True
+    )
+    name: Mapped[str] = mapped_column(String(512), primary_key=True)
+    language: Mapped[str] = mapped_column(String(32), primary_key=True)
+    status: Mapped[str] = mapped_column(String(32))
+    category: Mapped[str | None] = mapped_column(String(64))
+    components: Mapped[list[Any]] = mapped_column(JSONB)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -79,6 +79,7 @@ from outbox.models import (
     OutboxMessage,
     PendingReceipt,
 )
+from switchboard.channels.models import Channel
 from switchboard.logging import get_logger
 from switchboard.settings import Settings
 
@@ -395,6 +396,12 @@ async def answer_callbacks(
     """Stage the automatic answers to Telegram button presses; returns how many were new."""
     staged = 0
     for command in callback_answers(received):
+        try:
+            channel = await session.get(Channel, uuid.UUID(command.channel_id))
+        except ValueError:
+            channel = None
+        if channel is not None and not channel.auto_answer_callbacks:
+            continue  # the application answers them itself (per-channel switch)
         try:
             accepted = await intake.accept(session, settings, command, source="kafka")
         except Rejected as exc:  # the channel is gone: nothing to answer with

@@ -19,8 +19,8 @@ from functools import partial
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from normalizer.models import EVENT_ADAPTER, MessageEvent, StatusEvent
-from outbox import receipts
+from normalizer.models import EVENT_ADAPTER, MessageEvent, StatusEvent, UnsupportedEvent
+from outbox import receipts, templates
 from outbox.dberrors import record_fault
 from switchboard.consume import Commit, ConsumeLoop, Record, commit_offsets, consumer_options
 from switchboard.kafka import create_consumer
@@ -87,6 +87,7 @@ async def handle_inbound(resources: Resources, records: Sequence[Record]) -> int
     database failure fails the batch (it is retried)."""
     statuses: list[tuple[Record, StatusEvent]] = []
     received: list[MessageEvent] = []
+    template_updates: list[UnsupportedEvent] = []
     for record in records:
         if record.value is None:
             continue
@@ -104,7 +105,9 @@ async def handle_inbound(resources: Resources, records: Sequence[Record]) -> int
             statuses.append((record, event))
         elif isinstance(event, MessageEvent) and event.type == "message.received":
             received.append(event)
-    if not statuses and not received:
+        elif isinstance(event, UnsupportedEvent) and event.data.platform == "whatsapp":
+            template_updates.append(event)
+    if not statuses and not received and not template_updates:
         return len(records)
     settings = resources.settings
     latest = receipts.window_updates(received)
@@ -121,6 +124,7 @@ async def handle_inbound(resources: Resources, records: Sequence[Record]) -> int
                 elif latest:
                     await receipts.record_windows(session, latest)
                 await receipts.answer_callbacks(session, settings, received)
+                await templates.apply_status_updates(session, template_updates)
         except Exception as exc:
             if not isolated and record_fault(exc):
                 continue

@@ -175,6 +175,9 @@ class Settings(BaseSettings):
     outbox_whatsapp_pair_interval: float | None = Field(
         default=None, gt=0, description="Seconds between sends to one WhatsApp user (off: None)"
     )
+    outbox_template_sync_interval: float = Field(
+        default=3600.0, gt=0, description="Seconds between WhatsApp template registry syncs"
+    )
     # end Outbox delivery
 
     # Outbox operations (metrics sampler, retention, the worker's HTTP port; docs/operations.md)

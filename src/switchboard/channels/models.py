@@ -27,3 +27,12 @@ class Channel(TimestampMixin, Base):
     api_base_url: Mapped[str | None] = mapped_column(String(500))
     send_rate_per_second: Mapped[float | None] = mapped_column(Float)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True, server_default="true")
+    business_account_id: Mapped[str | None] = mapped_column(
+        String(200), doc="WhatsApp only: the WABA id whose message templates the outbox syncs"
+    )
+    auto_answer_callbacks: Mapped[bool] = mapped_column(
+        Boolean,
+        default=True,
+        server_default="true",
+        doc="Telegram only: answer button presses (answerCallbackQuery) automatically",
+    )

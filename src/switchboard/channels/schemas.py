@@ -137,6 +137,23 @@ class _MetaChannelCreate(_ChannelCreateBase):
 
 class WhatsAppChannelCreate(_MetaChannelCreate):
     platform: Literal["whatsapp"]
+    business_account_id: Label | None = Field(
+        default=None,
+        description="The WhatsApp Business Account (WABA) id: its message templates are synced "
+        "and template sends are checked against them",
+    )
+
+    @field_validator("business_account_id")
+    @classmethod
+    def _numeric_waba(cls, value: str | None) -> str | None:
+        return check_business_account_id(value)
+
+
+def check_business_account_id(value: str | None) -> str | None:
+    """A WABA id is a numeric Meta id."""
+    if value is not None and not _DIGITS.fullmatch(value):
+        raise ValueError("must be the numeric WhatsApp Business Account id")
+    return value
 
 
 class MessengerChannelCreate(_MetaChannelCreate):
@@ -150,6 +167,11 @@ class InstagramChannelCreate(_MetaChannelCreate):
 class TelegramChannelCreate(_ChannelCreateBase):
     platform: Literal["telegram"]
     credentials: TelegramCredentials
+    auto_answer_callbacks: bool = Field(
+        default=True,
+        description="Answer button presses (answerCallbackQuery) automatically so the button "
+        "stops spinning; off when the application answers them with callback_answer commands",
+    )
 
     @model_validator(mode="after")
     def _account_is_bot_id(self) -> TelegramChannelCreate:
@@ -224,6 +246,24 @@ class ChannelUpdate(_Strict):
         default=None,
         description="Credentials to replace; null removes an optional one (a previous_* secret)",
     )
+    business_account_id: Label | None = Field(
+        default=None, description="WhatsApp only: the WABA id; null removes it"
+    )
+    auto_answer_callbacks: bool | None = Field(
+        default=None, description="Telegram only: answer button presses automatically"
+    )
+
+    @field_validator("business_account_id")
+    @classmethod
+    def _numeric_waba(cls, value: str | None) -> str | None:
+        return check_business_account_id(value)
+
+    @field_validator("auto_answer_callbacks", mode="before")
+    @classmethod
+    def _switch_not_null(cls, value: object) -> object:
+        if value is None:
+            raise PydanticCustomError("not_nullable", "cannot be null; omit it to keep the value")
+        return value
 
     @field_validator(*_NOT_NULL, mode="before")
     @classmethod
@@ -244,5 +284,9 @@ class ChannelRead(BaseModel):
     enabled: bool
     webhook_url: str
     credentials_set: list[str] = Field(description="Names of the stored credentials (never values)")
+    business_account_id: str | None = Field(default=None, description="WhatsApp: the WABA id")
+    auto_answer_callbacks: bool = Field(
+        default=True, description="Telegram: button presses are answered automatically"
+    )
     created_at: datetime
     updated_at: datetime

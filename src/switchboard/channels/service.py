@@ -64,6 +64,8 @@ def to_read(channel: Channel, box: SecretBox, public_base_url: str) -> ChannelRe
         enabled=channel.enabled,
         webhook_url=f"{public_base_url}/webhooks/{channel.platform}/{channel.id}",
         credentials_set=sorted(box.decrypt_json(channel.secrets)),
+        business_account_id=channel.business_account_id,
+        auto_answer_callbacks=channel.auto_answer_callbacks,
         created_at=channel.created_at,
         updated_at=channel.updated_at,
     )
@@ -85,6 +87,8 @@ async def create(
         api_base_url=api_base_url,
         send_rate_per_second=body.send_rate_per_second,
         enabled=body.enabled,
+        business_account_id=getattr(body, "business_account_id", None),
+        auto_answer_callbacks=getattr(body, "auto_answer_callbacks", True),
     )
     session.add(channel)
     try:
@@ -95,6 +99,17 @@ async def create(
         ) from exc
     await session.refresh(channel)
     return channel
+
+
+_PLATFORM_FIELDS = {"business_account_id": "whatsapp", "auto_answer_callbacks": "telegram"}
+
+
+def _check_platform_fields(platform: str, fields: dict[str, object]) -> None:
+    wrong = [k for k, p in _PLATFORM_FIELDS.items() if k in fields and p != platform]
+    if wrong:
+        raise Unprocessable(
+            "; ".join(f"{k}: only for {_PLATFORM_FIELDS[k]} channels" for k in wrong)
+        )
 
 
 async def get(session: AsyncSession, channel_id: uuid.UUID) -> Channel:
@@ -125,6 +140,7 @@ async def update(
 ) -> Channel:
     channel = await get(session, channel_id)
     fields = body.model_dump(exclude_unset=True, exclude={"credentials"})
+    _check_platform_fields(channel.platform, fields)
     for key, value in fields.items():
         if key == "api_base_url":
             value = _checked_base_url(body.api_base_url, base_url_policy)
