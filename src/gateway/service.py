@@ -80,6 +80,7 @@ from gateway.batcher import GroupCommit
 from gateway.cache import ChannelCache
 from gateway.errors import NotDurable
 from gateway.metrics import BATCH_SIZE, events_counter
+from switchboard import telemetry
 from switchboard.channels.service import ChannelWithSecrets
 from switchboard.kafka import CE_HEADERS
 from switchboard.logging import get_logger
@@ -115,6 +116,8 @@ class Record:
     topic: str
     key: bytes
     value: bytes
+    traceparent: str | None = None
+    """Sent as the record's ``traceparent`` header (the webhook's trace; not spooled)."""
 
 
 def asyncpg_dsn(sqlalchemy_url: str) -> str:
@@ -202,6 +205,17 @@ class Gateway:
         """
         if not records:
             return []
+        with telemetry.span(
+            f"send {records[0].topic}",
+            kind=telemetry.SpanKind.PRODUCER,
+            attributes=telemetry.producer_attributes(records[0].topic, count=len(records))
+            if telemetry.enabled()
+            else None,
+            links=[telemetry.link(r.traceparent) for r in records] if telemetry.enabled() else (),
+        ):
+            return await self._publish(records)
+
+    async def _publish(self, records: Sequence[Record]) -> list[bool]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.gateway_publish_timeout_seconds
         batch_of = [-1] * len(records)  # record index → index in ``futures``
@@ -268,8 +282,8 @@ class Gateway:
         if not future.cancelled():
             future.exception()  # retrieved: a late failure is expected, a late success fine
 
-    def record(self, event: normalizer.InboundEvent) -> Record:
-        return Record(self.topic, event.subject.encode(), normalizer.dump_event(event))
+    def record(self, event: normalizer.InboundEvent, traceparent: str | None = None) -> Record:
+        return Record(self.topic, event.subject.encode(), normalizer.dump_event(event), traceparent)
 
     # ---- the hot path ---------------------------------------------------------------------
 
@@ -295,6 +309,7 @@ class Gateway:
             body,
             content_type,
             archive_headers,
+            telemetry.outgoing(),
         )
         return await self.batcher.submit(webhook)
 
@@ -362,7 +377,11 @@ class Gateway:
                         broker_suspect=self.broker_suspect(),
                     )
                     direct = plan.direct()
-                    plan.settle(await self.publish([self.record(e) for e in direct]))
+                    plan.settle(
+                        await self.publish(
+                            [self.record(e, webhooks[owners[e.id]].traceparent) for e in direct]
+                        )
+                    )
                     if plan.spool:
                         stage = "spool"
                         await repo.spool_durably(
@@ -393,9 +412,8 @@ class Gateway:
     ) -> list[Accepted | BaseException]:
         """PostgreSQL unavailable: publish without dedup; 200 only if all reached Kafka."""
         events = {e.id: e for w in webhooks for e in w.events}
-        ok = dict(
-            zip(events, await self.publish([self.record(e) for e in events.values()]), strict=True)
-        )
+        records = [self.record(e, webhooks[owners[e.id]].traceparent) for e in events.values()]
+        ok = dict(zip(events, await self.publish(records), strict=True))
         results: list[Accepted | BaseException] = []
         for webhook in webhooks:
             if all(ok[e.id] for e in webhook.events):
@@ -432,8 +450,13 @@ class _PartitionBatch:
     indices: list[int]
 
     def append(self, index: int, record: Record) -> bool:
+        headers = (
+            CE_HEADERS
+            if record.traceparent is None
+            else telemetry.kafka_headers(CE_HEADERS, record.traceparent)
+        )
         metadata = self.builder.append(
-            key=record.key, value=record.value, timestamp=None, headers=CE_HEADERS
+            key=record.key, value=record.value, timestamp=None, headers=headers
         )
         if metadata is None:
             return False
@@ -454,6 +477,8 @@ class Webhook:
     body: bytes
     content_type: str | None
     headers: dict[str, str]
+    traceparent: str | None = None
+    """The webhook's trace context (its ``webhook.commit`` span, or the client's)."""
 
 
 class BatchPlan:
