@@ -156,11 +156,12 @@ def install(provider: Any) -> None:
     _tracer = provider.get_tracer(INSTRUMENTATION)
 
 
-def disable() -> None:
-    """Back to off (tests). Spans already exported stay where they are."""
+def disable(*, shutdown: bool = False) -> None:
+    """Back to off (tests); ``shutdown`` also flushes and stops the provider's exporters."""
     global _tracer, _provider
-    _tracer = None
-    _provider = None
+    provider, _tracer, _provider = _provider, None, None
+    if shutdown and provider is not None:
+        provider.shutdown()
 
 
 def enabled() -> bool:
