@@ -21,6 +21,10 @@ behind it is sent. So a broker outage in the middle of a batch republishes only 
 acknowledged. A conversation's stream may then hold a row twice (same id), but the copies
 published last are in commit order: a row is never left published only ahead of an earlier row
 of its key.
+
+Traces: a row is staged with its message's ``traceparent`` (the command's trace) and published
+with a ``traceparent`` header, in a PRODUCER span of that trace when tracing is on
+(``switchboard.telemetry``).
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ components' outermost middleware, so the webhook fast path is not affected.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import uuid
 from typing import Any
@@ -30,6 +31,9 @@ from switchboard import telemetry
 HEADER = "X-Request-ID"
 _HEADER_KEY = HEADER.lower().encode("latin-1")
 _VALID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
+_UNTRACED = frozenset({"/healthz", "/readyz", "/metrics"})
+"""Probes and scrapes: a trace each every few seconds would drown the real ones."""
+_NO_SPAN: contextlib.nullcontext[None] = contextlib.nullcontext()
 
 
 def request_id(value: bytes | None) -> str:
@@ -60,11 +64,15 @@ class RequestIdMiddleware:
             context["trace_id"] = traceparent[3:35]
         echoed = (_HEADER_KEY, rid.encode("ascii"))
         method: str = scope["method"]
-        span = telemetry.span(
-            method,
-            kind=telemetry.SpanKind.SERVER,
-            parent=traceparent,
-            attributes={"http.request.method": method} if telemetry.enabled() else None,
+        span = (
+            telemetry.span(
+                method,
+                kind=telemetry.SpanKind.SERVER,
+                parent=traceparent,
+                attributes={"http.request.method": method} if telemetry.enabled() else None,
+            )
+            if scope["path"] not in _UNTRACED
+            else _NO_SPAN
         )
 
         async def send_with_id(message: Message) -> None:
