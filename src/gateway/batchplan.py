@@ -40,6 +40,8 @@ class Webhook:
     body: bytes
     content_type: str | None
     headers: dict[str, str]
+    traceparent: str | None = None
+    """The webhook's trace context (its ``webhook.commit`` span, or the client's)."""
 
 
 class BatchPlan:

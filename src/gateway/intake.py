@@ -31,6 +31,7 @@ from gateway.errors import (
 from gateway.metrics import latency_histogram, webhooks_counter
 from gateway.service import Gateway, received_now
 from gateway.verifiers import REGISTRY, WebhookRequest
+from switchboard import telemetry
 from switchboard.channels.service import ChannelWithSecrets
 from switchboard.dberrors import DATABASE_ERRORS, kind_name
 from switchboard.logging import get_logger
@@ -132,19 +133,39 @@ async def receive_webhook(
     Raises ``WebhookRejected`` (counted and logged here) for every non-200 outcome."""
     started = time.perf_counter()
     platform_label = label(platform)
-    try:
-        with gateway.bodies.hold() as holding:
-            return await _handle(
-                gateway, platform, channel_id, headers, _Body(body_chunks, holding), target
+    with telemetry.span(
+        "POST /webhooks/{platform}/{channel_id}",
+        kind=telemetry.SpanKind.SERVER,
+        parent=headers.get(telemetry.TRACEPARENT),
+        attributes=_span_attributes(platform_label) if telemetry.enabled() else None,
+    ) as span:
+        try:
+            with gateway.bodies.hold() as holding:
+                return await _handle(
+                    gateway, platform, channel_id, headers, _Body(body_chunks, holding), target
+                )
+        except WebhookRejected as exc:
+            webhooks_counter(platform_label, "rejected", exc.reason).inc()
+            log.info(
+                "gateway.rejected",
+                platform=platform_label,
+                reason=exc.reason,
+                status=exc.status_code,
             )
-    except WebhookRejected as exc:
-        webhooks_counter(platform_label, "rejected", exc.reason).inc()
-        log.info(
-            "gateway.rejected", platform=platform_label, reason=exc.reason, status=exc.status_code
-        )
-        raise
-    finally:
-        latency_histogram(platform_label).observe(time.perf_counter() - started)
+            if span is not None:
+                span.set_attribute("http.response.status_code", exc.status_code)
+                span.set_attribute("error.type", exc.reason)
+            raise
+        finally:
+            latency_histogram(platform_label).observe(time.perf_counter() - started)
+
+
+def _span_attributes(platform: str) -> dict[str, str]:
+    return {
+        "http.request.method": "POST",
+        "http.route": "/webhooks/{platform}/{channel_id}",
+        "switchboard.platform": platform,
+    }
 
 
 async def _handle(
@@ -173,19 +194,24 @@ async def _handle(
             raise Overloaded
     body = await body_in.read(limit)
     url = public_url(gateway, headers, target)
-    if not verifier.verify(WebhookRequest(body, headers, url, content_type), channel.credentials):
+    with telemetry.span("webhook.verify"):
+        verified = verifier.verify(
+            WebhookRequest(body, headers, url, content_type), channel.credentials
+        )
+    if not verified:
         raise BadSignature
     received_at = received_now()
     try:
-        events = normalizer.normalize(
-            platform,
-            body,
-            channel_id=str(channel.id),
-            content_type=content_type,
-            received_at=received_at,
-            account_id=channel.account_id,
-            authenticated=True,
-        )
+        with telemetry.span("webhook.normalize"):
+            events = normalizer.normalize(
+                platform,
+                body,
+                channel_id=str(channel.id),
+                content_type=content_type,
+                received_at=received_at,
+                account_id=channel.account_id,
+                authenticated=True,
+            )
     except normalizer.NormalizeError as exc:
         raise Malformed(str(exc).splitlines()[0][:200] or "malformed body") from None
     if any("\x00" in e.id or "\x00" in e.subject for e in events):
@@ -195,14 +221,15 @@ async def _handle(
     archive_headers["url"] = url
     archive_headers["received_at"] = received_at.isoformat()
     if events:
-        result = await gateway.accept(
-            platform=platform,
-            channel=channel,
-            events=events,
-            body=body,
-            content_type=content_type,
-            archive_headers=archive_headers,
-        )
+        with telemetry.span("webhook.commit"):  # its context goes on the events' records
+            result = await gateway.accept(
+                platform=platform,
+                channel=channel,
+                events=events,
+                body=body,
+                content_type=content_type,
+                archive_headers=archive_headers,
+            )
         outcome = "accepted" if result.new else "duplicate"
         summary = {"events": result.events, "new": result.new, "duplicates": result.duplicates}
     else:

@@ -16,6 +16,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 
+from switchboard import telemetry
 from switchboard.kafka import CE_HEADERS
 from switchboard.logging import get_logger
 
@@ -29,6 +30,8 @@ class Record:
     topic: str
     key: bytes
     value: bytes
+    traceparent: str | None = None
+    """Sent as the record's ``traceparent`` header (the webhook's trace; not spooled)."""
 
 
 class Publisher:
@@ -61,6 +64,17 @@ class Publisher:
         """
         if not records:
             return []
+        with telemetry.span(
+            f"send {records[0].topic}",
+            kind=telemetry.SpanKind.PRODUCER,
+            attributes=telemetry.producer_attributes(records[0].topic, count=len(records))
+            if telemetry.enabled()
+            else None,
+            links=[telemetry.link(r.traceparent) for r in records] if telemetry.enabled() else (),
+        ):
+            return await self._publish(records)
+
+    async def _publish(self, records: Sequence[Record]) -> list[bool]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
         batch_of = [-1] * len(records)  # record index → index in ``futures``
@@ -136,8 +150,13 @@ class _PartitionBatch:
     indices: list[int]
 
     def append(self, index: int, record: Record) -> bool:
+        headers = (
+            CE_HEADERS
+            if record.traceparent is None
+            else telemetry.kafka_headers(CE_HEADERS, record.traceparent)
+        )
         metadata = self.builder.append(
-            key=record.key, value=record.value, timestamp=None, headers=CE_HEADERS
+            key=record.key, value=record.value, timestamp=None, headers=headers
         )
         if metadata is None:
             return False

@@ -79,6 +79,7 @@ from gateway.errors import NotDurable
 from gateway.metrics import BATCH_SIZE, events_counter
 from gateway.pool import open_pool, terminate
 from gateway.publisher import Publisher, Record
+from switchboard import telemetry
 from switchboard.channels.service import ChannelWithSecrets, load_with_secrets
 from switchboard.dberrors import DATABASE_ERRORS, is_retryable, kind_name
 from switchboard.logging import get_logger
@@ -149,8 +150,8 @@ class Gateway:
     async def publish(self, records: Sequence[Record]) -> list[bool]:
         return await self.publisher.publish(records)
 
-    def record(self, event: normalizer.InboundEvent) -> Record:
-        return Record(self.topic, event.subject.encode(), normalizer.dump_event(event))
+    def record(self, event: normalizer.InboundEvent, traceparent: str | None = None) -> Record:
+        return Record(self.topic, event.subject.encode(), normalizer.dump_event(event), traceparent)
 
     # ---- the hot path ---------------------------------------------------------------------
 
@@ -176,6 +177,7 @@ class Gateway:
             body,
             content_type,
             archive_headers,
+            telemetry.outgoing(),
         )
         return await self.batcher.submit(webhook)
 
@@ -249,7 +251,11 @@ class Gateway:
                         broker_suspect=self.publisher.broker_suspect(),
                     )
                     direct = plan.direct()
-                    plan.settle(await self.publish([self.record(e) for e in direct]))
+                    plan.settle(
+                        await self.publish(
+                            [self.record(e, webhooks[owners[e.id]].traceparent) for e in direct]
+                        )
+                    )
                     if plan.spool:
                         stage = "spool"
                         await repo.spool_durably(
@@ -286,7 +292,13 @@ class Gateway:
         """PostgreSQL unavailable: publish without dedup; 200 only if all reached Kafka."""
         events = {e.id: e for w in webhooks for e in w.events}
         ok = dict(
-            zip(events, await self.publish([self.record(e) for e in events.values()]), strict=True)
+            zip(
+                events,
+                await self.publish(
+                    [self.record(e, webhooks[owners[e.id]].traceparent) for e in events.values()]
+                ),
+                strict=True,
+            )
         )
         results: list[Accepted | BaseException] = []
         for webhook in webhooks:

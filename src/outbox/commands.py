@@ -159,7 +159,7 @@ async def run_command_consumer(
                 session_timeout_ms=settings.outbox_consumer_session_timeout_ms,
             ),
         ),
-        handle=per_record(partial(handle_command, resources)),
+        handle=per_record(partial(handle_command, resources), group=settings.kafka_consumer_group),
         commit=commit,
         batch_size=settings.outbox_consumer_batch_size,
     ).run(stop)

@@ -21,6 +21,10 @@ behind it is sent. So a broker outage in the middle of a batch republishes only 
 acknowledged. A conversation's stream may then hold a row twice (same id), but the copies
 published last are in commit order: a row is never left published only ahead of an earlier row
 of its key.
+
+Traces: a row is staged with its message's ``traceparent`` (the command's trace) and published
+with a ``traceparent`` header, in a PRODUCER span of that trace when tracing is on
+(``switchboard.telemetry``).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from outbox.contracts import LifecycleError, LifecycleEventData, LifecycleEventType
 from outbox.models import OutboxEvent, OutboxMessage
+from switchboard import telemetry
 from switchboard.kafka import CE_HEADERS
 from switchboard.logging import get_logger
 from switchboard.resources import Resources
@@ -107,6 +112,7 @@ def emit(
             topic=settings.topic("outbound.events.v1"),
             key=message.conversation_key,
             value=build_event(message, event_type, error=error),
+            traceparent=message.traceparent,
         )
     )
 
@@ -155,7 +161,7 @@ async def relay_once(resources: Resources) -> int:
             future: asyncio.Future[object] | None
             try:
                 try:
-                    future = await _send(resources, row.topic, row.key, row.value)
+                    future = await _send(resources, row.topic, row.key, row.value, row.traceparent)
                 except UNPUBLISHABLE_ERRORS:  # refused before sending: the short form, in place
                     future = await _send_shortened(resources, row)
             except Exception as exc:  # no metadata, buffer full…: this row and the rest wait
@@ -215,10 +221,21 @@ async def _retry_shortened(resources: Resources, row: OutboxEvent) -> BaseExcept
     return None
 
 
-async def _send(resources: Resources, topic: str, key: str, value: bytes) -> asyncio.Future[object]:
-    future: asyncio.Future[object] = await resources.producer.send(
-        topic, value, key=key.encode(), headers=CE_HEADERS
-    )
+async def _send(
+    resources: Resources, topic: str, key: str, value: bytes, traceparent: str | None
+) -> asyncio.Future[object]:
+    """Hand one row to the producer, in a PRODUCER span of its command's trace; the record's
+    ``traceparent`` header is that span's context (the stored one while tracing is off)."""
+    with telemetry.span(
+        f"send {topic}",
+        kind=telemetry.SpanKind.PRODUCER,
+        parent=traceparent,
+        attributes=telemetry.producer_attributes(topic) if telemetry.enabled() else None,
+    ):
+        headers = telemetry.kafka_headers(CE_HEADERS, telemetry.outgoing())
+        future: asyncio.Future[object] = await resources.producer.send(
+            topic, value, key=key.encode(), headers=headers
+        )
     return future
 
 
@@ -244,7 +261,7 @@ async def _send_shortened(resources: Resources, row: OutboxEvent) -> asyncio.Fut
         return None
     log.warning("outbox.event_truncated", event_row=row.id, size=len(row.value))
     try:
-        return await _send(resources, row.topic, row.key, shortened)
+        return await _send(resources, row.topic, row.key, shortened, row.traceparent)
     except UNPUBLISHABLE_ERRORS:
         _unpublishable(row)
         return None

@@ -48,6 +48,7 @@ from outbox.errors import (
 from outbox.models import ConversationWindow, OutboxAttempt, OutboxMessage
 from outbox.platforms import SENDERS, UnsupportedContent
 from outbox.platforms.twilio import is_whatsapp_address
+from switchboard import telemetry
 from switchboard.channels.models import Channel
 from switchboard.errors import BadRequest
 from switchboard.settings import Settings
@@ -220,6 +221,8 @@ async def accept(
         ),
         "last_error": None,
         "finished_at": None,
+        # The caller's span (API request, Kafka record), or the client's carried trace context
+        "traceparent": telemetry.outgoing(),
     }
     error: LifecycleError | None = None
     if refusal is not None:

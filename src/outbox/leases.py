@@ -149,7 +149,7 @@ _CLAIM = text(
     RETURNING o.id, o.seq, o.command_id, o.channel_id, o.platform, o.recipient,
         o.conversation_key, o.content, o.reply_to, o.metadata, o.attempts, o.retry_base,
         o.not_after,
-        o.platform_message_id, picked.state AS claimed_from
+        o.platform_message_id, o.traceparent, picked.state AS claimed_from
     """
 )
 
@@ -176,7 +176,7 @@ _RECOVER = text(
     RETURNING o.id, o.seq, o.command_id, o.channel_id, o.platform, o.recipient,
         o.conversation_key, o.content, o.reply_to, o.metadata, o.attempts, o.retry_base,
         o.not_after,
-        o.platform_message_id, o.state AS claimed_from, o.state
+        o.platform_message_id, o.traceparent, o.state AS claimed_from, o.state
     """
 )
 
@@ -196,7 +196,7 @@ _SWEEP = text(
     RETURNING o.id, o.seq, o.command_id, o.channel_id, o.platform, o.recipient,
         o.conversation_key, o.content, o.reply_to, o.metadata, o.attempts, o.retry_base,
         o.not_after,
-        o.platform_message_id, o.state AS claimed_from, o.state
+        o.platform_message_id, o.traceparent, o.state AS claimed_from, o.state
     """
 )
 

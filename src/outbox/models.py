@@ -34,6 +34,8 @@ from outbox.contracts import COMMAND_ID_MAX, RECIPIENT_MAX, REPLY_TO_MAX
 from switchboard.db import Base, TimestampMixin, new_id
 
 PLATFORM_MESSAGE_ID_MAX = 300
+TRACEPARENT_MAX = 55
+"""A W3C ``traceparent``, version 00."""
 CONVERSATION_KEY_MAX = 300
 """``channel_id:recipient``: a uuid, a colon and up to ``RECIPIENT_MAX`` characters fit."""
 
@@ -123,6 +125,11 @@ class OutboxMessage(TimestampMixin, Base):
     last_error: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    traceparent: Mapped[str | None] = mapped_column(
+        String(TRACEPARENT_MAX),
+        doc="W3C trace context of the command (its intake span, or the client's): the parent "
+        "of every send attempt and the trace of the message's lifecycle events",
+    )
 
 
 class OutboxAttempt(Base):
@@ -164,6 +171,9 @@ class OutboxEvent(Base):
         DateTime(timezone=True), server_default=text("now()")
     )
     published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    traceparent: Mapped[str | None] = mapped_column(
+        String(TRACEPARENT_MAX), doc="Sent as the record's ``traceparent`` header"
+    )
 
 
 class ChannelLease(Base):

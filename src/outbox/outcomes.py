@@ -81,6 +81,7 @@ def event_row(
         "topic": topic,
         "key": message.conversation_key,
         "value": build_event(message.event_view(), decision.event, error=decision.error, now=now),
+        "traceparent": message.traceparent,
     }
 
 

@@ -22,7 +22,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from normalizer.models import EVENT_ADAPTER, MessageEvent, StatusEvent, UnsupportedEvent
 from outbox import receipts, templates
 from outbox.dberrors import record_fault
-from switchboard.consume import Commit, ConsumeLoop, Record, commit_offsets, consumer_options
+from switchboard.consume import (
+    Commit,
+    ConsumeLoop,
+    Record,
+    commit_offsets,
+    consumer_options,
+    process_span,
+)
 from switchboard.kafka import create_consumer
 from switchboard.logging import get_logger
 from switchboard.resources import Resources
@@ -111,26 +118,29 @@ async def handle_inbound(resources: Resources, records: Sequence[Record]) -> int
         return len(records)
     settings = resources.settings
     latest = receipts.window_updates(received)
-    for isolated in (False, True):
-        try:
-            async with resources.sessionmaker() as session, session.begin():
-                for record, status in statuses:
-                    if isolated:
-                        await _apply_status(session, settings, record, status)
-                    else:
-                        await receipts.apply_status(session, settings, status)
-                if latest and isolated:
-                    await _record_windows(session, latest)
-                elif latest:
-                    await receipts.record_windows(session, latest)
-                await receipts.answer_callbacks(session, settings, received)
-                await templates.apply_status_updates(session, template_updates)
-        except Exception as exc:
-            if not isolated and record_fault(exc):
-                continue
-            log.warning("outbox.receipts_failed", error=type(exc).__name__, records=len(records))
-            return 0
-        return len(records)
+    with process_span(records, group=receipts_group(settings)):
+        for isolated in (False, True):
+            try:
+                async with resources.sessionmaker() as session, session.begin():
+                    for record, status in statuses:
+                        if isolated:
+                            await _apply_status(session, settings, record, status)
+                        else:
+                            await receipts.apply_status(session, settings, status)
+                    if latest and isolated:
+                        await _record_windows(session, latest)
+                    elif latest:
+                        await receipts.record_windows(session, latest)
+                    await receipts.answer_callbacks(session, settings, received)
+                    await templates.apply_status_updates(session, template_updates)
+            except Exception as exc:
+                if not isolated and record_fault(exc):
+                    continue
+                log.warning(
+                    "outbox.receipts_failed", error=type(exc).__name__, records=len(records)
+                )
+                return 0
+            return len(records)
     raise AssertionError("unreachable: the isolated pass returns")
 
 

@@ -26,6 +26,7 @@ from outbox.ownership import ChannelOwnership, OwnedChannel
 from outbox.platforms import SENDERS, SendResult, UnsupportedContent
 from outbox.platforms.base import HttpClient
 from outbox.ratelimit import Pacer, channel_key, recipient_key
+from switchboard import telemetry
 from switchboard.logging import get_logger
 
 __all__ = ["Dispatcher"]
@@ -194,6 +195,20 @@ class Dispatcher:
             raise
 
     async def _send(self, channel: OwnedChannel, message: ClaimedMessage) -> SendResult:
+        """One attempt, in a span of the command's trace (its HTTP exchange is a child)."""
+        with telemetry.span(
+            "outbox.attempt",
+            parent=message.traceparent,
+            attributes=_attempt_attributes(message) if telemetry.enabled() else None,
+        ) as span:
+            result = await self._attempt(channel, message)
+            if span is not None:
+                span.set_attribute("switchboard.outcome", result.outcome)
+                if result.error_code:
+                    span.set_attribute("error.type", result.error_code)
+            return result
+
+    async def _attempt(self, channel: OwnedChannel, message: ClaimedMessage) -> SendResult:
         sender = SENDERS.get(message.platform)
         if sender is None:
             return local_failure("unknown_platform", f"no sender for {message.platform!r}")
@@ -229,6 +244,15 @@ class Dispatcher:
                 recipient_key(str(message.channel_id), message.recipient),
                 retry_after=result.retry_after,
             )
+
+
+def _attempt_attributes(message: ClaimedMessage) -> dict[str, object]:
+    return {
+        "switchboard.platform": message.platform,
+        "switchboard.message_id": str(message.id),
+        "switchboard.channel_id": str(message.channel_id),
+        "switchboard.attempt": message.attempts + 1,
+    }
 
 
 def local_failure(code: str, title: str, *, retryable: bool = False) -> SendResult:

@@ -35,6 +35,7 @@ def _components(settings: Settings) -> list[Component]:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
+    from switchboard import telemetry
     from switchboard.app import create_app
     from switchboard.logging import configure_logging
     from switchboard.runner import HttpLimits, bind_socket, run, stop_on_signals
@@ -42,6 +43,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     settings = load_settings()
     require_encryption_keys(settings)
     configure_logging(settings)
+    telemetry.configure("switchboard")
     sock = bind_socket(settings.http_host, settings.http_port)
     port = sock.getsockname()[1]
     settings = settings.model_copy(update={"http_port": port})
@@ -65,6 +67,7 @@ def cmd_outbox(args: argparse.Namespace) -> None:
     """The delivery worker, with /healthz, /readyz and /metrics on ``outbox_http_port``."""
     from conversations.app import run_worker as run_conversations
     from outbox.app import run_worker
+    from switchboard import telemetry
     from switchboard.app import create_ops_app, open_resources
     from switchboard.logging import configure_logging
     from switchboard.runner import bind_socket, run, stop_on_signals
@@ -72,6 +75,7 @@ def cmd_outbox(args: argparse.Namespace) -> None:
     settings = load_settings()
     require_encryption_keys(settings)
     configure_logging(settings)
+    telemetry.configure("switchboard-outbox")
     sock = bind_socket(settings.http_host, settings.outbox_http_port)
     port = sock.getsockname()[1]
 
@@ -149,10 +153,12 @@ def cmd_openapi(args: argparse.Namespace) -> None:
 
 
 def cmd_dev(args: argparse.Namespace) -> None:
+    from switchboard import telemetry
     from switchboard.dev import run_dev
 
     if args.broker != "kafka" and args.brokers != 1:
         fail("--brokers needs --broker kafka (the embedded Tansu broker is a single node)")
+    telemetry.configure("switchboard")
     run_dev(load_settings(), data_dir=args.data_dir, broker=args.broker, brokers=args.brokers)
 
 

@@ -39,6 +39,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from prometheus_client import Gauge
 
+from switchboard import telemetry
 from switchboard.aio import abandon, first_of
 from switchboard.logging import get_logger
 
@@ -50,6 +51,7 @@ __all__ = [
     "commit_offsets",
     "consumer_options",
     "per_record",
+    "process_span",
 ]
 
 log = get_logger(__name__)
@@ -86,15 +88,49 @@ def consumer_options(*, batch_size: int, session_timeout_ms: int) -> dict[str, o
     }
 
 
-def per_record(handle: Callable[[Record], Awaitable[None]]) -> PartitionHandler:
+def process_span(
+    records: Sequence[Record], *, group: str | None = None
+) -> contextlib.AbstractContextManager[object]:
+    """A CONSUMER ``process <topic>`` span (OpenTelemetry messaging conventions) around the
+    handling of ``records`` (one partition's, in order). One record: the span continues the
+    trace of its ``traceparent`` header (carried while tracing is off); several: the span
+    links to each record's trace. Nothing is made when tracing is off and no record has a
+    ``traceparent``."""
+    first = records[0]
+    if len(records) == 1:
+        return telemetry.span(
+            f"process {first.topic}",
+            kind=telemetry.SpanKind.CONSUMER,
+            parent=telemetry.from_kafka(first.headers),
+            attributes=telemetry.consumer_attributes(first, group=group)
+            if telemetry.enabled()
+            else None,
+        )
+    if not telemetry.enabled():
+        return contextlib.nullcontext()
+    attributes = telemetry.consumer_attributes(first, group=group)
+    attributes["messaging.batch.message_count"] = len(records)
+    return telemetry.span(
+        f"process {first.topic}",
+        kind=telemetry.SpanKind.CONSUMER,
+        attributes=attributes,
+        links=[telemetry.link(telemetry.from_kafka(r.headers)) for r in records],
+    )
+
+
+def per_record(
+    handle: Callable[[Record], Awaitable[None]], *, group: str | None = None
+) -> PartitionHandler:
     """A partition handler that handles records one at a time, stopping at the first that
-    raises (logged, retried later with the rest of its partition)."""
+    raises (logged, retried later with the rest of its partition). Each record is handled in
+    its ``process_span``."""
 
     async def handle_partition(records: Sequence[Record]) -> int:
         done = 0
-        for record in records:
+        for index, record in enumerate(records):
             try:
-                await handle(record)
+                with process_span(records[index : index + 1], group=group):
+                    await handle(record)
             except Exception as exc:
                 log.warning(
                     "kafka.record_failed",

@@ -26,6 +26,7 @@ class Rec:
     partition: int
     offset: int
     value: bytes
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 def records(tp: TopicPartition, *values: bytes) -> list[Rec]:

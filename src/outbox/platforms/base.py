@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import email.utils
 import html
 import math
@@ -30,6 +31,7 @@ import aiohttp
 import orjson
 
 from outbox.contracts import SendCommand
+from switchboard import telemetry
 from switchboard.channels.base_url import active_policy
 
 __all__ = [
@@ -366,6 +368,45 @@ async def post(
     if auth is not None:
         token = basic_credentials(*auth)
         request_headers["Authorization"] = f"Basic {token}"
+    with telemetry.span(
+        "POST", kind=telemetry.SpanKind.CLIENT, attributes=_client_attributes(url)
+    ) as span:
+        exchange = await _exchange(client, url, content, request_headers, timeout, secrets)
+        if span is not None:
+            if isinstance(exchange, HttpExchange):
+                span.set_attribute("http.response.status_code", exchange.status)
+                if exchange.status >= 400:
+                    span.set_attribute("error.type", str(exchange.status))
+            else:
+                span.set_attribute("error.type", exchange.error_code or "transport_error")
+    return exchange
+
+
+def _client_attributes(url: str) -> dict[str, object] | None:
+    """HTTP client span attributes: method, host and port only. Never ``url.full``: Telegram
+    carries the bot token in the path."""
+    if not telemetry.enabled():
+        return None
+    parts = urllib.parse.urlsplit(url)
+    attributes: dict[str, object] = {"http.request.method": "POST"}
+    if parts.hostname:
+        attributes["server.address"] = parts.hostname
+    with contextlib.suppress(ValueError):  # a port out of range: the request fails on its own
+        attributes["server.port"] = parts.port or (443 if parts.scheme == "https" else 80)
+    return attributes
+
+
+async def _exchange(
+    client: HttpClient,
+    url: str,
+    content: bytes | None,
+    request_headers: dict[str, str],
+    timeout: float,  # noqa: ASYNC109 - a hard deadline applied with asyncio.timeout below
+    secrets: Iterable[str],
+) -> HttpExchange | SendResult:
+    traceparent = telemetry.outgoing()
+    if traceparent is not None:
+        request_headers[telemetry.TRACEPARENT] = traceparent
     started = time.perf_counter()
     try:
         async with (
