@@ -23,7 +23,7 @@ async def create_channel(
     """Register a channel. Credentials are encrypted at rest and never returned."""
     channel = await service.create(session, resources.secret_box, body)
     await session.commit()
-    return service.to_read(channel, resources.secret_box, resources.public_base_url)
+    return await service.read(session, resources.secret_box, resources.public_base_url, channel)
 
 
 @router.get("")
@@ -35,7 +35,11 @@ async def list_channels(
     enabled: Annotated[bool | None, Query()] = None,
 ) -> list[ChannelRead]:
     rows = await service.list_all(session, platform, enabled)
-    return [service.to_read(c, resources.secret_box, resources.public_base_url) for c in rows]
+    states = await service.sending_states(session, [c.id for c in rows])
+    return [
+        service.to_read(c, resources.secret_box, resources.public_base_url, states.get(c.id))
+        for c in rows
+    ]
 
 
 @router.get("/{channel_id}")
@@ -43,7 +47,7 @@ async def get_channel(
     channel_id: uuid.UUID, _: RequireRead, session: DbSession, resources: AppResources
 ) -> ChannelRead:
     channel = await service.get(session, channel_id)
-    return service.to_read(channel, resources.secret_box, resources.public_base_url)
+    return await service.read(session, resources.secret_box, resources.public_base_url, channel)
 
 
 @router.patch("/{channel_id}")
@@ -56,7 +60,7 @@ async def update_channel(
 ) -> ChannelRead:
     channel = await service.update(session, resources.secret_box, channel_id, body)
     await session.commit()
-    return service.to_read(channel, resources.secret_box, resources.public_base_url)
+    return await service.read(session, resources.secret_box, resources.public_base_url, channel)
 
 
 @router.post("/{channel_id}/disable")
@@ -68,7 +72,7 @@ async def disable_channel(
         session, resources.secret_box, channel_id, ChannelUpdate(enabled=False)
     )
     await session.commit()
-    return service.to_read(channel, resources.secret_box, resources.public_base_url)
+    return await service.read(session, resources.secret_box, resources.public_base_url, channel)
 
 
 @router.post("/{channel_id}/enable")
@@ -79,4 +83,4 @@ async def enable_channel(
         session, resources.secret_box, channel_id, ChannelUpdate(enabled=True)
     )
     await session.commit()
-    return service.to_read(channel, resources.secret_box, resources.public_base_url)
+    return await service.read(session, resources.secret_box, resources.public_base_url, channel)

@@ -4,7 +4,7 @@ import uuid
 from dataclasses import dataclass
 
 from pydantic import BaseModel, SecretStr, ValidationError
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -14,6 +14,8 @@ from switchboard.channels.schemas import (
     ChannelCreate,
     ChannelRead,
     ChannelUpdate,
+    SendingError,
+    SendingState,
     TelegramCredentials,
     check_bot_token_account,
 )
@@ -43,7 +45,10 @@ def _plain(model: BaseModel) -> dict[str, str]:
     return out
 
 
-def to_read(channel: Channel, box: SecretBox, public_base_url: str) -> ChannelRead:
+def to_read(
+    channel: Channel, box: SecretBox, public_base_url: str, sending: SendingState | None = None
+) -> ChannelRead:
+    state = sending or SendingState()
     return ChannelRead(
         id=channel.id,
         platform=channel.platform,
@@ -56,7 +61,50 @@ def to_read(channel: Channel, box: SecretBox, public_base_url: str) -> ChannelRe
         credentials_set=sorted(box.decrypt_json(channel.secrets)),
         created_at=channel.created_at,
         updated_at=channel.updated_at,
+        sending=state.sending,
+        sending_reason=state.sending_reason,
+        sending_since=state.sending_since,
+        sending_error=state.sending_error,
     )
+
+
+_SENDING = text(
+    """
+    SELECT k.channel_id, k.sending, k.reason, k.since, k.error
+    FROM outbox_channel_control k JOIN channels c ON c.id = k.channel_id
+    WHERE k.channel_id = ANY(CAST(:ids AS uuid[]))
+      AND (k.sending = 'paused' OR k.secrets_digest = md5(c.secrets))
+    """
+)
+
+
+async def sending_states(
+    session: AsyncSession, ids: list[uuid.UUID]
+) -> dict[uuid.UUID, SendingState]:
+    """The held channels among ``ids`` (absent: active). The table belongs to the outbox
+    (``outbox.control``, which documents it); read here with SQL, as the channels package
+    does not import the services. A suspension whose channel got new credentials since is
+    over (``secrets_digest`` no longer matches)."""
+    if not ids:
+        return {}
+    rows = await session.execute(_SENDING, {"ids": ids})
+    return {
+        channel_id: SendingState(
+            sending=sending,
+            sending_reason=reason,
+            sending_since=since,
+            sending_error=SendingError.model_validate(error) if error else None,
+        )
+        for channel_id, sending, reason, since, error in rows.all()
+    }
+
+
+async def read(
+    session: AsyncSession, box: SecretBox, public_base_url: str, channel: Channel
+) -> ChannelRead:
+    """The channel resource with its sending state."""
+    states = await sending_states(session, [channel.id])
+    return to_read(channel, box, public_base_url, states.get(channel.id))
 
 
 async def create(session: AsyncSession, box: SecretBox, body: ChannelCreate) -> Channel:

@@ -1,0 +1,212 @@
+"""Channel control end to end: the API (channels, pause/resume, webhooks through the gateway)
+and the delivery worker against real PostgreSQL and the fake platform servers."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from fake_platforms.server import FakePlatformServer, Fault
+from gateway.app import component as gateway_component
+from outbox.app import component as outbox_component
+from outbox.models import OutboxEvent
+from switchboard.settings import Settings
+from tests.conftest import ADMIN_KEY
+from tests.integration.gateway.conftest import (
+    channel_body,
+    meta_headers,
+    whatsapp_payload,
+)
+from tests.integration.outbox.test_worker import (
+    all_done,
+    attempts_of,
+    enqueue,
+    eventually,
+    running,
+    states,
+    text_of,
+    tune,
+)
+from tests.support import RunningApp, running_app
+
+pytestmark = pytest.mark.integration
+
+WAITING = frozenset({"queued", "retrying"})
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakePlatformServer]:
+    async with FakePlatformServer() as server:
+        yield server
+
+
+@pytest.fixture
+async def api(settings: Settings, engine: AsyncEngine) -> AsyncIterator[RunningApp]:
+    tuned = tune(settings, gateway_relay_interval_seconds=0.2)
+    async with running_app(tuned, [gateway_component(tuned), outbox_component(tuned)]) as app:
+        yield app
+
+
+async def create_channel(
+    api: RunningApp, fake: FakePlatformServer, account_id: str = "106540352242922"
+) -> uuid.UUID:
+    body = channel_body("whatsapp") | {"account_id": account_id, "api_base_url": fake.base_url}
+    created = await api.client.post("/v1/channels", json=body, headers=api.auth(ADMIN_KEY))
+    assert created.status_code == 201, created.text
+    assert created.json()["sending"] == "active"
+    return uuid.UUID(created.json()["id"])
+
+
+async def channel(api: RunningApp, channel_id: uuid.UUID) -> dict[str, Any]:
+    got = await api.client.get(f"/v1/channels/{channel_id}", headers=api.auth(ADMIN_KEY))
+    assert got.status_code == 200, got.text
+    body: dict[str, Any] = got.json()
+    return body
+
+
+async def channel_events(api: RunningApp) -> list[dict[str, Any]]:
+    async with api.resources.sessionmaker() as session:
+        rows = await session.scalars(select(OutboxEvent).order_by(OutboxEvent.id))
+        events = [(r.key, orjson.loads(r.value)) for r in rows]
+    return [e | {"key": key} for key, e in events if str(e["type"]).startswith("channel.")]
+
+
+def texts_to(fake: FakePlatformServer, recipient: str) -> list[str]:
+    return [
+        text_of(r)
+        for r in fake.requests
+        if r.status == 200 and r.json and r.json.get("to") == recipient
+    ]
+
+
+async def test_a_paused_channel_sends_nothing_takes_webhooks_and_resume_delivers_in_order(
+    api: RunningApp, fake: FakePlatformServer
+) -> None:
+    paused = await create_channel(api, fake)
+    other = await create_channel(api, fake, account_id="106540352242999")
+    answer = await api.client.post(
+        f"/v1/channels/{paused}/pause", json={"reason": "maintenance"}, headers=api.auth(ADMIN_KEY)
+    )
+    assert answer.status_code == 200, answer.text
+    assert (answer.json()["sending"], answer.json()["sending_reason"]) == ("paused", "maintenance")
+    assert answer.json()["sending_since"] is not None
+    assert answer.json()["enabled"] is True
+
+    held = await enqueue(api.resources, paused, ["15550001"] * 5, tag="p")
+    flowing = await enqueue(api.resources, other, ["15550002"] * 3, tag="o")
+    webhook = whatsapp_payload(("wamid.P1", "16505551234", "hi while paused"))
+    async with running(api.resources):
+        await all_done(api.resources, flowing)  # the worker ran its rounds meanwhile
+        received = await api.client.post(
+            f"/webhooks/whatsapp/{paused}", content=webhook, headers=meta_headers(webhook)
+        )
+        assert received.status_code == 200, received.text
+        assert texts_to(fake, "15550001") == []
+        assert {m.state for m in (await states(api.resources, held)).values()} == {"queued"}
+
+        resumed = await api.client.post(
+            f"/v1/channels/{paused}/resume", headers=api.auth(ADMIN_KEY)
+        )
+        assert resumed.status_code == 200, resumed.text
+        assert (resumed.json()["sending"], resumed.json()["sending_reason"]) == ("active", None)
+        await all_done(api.resources, held)
+    assert {m.state for m in (await states(api.resources, held)).values()} == {"sent"}
+    assert texts_to(fake, "15550001") == [f"p{i}" for i in range(5)]
+    assert await channel_events(api) == []  # an operator's pause is not a platform event
+
+
+async def test_pause_and_resume_need_admin_and_an_existing_channel(api: RunningApp) -> None:
+    missing = uuid.uuid4()
+    for action in ("pause", "resume"):
+        answer = await api.client.post(
+            f"/v1/channels/{missing}/{action}", headers=api.auth(ADMIN_KEY)
+        )
+        assert answer.status_code == 404, answer.text
+        anonymous = await api.client.post(f"/v1/channels/{missing}/{action}")
+        assert anonymous.status_code == 401
+    bad = await api.client.post(
+        f"/v1/channels/{missing}/pause", json={"reason": "x" * 201}, headers=api.auth(ADMIN_KEY)
+    )
+    assert bad.status_code == 422
+
+
+async def test_refused_credentials_suspend_at_the_first_failure_and_new_ones_resume(
+    api: RunningApp, fake: FakePlatformServer
+) -> None:
+    channel_id = await create_channel(api, fake)
+    fake.inject(Fault.credentials_refused("whatsapp", times=None))
+    backlog = await enqueue(api.resources, channel_id, ["15550003"] * 4, tag="b")
+
+    async def suspended() -> bool:
+        return (await channel(api, channel_id))["sending"] == "suspended"
+
+    async with running(api.resources):
+        await eventually(suspended)
+        resource = await channel(api, channel_id)
+        assert resource["sending_reason"] == "credentials_refused"
+        assert resource["sending_error"]["code"] == "190"
+        assert resource["sending_error"]["http_status"] == 401
+        assert "EAAG" not in orjson.dumps(resource).decode()
+        rows = await states(api.resources, backlog)
+        assert {m.state for m in rows.values()} <= WAITING  # nothing failed
+        head = rows[backlog[0]]
+        assert head.attempts == 1
+        assert head.last_error is not None
+        assert head.last_error["code"] == "190"
+        assert [a.outcome for a in await attempts_of(api.resources, backlog[0])] == ["permanent"]
+        assert len(fake.requests) == 1  # one refusal held the whole backlog
+        (event,) = await channel_events(api)
+        assert (event["type"], event["key"]) == ("channel.suspended", str(channel_id))
+        assert event["data"]["channel_id"] == str(channel_id)
+        assert event["data"]["platform"] == "whatsapp"
+        assert event["data"]["error"]["code"] == "190"
+
+        fake.faults.clear()
+        patched = await api.client.patch(
+            f"/v1/channels/{channel_id}",
+            json={"credentials": {"access_token": "EAAG-new-token"}},
+            headers=api.auth(ADMIN_KEY),
+        )
+        assert patched.status_code == 200, patched.text
+        assert patched.json()["sending"] == "active"
+        await all_done(api.resources, backlog)
+
+        async def resumed_event() -> bool:
+            return [e["type"] for e in await channel_events(api)][-1] == "channel.resumed"
+
+        await eventually(resumed_event)
+    assert {m.state for m in (await states(api.resources, backlog)).values()} == {"sent"}
+    assert texts_to(fake, "15550003") == [f"b{i}" for i in range(4)]
+    resumed = (await channel_events(api))[-1]
+    assert resumed["data"]["reason"] == "credentials_updated"
+
+
+async def test_resume_lifts_a_suspension_with_channel_resumed(
+    api: RunningApp, fake: FakePlatformServer
+) -> None:
+    channel_id = await create_channel(api, fake)
+    fault = fake.inject(Fault.credentials_refused("whatsapp"))
+    backlog = await enqueue(api.resources, channel_id, ["15550004"] * 2, tag="r")
+
+    async def suspended() -> bool:
+        return (await channel(api, channel_id))["sending"] == "suspended"
+
+    async with running(api.resources):
+        await eventually(suspended)
+        assert fault.times == 0
+        answer = await api.client.post(
+            f"/v1/channels/{channel_id}/resume", headers=api.auth(ADMIN_KEY)
+        )
+        assert answer.json()["sending"] == "active"
+        await all_done(api.resources, backlog)
+    assert [e["type"] for e in await channel_events(api)] == [
+        "channel.suspended",
+        "channel.resumed",
+    ]
+    assert (await channel_events(api))[-1]["data"]["reason"] == "resumed"
