@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from outbox import control_api, media, media_upload
 from outbox.commands import run_intake
 from outbox.endpoints import router
-from outbox.schemas import lifecycle_event_schema, send_command_schema
+from outbox.schemas import channel_event_schema, lifecycle_event_schema, send_command_schema
 from switchboard.app import Component
 from switchboard.resources import Resources
 from switchboard.settings import Settings
@@ -47,6 +47,7 @@ def component(settings: Settings) -> Component:
         schemas={
             "send-command": send_command_schema(),
             "lifecycle-event": lifecycle_event_schema(),
+            "channel-event": channel_event_schema(),
         },
     )
 

@@ -7,7 +7,7 @@ Each sample is three cheap statements (checked with EXPLAIN in
 * pending messages per platform and state, with the oldest queued/retrying ``created_at``:
   an index-only scan of ``ix_outbox_messages_pending_platform`` (a partial index on the
   pending states, so its size is the backlog, not the history);
-* channels by state (a small table);
+* channels by state (a small table, joined with the smaller ``outbox_channel_control``);
 * the oldest unpublished lifecycle event and their count: ``ix_outbox_events_unpublished``.
 """
 
@@ -34,7 +34,19 @@ PENDING = text(
     GROUP BY platform, state
     """
 )
-CHANNELS = text("SELECT enabled, count(*) FROM channels GROUP BY enabled")
+CHANNELS = text(
+    """
+    SELECT CASE WHEN NOT c.enabled THEN 'disabled'
+                WHEN k.sending = 'paused' THEN 'paused'
+                WHEN k.secrets_digest = md5(c.secrets) THEN 'suspended'
+                ELSE 'active' END AS state,
+           count(*)
+    FROM channels c LEFT JOIN outbox_channel_control k ON k.channel_id = c.id
+    GROUP BY 1
+    """
+)
+"""Channels by sending state (``outbox.control``): a disabled channel counts as disabled
+whatever its sending state; a suspension whose credentials were replaced counts as active."""
 RELAY = text(
     """
     SELECT (SELECT extract(epoch FROM now() - created_at) FROM outbox_events
@@ -60,13 +72,8 @@ async def take_sample(conn: AsyncConnection) -> Sample:
         if state != "sending":
             age = max(float(oldest or 0.0), 0.0)
             sample.oldest[platform] = max(sample.oldest.get(platform, 0.0), age)
-    counts = {bool(enabled): int(n) for enabled, n in (await conn.execute(CHANNELS)).all()}
-    sample.channels = {
-        "active": counts.get(True, 0),
-        "paused": 0,  # no channel control yet (issue 11 item 5): reported so alerts can exist
-        "suspended": 0,
-        "disabled": counts.get(False, 0),
-    }
+    counts = {str(state): int(n) for state, n in (await conn.execute(CHANNELS)).all()}
+    sample.channels = {state: counts.get(state, 0) for state in metrics.CHANNEL_STATES}
     lag, unpublished = (await conn.execute(RELAY)).one()
     sample.relay_lag = max(float(lag or 0.0), 0.0)
     sample.unpublished = int(unpublished)

@@ -14,8 +14,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from fake_platforms.server import FakePlatformServer, Fault
 from gateway.app import component as gateway_component
+from outbox import control
 from outbox.app import component as outbox_component
+from outbox.contracts import ChannelError
 from outbox.models import OutboxEvent
+from outbox.sampler import take_sample
 from switchboard.settings import Settings
 from tests.conftest import ADMIN_KEY
 from tests.integration.gateway.conftest import (
@@ -210,3 +213,27 @@ async def test_resume_lifts_a_suspension_with_channel_resumed(
         "channel.resumed",
     ]
     assert (await channel_events(api))[-1]["data"]["reason"] == "resumed"
+
+
+async def test_the_channels_gauge_counts_paused_and_suspended_channels(
+    api: RunningApp, fake: FakePlatformServer
+) -> None:
+    ids = [await create_channel(api, fake, account_id=f"10654035224{i:04d}") for i in range(4)]
+    paused = await api.client.post(f"/v1/channels/{ids[0]}/pause", headers=api.auth(ADMIN_KEY))
+    assert paused.status_code == 200
+    replaced = [ids[1], ids[2]]
+    async with api.resources.sessionmaker() as session, session.begin():
+        suspensions = [
+            control.Suspension(cid, "whatsapp", ChannelError(code="190")) for cid in replaced
+        ]
+        assert await control.suspend(session, suspensions, "t") == 2
+        assert await control.suspend(session, suspensions, "t") == 0  # already suspended
+    patched = await api.client.patch(
+        f"/v1/channels/{ids[2]}",
+        json={"credentials": {"access_token": "EAAG-new"}},
+        headers=api.auth(ADMIN_KEY),
+    )
+    assert patched.json()["sending"] == "active"
+    async with api.resources.engine.connect() as conn:
+        sample = await take_sample(conn)
+    assert sample.channels == {"active": 2, "paused": 1, "suspended": 1, "disabled": 0}
