@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from fake_platforms.server import FakePlatformServer, Fault
@@ -17,7 +18,7 @@ from gateway.app import component as gateway_component
 from outbox import control
 from outbox.app import component as outbox_component
 from outbox.contracts import ChannelError
-from outbox.models import OutboxEvent
+from outbox.models import OutboxEvent, OutboxMessage
 from outbox.sampler import take_sample
 from switchboard.settings import Settings
 from tests.conftest import ADMIN_KEY
@@ -237,3 +238,72 @@ async def test_the_channels_gauge_counts_paused_and_suspended_channels(
     async with api.resources.engine.connect() as conn:
         sample = await take_sample(conn)
     assert sample.channels == {"active": 2, "paused": 1, "suspended": 1, "disabled": 0}
+
+
+async def finish_as(
+    api: RunningApp, ids: list[uuid.UUID], state: str, code: str, finished_at: datetime
+) -> None:
+    async with api.resources.sessionmaker() as session, session.begin():
+        await session.execute(
+            update(OutboxMessage)
+            .where(OutboxMessage.id.in_(ids))
+            .values(
+                state=state,
+                attempts=1,
+                last_error={"code": code, "title": "t", "retryable": False},
+                finished_at=finished_at,
+            )
+        )
+
+
+async def test_failed_messages_are_redriven_one_by_one_and_in_bulk_by_filter(
+    api: RunningApp, fake: FakePlatformServer
+) -> None:
+    auth = api.auth(ADMIN_KEY)
+    first = await create_channel(api, fake)
+    second = await create_channel(api, fake, account_id="106540352242999")
+    now = datetime.now(UTC)
+    revoked = await enqueue(api.resources, first, [f"1555100{i}" for i in range(5)])
+    other_code = await enqueue(api.resources, first, ["15552000"])
+    old = await enqueue(api.resources, first, ["15553000"])
+    elsewhere = await enqueue(api.resources, second, ["15554000"])
+    single = await enqueue(api.resources, second, ["15555000"])
+    await finish_as(api, revoked[:3], "failed", "190", now)
+    await finish_as(api, revoked[3:], "dead", "190", now)
+    await finish_as(api, other_code, "failed", "131026", now)
+    await finish_as(api, old, "failed", "190", now - timedelta(days=2))
+    await finish_as(api, elsewhere + single, "failed", "190", now)
+
+    one = await api.client.post(f"/v1/messages/{single[0]}/retry", headers=auth)
+    assert one.status_code == 200, one.text
+    assert one.json()["state"] == "queued"
+
+    body = {
+        "channel_id": str(first),
+        "error_code": "190",
+        "finished_after": (now - timedelta(hours=1)).isoformat(),
+        "limit": 3,
+    }
+    page = await api.client.post("/v1/messages/retry", json=body, headers=auth)
+    assert page.status_code == 200, page.text
+    assert page.json() == {"count": 3, "more": True}
+    rest = await api.client.post("/v1/messages/retry", json=body, headers=auth)
+    assert rest.json() == {"count": 2, "more": False}
+    again = await api.client.post("/v1/messages/retry", json=body, headers=auth)
+    assert again.json() == {"count": 0, "more": False}
+
+    rows = await states(api.resources, revoked + other_code + old + elsewhere + single)
+    assert {rows[i].state for i in revoked + single} == {"queued"}
+    assert {rows[i].state for i in other_code + old + elsewhere} == {"failed"}
+    assert all(rows[i].retry_base == 1 and rows[i].finished_at is None for i in revoked)
+    only_dead = await api.client.post(
+        "/v1/messages/retry", json={"states": ["dead"], "channel_id": str(second)}, headers=auth
+    )
+    assert only_dead.json()["count"] == 0
+    invalid = await api.client.post("/v1/messages/retry", json={"states": ["sent"]}, headers=auth)
+    assert invalid.status_code == 422
+    async with api.resources.sessionmaker() as session:
+        queued_events = await session.scalar(
+            select(func.count()).select_from(OutboxEvent).where(OutboxEvent.key.like(f"{first}:%"))
+        )
+    assert queued_events == 5
