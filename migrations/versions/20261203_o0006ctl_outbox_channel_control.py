@@ -1,5 +1,5 @@
-"""outbox channel control: an operator's pause and the automatic suspension on refused
-credentials, per channel (no row: sending is active)
+"""outbox channel control: an operator's pause, the automatic suspension on refused
+credentials and the circuit breaker's state, per channel (no row: active and closed)
 
 Revision ID: o0006ctl
 Revises: o0005
@@ -27,8 +27,14 @@ def upgrade() -> None:
         sa.Column("since", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
         sa.Column("error", postgresql.JSONB(astext_type=sa.Text()), nullable=True),
         sa.Column("secrets_digest", sa.String(length=64), nullable=True),
+        sa.Column("circuit", sa.String(length=16), server_default="closed", nullable=False),
+        sa.Column("circuit_since", sa.DateTime(timezone=True), nullable=True),
         sa.CheckConstraint(
-            "sending IN ('paused', 'suspended')", name=op.f("ck_outbox_channel_control_sending_known")
+            "sending IN ('active', 'paused', 'suspended')", name=op.f("ck_outbox_channel_control_sending_known")
+        ),
+        sa.CheckConstraint(
+            "circuit IN ('closed', 'open', 'half_open')",
+            name=op.f("ck_outbox_channel_control_circuit_known"),
         ),
         sa.ForeignKeyConstraint(
             ["channel_id"], ["channels.id"],

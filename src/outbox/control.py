@@ -36,6 +36,7 @@ __all__ = [
     "held",
     "lift_replaced",
     "pause",
+    "record_circuits",
     "resume",
     "suspend",
 ]
@@ -46,7 +47,8 @@ def held(channel_column: str) -> str:
     return f"""EXISTS (
         SELECT 1 FROM outbox_channel_control k JOIN channels kc ON kc.id = k.channel_id
         WHERE k.channel_id = {channel_column}
-          AND (k.sending = 'paused' OR k.secrets_digest = md5(kc.secrets)))"""  # noqa: S608
+          AND (k.sending = 'paused'
+               OR (k.sending = 'suspended' AND k.secrets_digest = md5(kc.secrets))))"""  # noqa: S608
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,9 +108,17 @@ _PAUSE = text(
 
 _RESUME = text(
     """
-    DELETE FROM outbox_channel_control k USING channels c
-    WHERE k.channel_id = :id AND c.id = k.channel_id
-    RETURNING k.sending, k.secrets_digest = md5(c.secrets) AS in_force, k.error
+    WITH old AS (
+        SELECT k.channel_id, k.sending, k.secrets_digest = md5(c.secrets) AS in_force, k.error
+        FROM outbox_channel_control k JOIN channels c ON c.id = k.channel_id
+        WHERE k.channel_id = :id AND k.sending <> 'active'
+        FOR UPDATE OF k
+    )
+    UPDATE outbox_channel_control k
+    SET sending = 'active', reason = 'resumed', since = now(), error = NULL,
+        secrets_digest = NULL
+    FROM old WHERE k.channel_id = old.channel_id
+    RETURNING old.sending, old.in_force, old.error
     """
 )
 
@@ -119,19 +129,33 @@ _SUSPEND = text(
     SELECT c.id, 'suspended', 'credentials_refused', now(), CAST(:error AS jsonb), md5(c.secrets)
     FROM channels c WHERE c.id = :id
     ON CONFLICT (channel_id) DO UPDATE
-      SET reason = EXCLUDED.reason, since = now(), error = EXCLUDED.error,
+      SET sending = 'suspended', reason = EXCLUDED.reason, since = now(), error = EXCLUDED.error,
           secrets_digest = EXCLUDED.secrets_digest
-      WHERE k.sending = 'suspended' AND k.secrets_digest IS DISTINCT FROM EXCLUDED.secrets_digest
+      WHERE k.sending = 'active'
+         OR (k.sending = 'suspended' AND k.secrets_digest IS DISTINCT FROM EXCLUDED.secrets_digest)
     RETURNING k.channel_id
     """
 )
 
 _LIFT_REPLACED = text(
     """
-    DELETE FROM outbox_channel_control k USING channels c
+    UPDATE outbox_channel_control k
+    SET sending = 'active', reason = 'credentials_updated', since = now(), error = NULL,
+        secrets_digest = NULL
+    FROM channels c
     WHERE c.id = k.channel_id AND k.sending = 'suspended'
       AND k.secrets_digest IS DISTINCT FROM md5(c.secrets)
     RETURNING k.channel_id, c.platform
+    """
+)
+
+_CIRCUIT = text(
+    """
+    INSERT INTO outbox_channel_control AS k (channel_id, sending, reason, circuit, circuit_since)
+    SELECT c.id, 'active', 'active', :state, now() FROM channels c WHERE c.id = :id
+    ON CONFLICT (channel_id) DO UPDATE
+      SET circuit = EXCLUDED.circuit, circuit_since = now()
+      WHERE k.circuit <> EXCLUDED.circuit
     """
 )
 
@@ -203,3 +227,10 @@ async def lift_replaced(session: AsyncSession, topic: str) -> int:
     if events:
         await session.execute(insert(OutboxEvent), events)
     return len(events)
+
+
+async def record_circuits(session: AsyncSession, circuits: dict[uuid.UUID, str]) -> None:
+    """Persist the owner's circuit-breaker states (shown on the channel resource and counted
+    by the sampler)."""
+    for channel_id, state in circuits.items():
+        await session.execute(_CIRCUIT, {"id": channel_id, "state": state})

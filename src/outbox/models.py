@@ -226,13 +226,18 @@ class PendingReceipt(Base):
 class ChannelControl(Base):
     """Whether the outbox sends on a channel (``outbox.control``): no row means ``active``.
 
-    ``paused`` is an operator's hold; ``suspended`` is automatic after the platform refused the
-    channel's credentials, and holds only while the channel's encrypted secrets are those it
-    was suspended with (``secrets_digest``): a credentials update lifts it at once. ``error``
-    is the platform's code and title (never a secret: senders scrub titles)."""
+
+        ``paused`` is an operator's hold; ``suspended`` is automatic after the platform refused the
+        channel's credentials, and holds only while the channel's encrypted secrets are those it
+        was suspended with (``secrets_digest``): a credentials update lifts it at once. A row with
+    ``active`` exists once a circuit state was recorded or a hold lifted. ``error``
+        is the platform's code and title (never a secret: senders scrub titles)."""
 
     __tablename__ = "outbox_channel_control"
-    __table_args__ = (CheckConstraint("sending IN ('paused', 'suspended')", name="sending_known"),)
+    __table_args__ = (
+        CheckConstraint("sending IN ('active', 'paused', 'suspended')", name="sending_known"),
+        CheckConstraint("circuit IN ('closed', 'open', 'half_open')", name="circuit_known"),
+    )
 
     channel_id: Mapped[uuid.UUID] = mapped_column(
         Uuid, ForeignKey("channels.id", ondelete="CASCADE"), primary_key=True
@@ -242,3 +247,6 @@ class ChannelControl(Base):
     since: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=text("now()"))
     error: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     secrets_digest: Mapped[str | None] = mapped_column(String(64))
+    circuit: Mapped[str] = mapped_column(String(16), server_default="closed")
+    """The owning worker's circuit breaker (``outbox.breaker``), written on each change."""
+    circuit_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

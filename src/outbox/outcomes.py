@@ -13,7 +13,7 @@ import asyncio
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import orjson
@@ -65,6 +65,8 @@ class Outcome:
     claim: Claim
     result: SendResult | None = None
     started_at: datetime | None = None
+    delay: float = 0.0
+    """A release's wait before the message is due again (an open circuit), in seconds."""
 
 
 @dataclass(slots=True)
@@ -113,6 +115,7 @@ class OutcomeWriter:
         self._events_topic = s.topic("outbound.events.v1")
         self._queue: asyncio.Queue[Outcome | None] = asyncio.Queue()
         self._throttles: dict[uuid.UUID, float] = {}
+        self._circuits: dict[uuid.UUID, str] = {}
         self.stopping = False
         """Set by the worker at stop: a failing write then gives up after the deadline."""
 
@@ -122,12 +125,18 @@ class OutcomeWriter:
         kind: OutcomeKind,
         result: SendResult | None = None,
         started_at: datetime | None = None,
+        *,
+        delay: float = 0.0,
     ) -> None:
         """Queue the claim's outcome (once: later calls for the same claim do nothing)."""
         if claim.finished:
             return
         claim.finished = True
-        self._queue.put_nowait(Outcome(kind, claim, result, started_at))
+        self._queue.put_nowait(Outcome(kind, claim, result, started_at, delay))
+
+    def note_circuit(self, channel_id: uuid.UUID, state: str) -> None:
+        """Persist a circuit-breaker change with the next batch (the last one wins)."""
+        self._circuits[channel_id] = state
 
     def note_throttle(self, channel_id: uuid.UUID, pause: float) -> None:
         """Persist a platform throttle on the channel lease with the next batch."""
@@ -207,9 +216,10 @@ class OutcomeWriter:
         for outcome in batch:
             message = outcome.claim.message
             if outcome.kind == "release":
+                due = now + timedelta(seconds=outcome.delay) if outcome.delay > 0 else now
                 updates.append(
                     leases.RowUpdate(
-                        message.id, message.claimed_from, message.attempts, next_attempt_at=now
+                        message.id, message.claimed_from, message.attempts, next_attempt_at=due
                     )
                 )
                 continue
@@ -263,6 +273,7 @@ class OutcomeWriter:
             )
             transitions[message.id] = _Transition(message, decision, attempt)
         throttles, self._throttles = self._throttles, {}
+        circuits, self._circuits = self._circuits, {}
         try:
             async with self._resources.sessionmaker() as session, session.begin():
                 changed = await leases.apply_outcomes(session, self._owner, updates)
@@ -282,11 +293,14 @@ class OutcomeWriter:
                     await session.execute(insert(OutboxEvent), events)
                 if throttles:
                     await leases.throttle_channels(session, throttles)
+                if circuits:
+                    await control.record_circuits(session, circuits)
                 if suspensions:
                     await control.suspend(session, list(suspensions.values()), self._events_topic)
         except BaseException:
             for cid, pause in throttles.items():
                 self.note_throttle(cid, pause)
+            self._circuits = circuits | self._circuits
             raise
         self._stats.write_batches += 1
         self._count(batch, transitions, changed, held_back)

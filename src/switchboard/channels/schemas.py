@@ -249,6 +249,7 @@ class SendingState(BaseModel):
     sending_reason: str | None = None
     sending_since: datetime | None = None
     sending_error: SendingError | None = None
+    circuit: Literal["closed", "open", "half_open"] = "closed"
 
 
 class ChannelRead(BaseModel):
@@ -276,4 +277,10 @@ class ChannelRead(BaseModel):
     sending_since: datetime | None = None
     sending_error: SendingError | None = Field(
         default=None, description="The platform's refusal that suspended sending"
+    )
+    circuit: Literal["closed", "open", "half_open"] = Field(
+        default="closed",
+        description="The delivery worker's circuit breaker: `open` while the platform keeps "
+        "failing (5xx, timeouts; messages wait, their retries not counted), `half_open` while "
+        "one probe is sent",
     )

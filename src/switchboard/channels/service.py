@@ -65,15 +65,20 @@ def to_read(
         sending_reason=state.sending_reason,
         sending_since=state.sending_since,
         sending_error=state.sending_error,
+        circuit=state.circuit,
     )
 
 
 _SENDING = text(
     """
-    SELECT k.channel_id, k.sending, k.reason, k.since, k.error
+    SELECT k.channel_id,
+           CASE WHEN k.sending = 'paused' THEN 'paused'
+                WHEN k.sending = 'suspended' AND k.secrets_digest = md5(c.secrets)
+                THEN 'suspended'
+                ELSE 'active' END AS sending,
+           k.reason, k.since, k.error, k.circuit
     FROM outbox_channel_control k JOIN channels c ON c.id = k.channel_id
     WHERE k.channel_id = ANY(CAST(:ids AS uuid[]))
-      AND (k.sending = 'paused' OR k.secrets_digest = md5(c.secrets))
     """
 )
 
@@ -81,22 +86,24 @@ _SENDING = text(
 async def sending_states(
     session: AsyncSession, ids: list[uuid.UUID]
 ) -> dict[uuid.UUID, SendingState]:
-    """The held channels among ``ids`` (absent: active). The table belongs to the outbox
-    (``outbox.control``, which documents it); read here with SQL, as the channels package
-    does not import the services. A suspension whose channel got new credentials since is
-    over (``secrets_digest`` no longer matches)."""
+    """The sending states of ``ids`` that have one (absent: active, circuit closed). The
+    table belongs to the outbox (``outbox.control``, which documents it); read here with
+    SQL, as the channels package does not import the services. A suspension whose channel
+    got new credentials since is over (``secrets_digest`` no longer matches)."""
     if not ids:
         return {}
     rows = await session.execute(_SENDING, {"ids": ids})
-    return {
-        channel_id: SendingState(
+    states = {}
+    for channel_id, sending, reason, since, error, circuit in rows.all():
+        held = sending != "active"
+        states[channel_id] = SendingState(
             sending=sending,
-            sending_reason=reason,
-            sending_since=since,
-            sending_error=SendingError.model_validate(error) if error else None,
+            sending_reason=reason if held else None,
+            sending_since=since if held else None,
+            sending_error=SendingError.model_validate(error) if held and error else None,
+            circuit=circuit,
         )
-        for channel_id, sending, reason, since, error in rows.all()
-    }
+    return states
 
 
 async def read(

@@ -3,6 +3,7 @@ and the delivery worker against real PostgreSQL and the fake platform servers.""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -17,9 +18,11 @@ from fake_platforms.server import FakePlatformServer, Fault
 from gateway.app import component as gateway_component
 from outbox import control
 from outbox.app import component as outbox_component
+from outbox.breaker import BreakerPolicy
 from outbox.contracts import ChannelError
 from outbox.models import OutboxEvent, OutboxMessage
 from outbox.sampler import take_sample
+from outbox.worker import DeliveryWorker
 from switchboard.settings import Settings
 from tests.conftest import ADMIN_KEY
 from tests.integration.gateway.conftest import (
@@ -307,3 +310,51 @@ async def test_failed_messages_are_redriven_one_by_one_and_in_bulk_by_filter(
             select(func.count()).select_from(OutboxEvent).where(OutboxEvent.key.like(f"{first}:%"))
         )
     assert queued_events == 5
+
+
+async def test_the_circuit_opens_on_repeated_5xx_and_the_backlog_is_not_burned(
+    api: RunningApp, fake: FakePlatformServer
+) -> None:
+    body = channel_body("whatsapp") | {"api_base_url": fake.base_url, "send_rate_per_second": 10}
+    created = await api.client.post("/v1/channels", json=body, headers=api.auth(ADMIN_KEY))
+    channel_id = uuid.UUID(created.json()["id"])
+    fake.inject(Fault.server_error(503, times=None))
+    backlog = await enqueue(api.resources, channel_id, [f"1555600{i:02d}" for i in range(20)])
+    worker = DeliveryWorker(api.resources, owner="w1")
+    worker.ownership.breaker_policy = BreakerPolicy(
+        window=20, threshold=0.8, min_samples=5, horizon=60.0, cooldown=2.0, max_cooldown=2.0
+    )
+
+    def failures() -> int:
+        return sum(1 for r in fake.requests if r.status == 503)
+
+    async def circuit_is(state: str) -> bool:
+        return (await channel(api, channel_id))["circuit"] == state
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        await eventually(lambda: circuit_is("open"))
+        async with api.resources.engine.connect() as conn:
+            sample = await take_sample(conn)
+        assert sample.circuits == {("whatsapp", "open"): 1}
+        opened_after = failures()
+        assert opened_after < 12, "the breaker stopped the sends well before the backlog"
+
+        async def probed() -> bool:  # a half-open probe failed: open again
+            return failures() > opened_after
+
+        await eventually(probed)
+        rows = await states(api.resources, backlog)
+        assert {m.state for m in rows.values()} <= WAITING | {"sending"}  # nothing failed
+        untouched = [m for m in rows.values() if m.attempts == 0]
+        assert len(untouched) >= 20 - failures()  # held back, no attempt counted
+        fake.faults.clear()
+        await all_done(api.resources, backlog)
+        await eventually(lambda: circuit_is("closed"))
+    finally:
+        stop.set()
+        await task
+    rows = await states(api.resources, backlog)
+    assert {m.state for m in rows.values()} == {"sent"}
+    assert sum(m.attempts for m in rows.values()) == len(fake.requests)
