@@ -20,9 +20,11 @@ from outbox import control
 from outbox.app import component as outbox_component
 from outbox.breaker import BreakerPolicy
 from outbox.contracts import ChannelError
+from outbox.events import run_relay
 from outbox.models import OutboxEvent, OutboxMessage
 from outbox.sampler import take_sample
 from outbox.worker import DeliveryWorker
+from switchboard import kafka
 from switchboard.settings import Settings
 from tests.conftest import ADMIN_KEY
 from tests.integration.gateway.conftest import (
@@ -82,6 +84,32 @@ async def channel_events(api: RunningApp) -> list[dict[str, Any]]:
         rows = await session.scalars(select(OutboxEvent).order_by(OutboxEvent.id))
         events = [(r.key, orjson.loads(r.value)) for r in rows]
     return [e | {"key": key} for key, e in events if str(e["type"]).startswith("channel.")]
+
+
+async def relayed_channel_events(api: RunningApp, want: int) -> list[tuple[str, Any]]:
+    """Run the lifecycle relay and read the events topic until ``want`` channel events came."""
+    settings = api.settings
+    stop = asyncio.Event()
+    relay = asyncio.create_task(run_relay(api.resources, stop, idle_interval=0.05))
+    consumer = kafka.create_consumer(
+        settings, settings.topic("outbound.events.v1"), group_id=f"g-{uuid.uuid4().hex}"
+    )
+    await consumer.start()
+    received: list[tuple[str, Any]] = []
+    try:
+        async with asyncio.timeout(30):
+            while len(received) < want:
+                batch = await consumer.getmany(timeout_ms=300)
+                for records in batch.values():
+                    for r in records:
+                        event = orjson.loads(r.value)
+                        if str(event["type"]).startswith("channel."):
+                            received.append(((r.key or b"").decode(), event))
+    finally:
+        await consumer.stop()
+        stop.set()
+        await relay
+    return received
 
 
 def texts_to(fake: FakePlatformServer, recipient: str) -> list[str]:
@@ -192,6 +220,11 @@ async def test_refused_credentials_suspend_at_the_first_failure_and_new_ones_res
     assert texts_to(fake, "15550003") == [f"b{i}" for i in range(4)]
     resumed = (await channel_events(api))[-1]
     assert resumed["data"]["reason"] == "credentials_updated"
+    on_topic = await relayed_channel_events(api, want=2)
+    assert [(key, e["type"]) for key, e in on_topic] == [
+        (str(channel_id), "channel.suspended"),
+        (str(channel_id), "channel.resumed"),
+    ]
 
 
 async def test_resume_lifts_a_suspension_with_channel_resumed(
