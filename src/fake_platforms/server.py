@@ -160,6 +160,18 @@ class Fault:
     ) -> Fault:
         return cls(status=status, code=code, message=message, **match)
 
+    @classmethod
+    def credentials_refused(cls, platform: Platform, **match: Any) -> Fault:
+        """What ``platform`` answers a revoked or wrong token: Meta OAuth 190, Telegram 401
+        Unauthorized, Twilio 20003 (all with HTTP 401). Matches any platform unless
+        ``match`` says otherwise."""
+        code = {"telegram": 401, "twilio": 20003}.get(platform, 190)
+        message = {
+            "telegram": "Unauthorized",
+            "twilio": "Authenticate",
+        }.get(platform, "Error validating access token: Session has expired")
+        return cls(status=401, code=code, message=message, **match)
+
     def matches(self, platform: Platform, path: str, recipient: str | None) -> bool:
         if self.times is not None and self.times <= 0:
             return False

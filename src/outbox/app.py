@@ -7,10 +7,10 @@ import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from outbox import media, media_upload, template_endpoints
+from outbox import control_api, media, media_upload, template_endpoints
 from outbox.commands import run_intake
 from outbox.endpoints import router
-from outbox.schemas import lifecycle_event_schema, send_command_schema
+from outbox.schemas import channel_event_schema, lifecycle_event_schema, send_command_schema
 from switchboard.app import Component
 from switchboard.resources import Resources
 from switchboard.settings import Settings
@@ -49,11 +49,13 @@ def component(settings: Settings) -> Component:
             media.router(media_http),
             media_upload.router(media_http),
             template_endpoints.router,
+            control_api.router,
         ],
         lifespan=lifespan,
         schemas={
             "send-command": send_command_schema(),
             "lifecycle-event": lifecycle_event_schema(),
+            "channel-event": channel_event_schema(),
         },
     )
 

@@ -168,6 +168,9 @@ class Claimer:
         for cid, channel in owned.items():
             if channel.valid_until - SAFETY <= now:
                 continue
+            circuit = channel.breaker.state(now)
+            if circuit == "open":
+                continue  # its messages wait in the table, their retries not counted
             if self._pacing:
                 if self._pacer.peek_delay(channel.limit, now) > lookahead:
                     continue  # throttled: claim nothing that would only wait
@@ -177,6 +180,8 @@ class Claimer:
                 held = held_by.get(cid, 0)
                 want = self._claim_batch
             if cid in self._drained:
+                want = min(want, held + 1)
+            if circuit == "half_open":
                 want = min(want, held + 1)
             demands.append((cid, held, want))
         if not demands:

@@ -24,6 +24,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, mo
 from switchboard.schema_types import NonEmptyText, Text, holds_nul, no_nul
 
 __all__ = [
+    "CHANNEL_EVENT_TYPES",
     "COMMAND_ID_MAX",
     "CONTRACT_VERSION",
     "LIFECYCLE_EVENT_TYPES",
@@ -35,6 +36,9 @@ __all__ = [
     "SIGNAL_TTL_SECONDS",
     "Button",
     "CallbackAnswer",
+    "ChannelError",
+    "ChannelEventData",
+    "ChannelEventType",
     "CommandId",
     "Content",
     "ContentKind",
@@ -334,3 +338,27 @@ class LifecycleEventData(_Contract):
     attempt: Annotated[int, Field(ge=0)]
     error: LifecycleError | None = None
     metadata: dict[str, JsonValue] = Field(default_factory=dict)
+
+
+ChannelEventType = Literal["channel.suspended", "channel.resumed"]
+CHANNEL_EVENT_TYPES: tuple[ChannelEventType, ...] = ("channel.suspended", "channel.resumed")
+
+
+class ChannelError(_Contract):
+    """The platform's refusal that suspended a channel (code and title, never a secret)."""
+
+    code: str
+    title: str | None = None
+    http_status: int | None = None
+
+
+class ChannelEventData(_Contract):
+    """``data`` of ``channel.suspended`` / ``channel.resumed`` on
+    ``switchboard.outbound.events.v1`` (key: the channel id)."""
+
+    channel_id: NonEmptyStr
+    platform: NonEmptyStr
+    sending: Literal["active", "paused", "suspended"]
+    reason: NonEmptyStr
+    """``credentials_refused`` (suspended), ``credentials_updated`` or ``resumed`` (resumed)."""
+    error: ChannelError | None = None

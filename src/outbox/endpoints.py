@@ -7,11 +7,12 @@ dependency's teardown, which runs after the response is sent).
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from datetime import datetime
+from typing import Annotated, Literal
 
 import structlog
 from fastapi import APIRouter, Header, Query, Response, status
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from outbox import intake
 from outbox.contracts import SendCommand
@@ -165,18 +166,74 @@ async def cancel_message(
     return MessageRead.from_row(message)
 
 
+class RedriveRequest(BaseModel):
+    """Which dead/failed messages to redrive; every given condition must hold."""
+
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+    states: list[Literal["dead", "failed"]] = Field(
+        default=["dead", "failed"], min_length=1, description="Terminal states to redrive"
+    )
+    channel_id: uuid.UUID | None = None
+    error_code: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=100,
+        description="The message's `last_error.code` (`190`, `http_503`, `expired`, …)",
+    )
+    finished_after: datetime | None = Field(default=None, description="Inclusive")
+    finished_before: datetime | None = Field(default=None, description="Exclusive")
+    limit: int = Field(
+        default=1000, ge=1, le=10_000, description="At most this many; repeat while `more`"
+    )
+
+
+class RedriveResult(BaseModel):
+    count: int = Field(description="Messages requeued (each with `message.queued`)")
+    more: bool = Field(description="The limit was reached: more may match; call again")
+
+
+@router.post(
+    "/messages/retry",
+    response_model=RedriveResult,
+    summary="Redrive dead and failed messages in bulk, by filter",
+    responses=error_responses(*AUTHENTICATED),
+)
+async def retry_messages(
+    body: RedriveRequest, resources: AppResources, _: RequireSend
+) -> RedriveResult:
+    """Each match goes back to ``queued`` as with ``/v1/messages/{id}/retry``, committed in
+    batches of 500; returns how many. A message redriven concurrently is skipped, not
+    waited for."""
+    where = intake.RedriveFilter(
+        states=tuple(dict.fromkeys(body.states)),
+        channel_id=body.channel_id,
+        error_code=body.error_code,
+        finished_after=body.finished_after,
+        finished_before=body.finished_before,
+    )
+    count = await intake.redrive_matching(
+        resources.sessionmaker, resources.settings, where, body.limit
+    )
+    log.info("outbox.messages_redriven", count=count)
+    return RedriveResult(count=count, more=count == body.limit)
+
+
 @router.post(
     "/messages/{message_id}/retry",
     response_model=MessageRead,
-    summary="Redrive a dead message",
+    summary="Redrive a dead or failed message",
     responses=error_responses(
-        *AUTHENTICATED, 404, descriptions={409: "Not dead (details.state: current state)"}
+        *AUTHENTICATED,
+        404,
+        descriptions={409: "Not dead or failed (details.state: current state)"},
     ),
 )
 async def retry_message(
     message_id: uuid.UUID, session: DbSession, resources: AppResources, _: RequireSend
 ) -> MessageRead:
-    """dead → queued (``message.queued``), due now, new ``not_after``; attempts are kept."""
+    """dead or failed → queued (``message.queued``), due now, new ``not_after``; attempts are
+    kept."""
     bind(message_id=str(message_id))
     message = await intake.redrive(session, resources.settings, message_id)
     await session.commit()

@@ -30,7 +30,7 @@ from typing import Literal
 import orjson
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from outbox import events, templates
 from outbox.contracts import LifecycleError, SendCommand, signal_not_after
@@ -305,16 +305,80 @@ async def cancel(
 async def redrive(
     session: AsyncSession, settings: Settings, message_id: uuid.UUID, *, now: datetime | None = None
 ) -> OutboxMessage:
-    """dead → queued, due now, with a fresh ``not_after`` (now + the default TTL); attempts and
-    their history are kept and the retry schedule starts again from its first step. Any other
-    state is ``InvalidState``."""
+    """dead or failed → queued, due now, with a fresh ``not_after`` (now + the default TTL);
+    attempts and their history are kept and the retry schedule starts again from its first
+    step. Any other state is ``InvalidState``."""
     now = now or datetime.now(UTC)
     message = await get_message(session, message_id, for_update=True)
-    if message.state != "dead":
+    if message.state not in REDRIVABLE_STATES:
         raise InvalidState(
-            f"message is {message.state}: only a dead message can be retried",
+            f"message is {message.state}: only a dead or failed message can be retried",
             details={"state": message.state},
         )
+    await _requeue(session, settings, message, now)
+    await session.flush()
+    await session.refresh(message)  # server-side updated_at
+    return message
+
+
+REDRIVABLE_STATES = ("dead", "failed")
+REDRIVE_BATCH = 500
+"""Rows requeued per transaction by ``redrive_matching``: row locks and the staged events of
+one batch stay small, and a concurrent redrive of the same filter skips locked rows."""
+
+
+@dataclass(frozen=True, slots=True)
+class RedriveFilter:
+    states: tuple[str, ...] = REDRIVABLE_STATES
+    channel_id: uuid.UUID | None = None
+    error_code: str | None = None
+    """``last_error.code`` of the message (e.g. ``190``, ``http_503``, ``expired``)."""
+    finished_after: datetime | None = None
+    finished_before: datetime | None = None
+
+
+async def redrive_matching(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    where: RedriveFilter,
+    limit: int,
+    *,
+    now: datetime | None = None,
+) -> int:
+    """``redrive`` every dead/failed message matching ``where``, at most ``limit``, in
+    committed batches of ``REDRIVE_BATCH`` (oldest finished first). Returns the count."""
+    now = now or datetime.now(UTC)
+    query = select(OutboxMessage).where(OutboxMessage.state.in_(where.states))
+    if where.channel_id is not None:
+        query = query.where(OutboxMessage.channel_id == where.channel_id)
+    if where.error_code is not None:
+        query = query.where(OutboxMessage.last_error["code"].astext == where.error_code)
+    if where.finished_after is not None:
+        query = query.where(OutboxMessage.finished_at >= where.finished_after)
+    if where.finished_before is not None:
+        query = query.where(OutboxMessage.finished_at < where.finished_before)
+    done = 0
+    while done < limit:
+        batch = min(REDRIVE_BATCH, limit - done)
+        async with sessionmaker() as session, session.begin():
+            rows = list(
+                await session.scalars(
+                    query.order_by(OutboxMessage.finished_at, OutboxMessage.seq)
+                    .limit(batch)
+                    .with_for_update(skip_locked=True)
+                )
+            )
+            for message in rows:
+                await _requeue(session, settings, message, now)
+        done += len(rows)
+        if len(rows) < batch:
+            break
+    return done
+
+
+async def _requeue(
+    session: AsyncSession, settings: Settings, message: OutboxMessage, now: datetime
+) -> None:
     message.state = "queued"
     message.next_attempt_at = now
     message.retry_base = message.attempts
@@ -323,9 +387,6 @@ async def redrive(
     message.lease_owner = None
     message.lease_expires_at = None
     events.emit(session, settings, message, "message.queued")
-    await session.flush()
-    await session.refresh(message)  # server-side updated_at
-    return message
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from outbox.contracts import SIGNAL_KINDS
+from outbox.control import held
 from outbox.delivery import ChannelView
 
 __all__ = [
@@ -62,11 +63,11 @@ _HEARTBEAT = text(
 _RETIRE = text("DELETE FROM outbox_workers WHERE owner = :owner")
 
 _SURVEY = text(
-    """
+    f"""
     WITH due AS (
         SELECT m.channel_id, min(m.next_attempt_at) AS since
         FROM outbox_messages m JOIN channels c ON c.id = m.channel_id AND c.enabled
-        WHERE m.state IN ('queued', 'retrying')
+        WHERE m.state IN ('queued', 'retrying') AND NOT {held("c.id")}
           AND m.next_attempt_at <= now() + CAST(:horizon AS float8) * interval '1 second'
         GROUP BY m.channel_id
     )
@@ -79,20 +80,20 @@ _SURVEY = text(
     FROM outbox_channel_leases l
     WHERE l.expires_at > now()
       AND NOT EXISTS (SELECT 1 FROM due WHERE due.channel_id = l.channel_id)
-    """
+    """  # noqa: S608 - constant fragments (outbox.control.held), no input
 )
 
 _ACQUIRE = text(
-    """
+    f"""
     INSERT INTO outbox_channel_leases AS l (channel_id, owner, expires_at)
     SELECT c.id, :owner, now() + CAST(:ttl AS float8) * interval '1 second'
     FROM channels c
-    WHERE c.id = ANY(CAST(:ids AS uuid[])) AND c.enabled
+    WHERE c.id = ANY(CAST(:ids AS uuid[])) AND c.enabled AND NOT {held("c.id")}
     ON CONFLICT (channel_id) DO UPDATE
       SET owner = EXCLUDED.owner, expires_at = EXCLUDED.expires_at
       WHERE l.owner = EXCLUDED.owner OR l.expires_at < now()
     RETURNING l.channel_id, l.throttled_until, now() AS db_now
-    """
+    """  # noqa: S608 - constant fragments (outbox.control.held), no input
 )
 
 _RELEASE = text(
@@ -114,10 +115,11 @@ _THROTTLE = text(
 
 
 _CLAIM = text(
-    """
+    f"""
     WITH want AS (
         SELECT * FROM unnest(CAST(:channel_ids AS uuid[]), CAST(:limits AS int[]))
             AS w(channel_id, n)
+        WHERE NOT {held("w.channel_id")}
     ),
     picked AS (
         SELECT p.id, p.state
@@ -150,7 +152,7 @@ _CLAIM = text(
         o.conversation_key, o.content, o.reply_to, o.metadata, o.attempts, o.retry_base,
         o.not_after,
         o.platform_message_id, o.traceparent, picked.state AS claimed_from
-    """
+    """  # noqa: S608 - constant fragments (outbox.control.held), no input
 )
 
 

@@ -1,6 +1,8 @@
 """Maintenance rounds (every ``outbox_maintenance_interval``): expired message leases (a dead
 worker's claims) back to ``retrying``; waiting rows past ``not_after`` to ``dead``; held early
-receipts applied once their message's platform id is recorded (``outbox.receipts``)."""
+receipts applied once their message's platform id is recorded (``outbox.receipts``);
+suspensions whose channel got new credentials dropped with ``channel.resumed``
+(``outbox.control``)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from datetime import UTC, datetime
 import orjson
 from sqlalchemy import insert
 
-from outbox import leases, receipts
+from outbox import control, leases, receipts
 from outbox.delivery import (
     EXPIRED,
     LEASE_EXPIRED,
@@ -93,6 +95,9 @@ class Maintenance:
                 await session.execute(insert(OutboxAttempt), attempts)
             if events:
                 await session.execute(insert(OutboxEvent), events)
+            lifted = await control.lift_replaced(session, topic)
+        if lifted:
+            log.info("outbox.suspensions_lifted", count=lifted)
         if lost:
             log.warning("outbox.claims_recovered", count=len(lost))
             self._stats.recovered += len(lost)

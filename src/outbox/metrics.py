@@ -40,6 +40,7 @@ SEND_OUTCOMES = ("sent", "retryable", "permanent", "throttled", "expired")
 PENDING_STATES = ("queued", "sending", "retrying")
 CHANNEL_STATES = ("active", "paused", "suspended", "disabled")
 FINISHED_STATES = ("failed", "dead")
+CIRCUIT_STATES = ("closed", "open", "half_open")
 
 SENDS = Counter(
     "switchboard_outbox_sends",
@@ -71,6 +72,11 @@ CHANNELS = Gauge(
     "switchboard_outbox_channels",
     "Channels by sending state (sampled)",
     ["state"],
+)
+CIRCUITS = Gauge(
+    "switchboard_outbox_circuit_state",
+    "Enabled channels by circuit-breaker state, per platform (sampled; no channel-id label)",
+    ["platform", "state"],
 )
 RELAY_LAG = Gauge(
     "switchboard_outbox_relay_lag_seconds",

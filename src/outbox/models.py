@@ -261,3 +261,31 @@ class MessageTemplate(Base):
     category: Mapped[str | None] = mapped_column(String(64))
     components: Mapped[list[Any]] = mapped_column(JSONB)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ChannelControl(Base):
+    """Whether the outbox sends on a channel (``outbox.control``): no row means ``active``.
+
+    ``paused`` is an operator's hold; ``suspended`` is automatic after the platform refused the
+    channel's credentials, and holds only while the channel's encrypted secrets are those it
+    was suspended with (``secrets_digest``): a credentials update lifts it at once. A row with
+    ``active`` exists once a circuit state was recorded or a hold lifted. ``error`` is the
+    platform's code and title (never a secret: senders scrub titles)."""
+
+    __tablename__ = "outbox_channel_control"
+    __table_args__ = (
+        CheckConstraint("sending IN ('active', 'paused', 'suspended')", name="sending_known"),
+        CheckConstraint("circuit IN ('closed', 'open', 'half_open')", name="circuit_known"),
+    )
+
+    channel_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("channels.id", ondelete="CASCADE"), primary_key=True
+    )
+    sending: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(String(200))
+    since: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=text("now()"))
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    secrets_digest: Mapped[str | None] = mapped_column(String(64))
+    circuit: Mapped[str] = mapped_column(String(16), server_default="closed")
+    """The owning worker's circuit breaker (``outbox.breaker``), written on each change."""
+    circuit_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -13,15 +13,16 @@ import asyncio
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import orjson
 from sqlalchemy import insert
 from sqlalchemy.exc import SQLAlchemyError
 
-from outbox import leases
+from outbox import control, leases
 from outbox.claims import Claim, InFlight
+from outbox.contracts import ChannelError
 from outbox.delivery import ClaimedMessage, Decision, decide, expired_decision
 from outbox.events import build_event
 from outbox.metrics import record_finished
@@ -64,6 +65,8 @@ class Outcome:
     claim: Claim
     result: SendResult | None = None
     started_at: datetime | None = None
+    delay: float = 0.0
+    """A release's wait before the message is due again (an open circuit), in seconds."""
 
 
 @dataclass(slots=True)
@@ -113,6 +116,7 @@ class OutcomeWriter:
         self._events_topic = s.topic("outbound.events.v1")
         self._queue: asyncio.Queue[Outcome | None] = asyncio.Queue()
         self._throttles: dict[uuid.UUID, float] = {}
+        self._circuits: dict[uuid.UUID, str] = {}
         self.stopping = False
         """Set by the worker at stop: a failing write then gives up after the deadline."""
 
@@ -122,12 +126,18 @@ class OutcomeWriter:
         kind: OutcomeKind,
         result: SendResult | None = None,
         started_at: datetime | None = None,
+        *,
+        delay: float = 0.0,
     ) -> None:
         """Queue the claim's outcome (once: later calls for the same claim do nothing)."""
         if claim.finished:
             return
         claim.finished = True
-        self._queue.put_nowait(Outcome(kind, claim, result, started_at))
+        self._queue.put_nowait(Outcome(kind, claim, result, started_at, delay))
+
+    def note_circuit(self, channel_id: uuid.UUID, state: str) -> None:
+        """Persist a circuit-breaker change with the next batch (the last one wins)."""
+        self._circuits[channel_id] = state
 
     def note_throttle(self, channel_id: uuid.UUID, pause: float) -> None:
         """Persist a platform throttle on the channel lease with the next batch."""
@@ -202,12 +212,15 @@ class OutcomeWriter:
         updates: list[leases.RowUpdate] = []
         attempts: list[dict[str, Any]] = []
         transitions: dict[uuid.UUID, _Transition] = {}
+        suspensions: dict[uuid.UUID, control.Suspension] = {}
+        held_back: set[uuid.UUID] = set()
         for outcome in batch:
             message = outcome.claim.message
             if outcome.kind == "release":
+                due = now + timedelta(seconds=outcome.delay) if outcome.delay > 0 else now
                 updates.append(
                     leases.RowUpdate(
-                        message.id, message.claimed_from, message.attempts, next_attempt_at=now
+                        message.id, message.claimed_from, message.attempts, next_attempt_at=due
                     )
                 )
                 continue
@@ -218,25 +231,28 @@ class OutcomeWriter:
                 assert outcome.result is not None
                 result = outcome.result
                 attempt = message.attempts + 1
+                if result.credentials_invalid:
+                    attempts.append(self._attempt_row(outcome, attempt, now))
+                    updates.append(self._held_back(message, attempt, result, now))
+                    suspensions.setdefault(
+                        message.channel_id,
+                        control.Suspension(
+                            message.channel_id,
+                            message.platform,
+                            ChannelError(
+                                code=result.error_code or "credentials_invalid",
+                                title=result.error_title,
+                                http_status=result.http_status,
+                            ),
+                        ),
+                    )
+                    held_back.add(message.id)
+                    continue
                 decision = decide(
                     result, attempt=attempt - message.retry_base, now=now,
                     not_after=message.not_after, policy=self._policy,
                 )  # fmt: skip
-                attempts.append(
-                    {
-                        "message_id": message.id,
-                        "attempt": attempt,
-                        "worker": self._owner,
-                        "started_at": outcome.started_at or now,
-                        "duration_ms": result.duration_ms,
-                        "outcome": result.outcome,
-                        "http_status": result.http_status,
-                        "error_code": result.error_code,
-                        "error_title": result.error_title,
-                        "retry_after": result.retry_after,
-                        "response_excerpt": result.response_excerpt,
-                    }
-                )
+                attempts.append(self._attempt_row(outcome, attempt, now))
             error_json = None
             if decision.error is not None:
                 error = decision.error.model_dump(mode="json")
@@ -258,6 +274,7 @@ class OutcomeWriter:
             )
             transitions[message.id] = _Transition(message, decision, attempt)
         throttles, self._throttles = self._throttles, {}
+        circuits, self._circuits = self._circuits, {}
         try:
             async with self._resources.sessionmaker() as session, session.begin():
                 changed = await leases.apply_outcomes(session, self._owner, updates)
@@ -277,18 +294,67 @@ class OutcomeWriter:
                     await session.execute(insert(OutboxEvent), events)
                 if throttles:
                     await leases.throttle_channels(session, throttles)
+                if circuits:
+                    await control.record_circuits(session, circuits)
+                if suspensions:
+                    await control.suspend(session, list(suspensions.values()), self._events_topic)
         except BaseException:
             for cid, pause in throttles.items():
                 self.note_throttle(cid, pause)
+            self._circuits = circuits | self._circuits
             raise
         self._stats.write_batches += 1
-        self._count(batch, transitions, changed)
+        self._count(batch, transitions, changed, held_back)
+        for suspension in suspensions.values():
+            log.warning(
+                "outbox.channel_suspended",
+                channel_id=str(suspension.channel_id),
+                platform=suspension.platform,
+                error_code=suspension.error.code,
+            )
+
+    def _attempt_row(self, outcome: Outcome, attempt: int, now: datetime) -> dict[str, Any]:
+        result = outcome.result
+        assert result is not None
+        return {
+            "message_id": outcome.claim.message.id,
+            "attempt": attempt,
+            "worker": self._owner,
+            "started_at": outcome.started_at or now,
+            "duration_ms": result.duration_ms,
+            "outcome": result.outcome,
+            "http_status": result.http_status,
+            "error_code": result.error_code,
+            "error_title": result.error_title,
+            "retry_after": result.retry_after,
+            "response_excerpt": result.response_excerpt,
+        }
+
+    @staticmethod
+    def _held_back(
+        message: ClaimedMessage, attempt: int, result: SendResult, now: datetime
+    ) -> leases.RowUpdate:
+        """The row of a send refused for the channel's credentials: not failed, back to
+        waiting (due now: the suspension holds it, not a backoff), the attempt recorded."""
+        error = {
+            "code": result.error_code or "credentials_invalid",
+            "title": result.error_title or "the platform refused the channel's credentials",
+            "retryable": True,
+            "attempt": attempt,
+            "http_status": result.http_status,
+            "channel_suspended": True,
+        }
+        return leases.RowUpdate(
+            message.id, "retrying", attempt, next_attempt_at=now,
+            last_error=orjson.dumps(error).decode(),
+        )  # fmt: skip
 
     def _count(
         self,
         batch: list[Outcome],
         transitions: dict[uuid.UUID, _Transition],
         changed: set[uuid.UUID],
+        held_back: set[uuid.UUID],
     ) -> None:
         stats = self._stats
         for outcome in batch:
@@ -297,7 +363,7 @@ class OutcomeWriter:
                 stats.stale += 1
                 log.warning("outbox.outcome_stale", message_id=str(message_id))
                 continue
-            if outcome.kind == "release":
+            if outcome.kind == "release" or message_id in held_back:
                 stats.released += 1
                 continue
             state = transitions[message_id].decision.state

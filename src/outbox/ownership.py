@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from outbox import leases
+from outbox.breaker import BreakerPolicy, CircuitBreaker
 from outbox.claims import SAFETY, InFlight
 from outbox.delivery import channel_rate, plan_ownership
 from outbox.outcomes import DB_ERRORS
@@ -51,6 +52,8 @@ class OwnedChannel:
     """Claims waiting for the pacer, in claim order (they count against the claim budget)."""
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
     dispatcher: asyncio.Task[None] | None = None
+    breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
+    """This owner's circuit breaker of the channel (kept across settings reloads)."""
 
     @property
     def id(self) -> uuid.UUID:
@@ -83,6 +86,8 @@ class ChannelOwnership:
         self._release_waiting = release_waiting
         self._clock = clock
         self.channels: dict[uuid.UUID, OwnedChannel] = {}
+        self.breaker_policy = BreakerPolicy()
+        """Replaced by tests that need a short cooldown."""
         self._unloadable: dict[uuid.UUID, float] = {}
         """Channels whose settings could not be loaded → monotonic time to try them again."""
 
@@ -205,6 +210,7 @@ class ChannelOwnership:
             per_second=rate.count / rate.per,
             valid_until=now,
             loaded_at=now,
+            breaker=CircuitBreaker(self.breaker_policy),
         )
 
     def give_up_all(self) -> list[uuid.UUID]:

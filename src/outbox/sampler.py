@@ -7,7 +7,7 @@ Each sample is three cheap statements (checked with EXPLAIN in
 * pending messages per platform and state, with the oldest queued/retrying ``created_at``:
   an index-only scan of ``ix_outbox_messages_pending_platform`` (a partial index on the
   pending states, so its size is the backlog, not the history);
-* channels by state (a small table);
+* channels by state (a small table, joined with the smaller ``outbox_channel_control``);
 * the oldest unpublished lifecycle event and their count: ``ix_outbox_events_unpublished``.
 """
 
@@ -34,7 +34,27 @@ PENDING = text(
     GROUP BY platform, state
     """
 )
-CHANNELS = text("SELECT enabled, count(*) FROM channels GROUP BY enabled")
+CHANNELS = text(
+    """
+    SELECT CASE WHEN NOT c.enabled THEN 'disabled'
+                WHEN k.sending = 'paused' THEN 'paused'
+                WHEN k.secrets_digest = md5(c.secrets) THEN 'suspended'
+                ELSE 'active' END AS state,
+           count(*)
+    FROM channels c LEFT JOIN outbox_channel_control k ON k.channel_id = c.id
+    GROUP BY 1
+    """
+)
+"""Channels by sending state (``outbox.control``): a disabled channel counts as disabled
+whatever its sending state; a suspension whose credentials were replaced counts as active."""
+CIRCUITS = text(
+    """
+    SELECT c.platform, COALESCE(k.circuit, 'closed'), count(*)
+    FROM channels c LEFT JOIN outbox_channel_control k ON k.channel_id = c.id
+    WHERE c.enabled
+    GROUP BY 1, 2
+    """
+)
 RELAY = text(
     """
     SELECT (SELECT extract(epoch FROM now() - created_at) FROM outbox_events
@@ -49,6 +69,7 @@ class Sample:
     pending: dict[tuple[str, str], int] = field(default_factory=dict)
     oldest: dict[str, float] = field(default_factory=dict)
     channels: dict[str, int] = field(default_factory=dict)
+    circuits: dict[tuple[str, str], int] = field(default_factory=dict)
     relay_lag: float = 0.0
     unpublished: int = 0
 
@@ -60,13 +81,10 @@ async def take_sample(conn: AsyncConnection) -> Sample:
         if state != "sending":
             age = max(float(oldest or 0.0), 0.0)
             sample.oldest[platform] = max(sample.oldest.get(platform, 0.0), age)
-    counts = {bool(enabled): int(n) for enabled, n in (await conn.execute(CHANNELS)).all()}
-    sample.channels = {
-        "active": counts.get(True, 0),
-        "paused": 0,  # no channel control yet (issue 11 item 5): reported so alerts can exist
-        "suspended": 0,
-        "disabled": counts.get(False, 0),
-    }
+    counts = {str(state): int(n) for state, n in (await conn.execute(CHANNELS)).all()}
+    sample.channels = {state: counts.get(state, 0) for state in metrics.CHANNEL_STATES}
+    for platform, circuit, n in (await conn.execute(CIRCUITS)).all():
+        sample.circuits[(str(platform), str(circuit))] = int(n)
     lag, unpublished = (await conn.execute(RELAY)).one()
     sample.relay_lag = max(float(lag or 0.0), 0.0)
     sample.unpublished = int(unpublished)
@@ -81,11 +99,15 @@ class Sampler:
 
     def publish(self, sample: Sample) -> None:
         self._platforms |= {platform for platform, _ in sample.pending}
+        self._platforms |= {platform for platform, _ in sample.circuits}
         for platform in self._platforms:
             for state in metrics.PENDING_STATES:
                 count = sample.pending.get((platform, state), 0)
                 metrics.MESSAGES.labels(platform, state).set(count)
             metrics.OLDEST_QUEUED.labels(platform).set(sample.oldest.get(platform, 0.0))
+            for circuit in metrics.CIRCUIT_STATES:
+                count = sample.circuits.get((platform, circuit), 0)
+                metrics.CIRCUITS.labels(platform, circuit).set(count)
         for state in metrics.CHANNEL_STATES:
             metrics.CHANNELS.labels(state).set(sample.channels.get(state, 0))
         metrics.RELAY_LAG.set(sample.relay_lag)
@@ -95,7 +117,7 @@ class Sampler:
     def withdraw(self) -> None:
         """Not the sampling replica: export nothing that could be stale."""
         self._platforms.clear()
-        for gauge in (metrics.MESSAGES, metrics.OLDEST_QUEUED, metrics.CHANNELS):
+        for gauge in (metrics.MESSAGES, metrics.OLDEST_QUEUED, metrics.CHANNELS, metrics.CIRCUITS):
             gauge.clear()
         metrics.RELAY_LAG.set(0)
         metrics.UNPUBLISHED.set(0)

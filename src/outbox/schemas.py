@@ -9,8 +9,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from outbox.contracts import (
+    CHANNEL_EVENT_TYPES,
     LIFECYCLE_EVENT_TYPES,
     METADATA_MAX_BYTES,
+    ChannelEventData,
     Content,
     LifecycleEventData,
     Metadata,
@@ -175,6 +177,34 @@ def lifecycle_event_schema() -> dict[str, Any]:
             "subject": {"type": "string", "description": "channel_id:recipient"},
             "datacontenttype": {"const": "application/json"},
             "data": {"$ref": "#/$defs/LifecycleEventData"},
+        },
+        "$defs": defs,
+    }
+
+
+def channel_event_schema() -> dict[str, Any]:
+    """The CloudEvents envelope of ``channel.suspended`` / ``channel.resumed`` on
+    ``outbound.events.v1`` (key: the channel id)."""
+    data = ChannelEventData.model_json_schema(ref_template="#/$defs/{model}")
+    defs: dict[str, Any] = data.pop("$defs", {})
+    defs["ChannelEventData"] = data
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "ChannelEvent",
+        "description": "A channel's sending was suspended (the platform refused its "
+        "credentials) or resumed (new credentials, or POST /v1/channels/{id}/resume); "
+        "CloudEvents 1.0, structured",
+        "type": "object",
+        "required": ["specversion", "id", "source", "type", "time", "subject", "data"],
+        "properties": {
+            "specversion": {"const": "1.0"},
+            "id": {"type": "string"},
+            "source": {"type": "string", "description": "/switchboard/outbox/<channel_id>"},
+            "type": {"enum": list(CHANNEL_EVENT_TYPES)},
+            "time": {"type": "string", "format": "date-time"},
+            "subject": {"type": "string", "description": "channel_id"},
+            "datacontenttype": {"const": "application/json"},
+            "data": {"$ref": "#/$defs/ChannelEventData"},
         },
         "$defs": defs,
     }

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 
 from pydantic import ValidationError
 
+from outbox.breaker import is_outage
 from outbox.claims import Claim
 from outbox.delivery import ClaimedMessage, interrupted_result
 from outbox.metrics import record_send, send_outcome
@@ -171,6 +172,11 @@ class Dispatcher:
                 record_send(message.platform, "expired", 0.0)
                 finish(claim, "expired")
                 return
+            breaker = channel.breaker
+            probe = breaker.state(now) == "half_open"
+            if not breaker.try_acquire(now):
+                finish(claim, "release", delay=breaker.retry_in(now))
+                return
             claim.sending = True
             started_at = datetime.now(UTC)
             started = time.perf_counter()
@@ -181,6 +187,7 @@ class Dispatcher:
                 finish(claim, "result", interrupted_result(elapsed), started_at)
                 raise
             self._note_throttle(message, result)
+            self._note_circuit(channel, result, probe)
             record_send(
                 message.platform,
                 send_outcome(
@@ -225,6 +232,21 @@ class Dispatcher:
         except Exception as exc:  # a sender bug must not kill the worker: count an attempt
             log.exception("outbox.sender_crashed", platform=message.platform)
             return local_failure("worker_error", type(exc).__name__, retryable=True)
+
+    def _note_circuit(self, channel: OwnedChannel, result: SendResult, probe: bool) -> None:
+        breaker = channel.breaker
+        before = breaker.changes
+        now = self._clock()
+        breaker.record(now, outage=is_outage(result), probe=probe)
+        if breaker.changes != before:
+            state = breaker.state(now)
+            self._writer.note_circuit(channel.id, state)
+            log.warning(
+                "outbox.circuit_changed",
+                channel_id=str(channel.id),
+                platform=channel.config.platform,
+                circuit=state,
+            )
 
     def _note_throttle(self, message: ClaimedMessage, result: SendResult) -> None:
         if result.throttled:

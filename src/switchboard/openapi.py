@@ -90,6 +90,17 @@ TOPICS: tuple[tuple[str, str, str, str], ...] = (
 )
 
 
+EXTRA_MESSAGES: dict[str, tuple[tuple[str, str], ...]] = {
+    "outbound.events.v1": (
+        (
+            "channel-event",
+            "channel.suspended / channel.resumed of a channel's sending (key: channel_id).",
+        ),
+    ),
+}
+"""Further message kinds of a topic (its first kind is in ``TOPICS``)."""
+
+
 def _dump(document: Any) -> str:
     return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
 
@@ -109,6 +120,12 @@ def asyncapi(settings: Settings) -> dict[str, Any]:
                 }
             },
         }
+        for extra, summary in EXTRA_MESSAGES.get(logical, ()):
+            channels[name]["messages"][extra] = {
+                "contentType": "application/cloudevents+json",
+                "summary": summary,
+                "payload": {"$ref": f"schemas/{extra}.schema.json"},
+            }
         action = "receive" if logical == "outbound.commands.v1" else "send"
         operations[f"{action}_{name}"] = {
             "action": action,

@@ -129,6 +129,10 @@ class SendResult:
     response_excerpt: str | None
     duration_ms: float
     recipient_throttled: bool = False
+    credentials_invalid: bool = False
+    """The platform refused the channel's credentials (revoked or expired token, wrong auth):
+    every send of the channel would fail the same way, so the worker suspends the channel and
+    puts the message back instead of failing it (``outbox.control``)."""
 
     @property
     def retryable(self) -> bool:
@@ -143,6 +147,8 @@ class ErrorRule:
     throttle: Throttle | None = None
     retry_after: float | None = None
     """A minimum wait the platform documents for this code, when it gives no header."""
+    credentials: bool = False
+    """The code means the channel's credentials are refused (``SendResult.credentials_invalid``)."""
 
 
 @runtime_checkable
@@ -307,7 +313,9 @@ def result_from_rule(
         if outcome == "sent":  # an error body with a 2xx status: do not trust it as delivered
             outcome = "permanent"
         recipient = False
+        credentials = status == 401
     else:
+        credentials = rule.credentials
         outcome = "retryable" if rule.retryable else "permanent"
         throttled = rule.throttle == "channel"
         recipient = rule.throttle == "recipient"
@@ -324,6 +332,7 @@ def result_from_rule(
         response_excerpt=body_excerpt,
         duration_ms=duration_ms,
         recipient_throttled=recipient,
+        credentials_invalid=credentials,
     )
 
 

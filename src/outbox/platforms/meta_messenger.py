@@ -86,7 +86,7 @@ ERRORS: Mapping[int, ErrorRule] = {
     1200: _RETRY,  # temporary send message failure (unverified)
     10: _PERMANENT,  # permission denied; subcode 2018278: outside the allowed window
     100: _PERMANENT,  # invalid parameter / no matching user (2018001)
-    190: _PERMANENT,  # invalid OAuth access token
+    190: ErrorRule(retryable=False, credentials=True),  # invalid OAuth access token
     200: _PERMANENT,  # permissions error
     230: _PERMANENT,  # requires pages_messaging permission
     551: _PERMANENT,  # this person isn't available right now

@@ -88,7 +88,7 @@ _MEDIA_METHODS: Mapping[str, tuple[str, str]] = {
 ERRORS: Mapping[int, ErrorRule] = {
     429: ErrorRule(retryable=True, throttle="channel"),  # flood control
     400: ErrorRule(retryable=False),  # bad request: chat not found, message to reply not found…
-    401: ErrorRule(retryable=False),  # bad bot token
+    401: ErrorRule(retryable=False, credentials=True),  # bad bot token
     403: ErrorRule(retryable=False),  # bot blocked by the user / kicked from the group
     404: ErrorRule(retryable=False),
     409: ErrorRule(retryable=False),

@@ -80,7 +80,7 @@ ERRORS: Mapping[int, ErrorRule] = {
     14107: ErrorRule(retryable=True, throttle="recipient", retry_after=30.0),  # reply loop guard
     20500: ErrorRule(retryable=True),  # internal server error
     20503: ErrorRule(retryable=True),  # service unavailable
-    20003: _PERMANENT,  # authentication
+    20003: ErrorRule(retryable=False, credentials=True),  # authentication
     20404: _PERMANENT,  # resource not found (wrong account SID)
     21211: _PERMANENT,  # invalid To number
     21212: _PERMANENT,  # invalid From number

@@ -74,7 +74,7 @@ ERRORS: Mapping[int, ErrorRule] = {
     3: _PERMANENT,
     10: _PERMANENT,
     100: _PERMANENT,  # invalid parameter
-    190: _PERMANENT,  # access token expired
+    190: ErrorRule(retryable=False, credentials=True),  # access token expired
     200: _PERMANENT,
     368: _PERMANENT,  # temporarily blocked for policy violations: operator action
     130472: _PERMANENT,  # user in experiment

@@ -35,7 +35,7 @@ async def create_channel(
         session, resources.secret_box, body, base_url_policy=_policy(resources)
     )
     await session.commit()
-    return service.to_read(channel, resources.secret_box, resources.public_base_url)
+    return await service.read(session, resources.secret_box, resources.public_base_url, channel)
 
 
 @router.get("", responses=error_responses(*AUTHENTICATED))
@@ -47,7 +47,11 @@ async def list_channels(
     enabled: Annotated[bool | None, Query()] = None,
 ) -> list[ChannelRead]:
     rows = await service.list_all(session, platform, enabled)
-    return [service.to_read(c, resources.secret_box, resources.public_base_url) for c in rows]
+    states = await service.sending_states(session, [c.id for c in rows])
+    return [
+        service.to_read(c, resources.secret_box, resources.public_base_url, states.get(c.id))
+        for c in rows
+    ]
 
 
 @router.get("/{channel_id}", responses=error_responses(*AUTHENTICATED, 404))
@@ -55,7 +59,7 @@ async def get_channel(
     channel_id: uuid.UUID, _: RequireRead, session: DbSession, resources: AppResources
 ) -> ChannelRead:
     channel = await service.get(session, channel_id)
-    return service.to_read(channel, resources.secret_box, resources.public_base_url)
+    return await service.read(session, resources.secret_box, resources.public_base_url, channel)
 
 
 @router.patch("/{channel_id}", responses=error_responses(*AUTHENTICATED, 400, 404))
@@ -70,7 +74,7 @@ async def update_channel(
         session, resources.secret_box, channel_id, body, base_url_policy=_policy(resources)
     )
     await session.commit()
-    return service.to_read(channel, resources.secret_box, resources.public_base_url)
+    return await service.read(session, resources.secret_box, resources.public_base_url, channel)
 
 
 @router.post("/{channel_id}/disable", responses=error_responses(*AUTHENTICATED, 404))
@@ -82,7 +86,7 @@ async def disable_channel(
         session, resources.secret_box, channel_id, ChannelUpdate(enabled=False)
     )
     await session.commit()
-    return service.to_read(channel, resources.secret_box, resources.public_base_url)
+    return await service.read(session, resources.secret_box, resources.public_base_url, channel)
 
 
 @router.post("/{channel_id}/enable", responses=error_responses(*AUTHENTICATED, 404))
@@ -93,4 +97,4 @@ async def enable_channel(
         session, resources.secret_box, channel_id, ChannelUpdate(enabled=True)
     )
     await session.commit()
-    return service.to_read(channel, resources.secret_box, resources.public_base_url)
+    return await service.read(session, resources.secret_box, resources.public_base_url, channel)

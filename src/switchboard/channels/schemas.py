@@ -274,6 +274,24 @@ class ChannelUpdate(_Strict):
         return value
 
 
+class SendingError(BaseModel):
+    """The platform error that suspended a channel's sending (never a secret)."""
+
+    code: str
+    title: str | None = None
+    http_status: int | None = None
+
+
+class SendingState(BaseModel):
+    """A channel's sending state as the outbox holds it (``outbox_channel_control``)."""
+
+    sending: Literal["active", "paused", "suspended"] = "active"
+    sending_reason: str | None = None
+    sending_since: datetime | None = None
+    sending_error: SendingError | None = None
+    circuit: Literal["closed", "open", "half_open"] = "closed"
+
+
 class ChannelRead(BaseModel):
     id: uuid.UUID
     platform: Platform
@@ -290,3 +308,23 @@ class ChannelRead(BaseModel):
     )
     created_at: datetime
     updated_at: datetime
+    sending: Literal["active", "paused", "suspended"] = Field(
+        default="active",
+        description="Whether the outbox sends on this channel (webhooks are accepted either "
+        "way): paused by an operator (`/pause`, `/resume`), or suspended after the platform "
+        "refused the credentials (lifted by new credentials or `/resume`)",
+    )
+    sending_reason: str | None = Field(
+        default=None,
+        description="Why not active: `paused` (or the operator's reason), `credentials_refused`",
+    )
+    sending_since: datetime | None = None
+    sending_error: SendingError | None = Field(
+        default=None, description="The platform's refusal that suspended sending"
+    )
+    circuit: Literal["closed", "open", "half_open"] = Field(
+        default="closed",
+        description="The delivery worker's circuit breaker: `open` while the platform keeps "
+        "failing (5xx, timeouts; messages wait, their retries not counted), `half_open` while "
+        "one probe is sent",
+    )

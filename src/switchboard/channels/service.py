@@ -4,7 +4,7 @@ import uuid
 from dataclasses import dataclass
 
 from pydantic import BaseModel, HttpUrl, SecretStr, ValidationError
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -15,6 +15,8 @@ from switchboard.channels.schemas import (
     ChannelCreate,
     ChannelRead,
     ChannelUpdate,
+    SendingError,
+    SendingState,
     TelegramCredentials,
     check_bot_token_account,
 )
@@ -53,7 +55,10 @@ def _checked_base_url(url: HttpUrl | None, policy: BaseUrlPolicy | None) -> str 
     return stored
 
 
-def to_read(channel: Channel, box: SecretBox, public_base_url: str) -> ChannelRead:
+def to_read(
+    channel: Channel, box: SecretBox, public_base_url: str, sending: SendingState | None = None
+) -> ChannelRead:
+    state = sending or SendingState()
     return ChannelRead(
         id=channel.id,
         platform=channel.platform,
@@ -68,7 +73,57 @@ def to_read(channel: Channel, box: SecretBox, public_base_url: str) -> ChannelRe
         auto_answer_callbacks=channel.auto_answer_callbacks,
         created_at=channel.created_at,
         updated_at=channel.updated_at,
+        sending=state.sending,
+        sending_reason=state.sending_reason,
+        sending_since=state.sending_since,
+        sending_error=state.sending_error,
+        circuit=state.circuit,
     )
+
+
+_SENDING = text(
+    """
+    SELECT k.channel_id,
+           CASE WHEN k.sending = 'paused' THEN 'paused'
+                WHEN k.sending = 'suspended' AND k.secrets_digest = md5(c.secrets)
+                THEN 'suspended'
+                ELSE 'active' END AS sending,
+           k.reason, k.since, k.error, k.circuit
+    FROM outbox_channel_control k JOIN channels c ON c.id = k.channel_id
+    WHERE k.channel_id = ANY(CAST(:ids AS uuid[]))
+    """
+)
+
+
+async def sending_states(
+    session: AsyncSession, ids: list[uuid.UUID]
+) -> dict[uuid.UUID, SendingState]:
+    """The sending states of ``ids`` that have one (absent: active, circuit closed). The
+    table belongs to the outbox (``outbox.control``, which documents it); read here with
+    SQL, as the channels package does not import the services. A suspension whose channel
+    got new credentials since is over (``secrets_digest`` no longer matches)."""
+    if not ids:
+        return {}
+    rows = await session.execute(_SENDING, {"ids": ids})
+    states = {}
+    for channel_id, sending, reason, since, error, circuit in rows.all():
+        held = sending != "active"
+        states[channel_id] = SendingState(
+            sending=sending,
+            sending_reason=reason if held else None,
+            sending_since=since if held else None,
+            sending_error=SendingError.model_validate(error) if held and error else None,
+            circuit=circuit,
+        )
+    return states
+
+
+async def read(
+    session: AsyncSession, box: SecretBox, public_base_url: str, channel: Channel
+) -> ChannelRead:
+    """The channel resource with its sending state."""
+    states = await sending_states(session, [channel.id])
+    return to_read(channel, box, public_base_url, states.get(channel.id))
 
 
 async def create(

@@ -826,3 +826,42 @@ async def test_default_httpx_transport_sends_the_same_bytes(server: FakePlatform
     assert result.outcome == "sent"
     assert only(server).json["text"] == {"body": "hello", "preview_url": False}
     assert json.loads(json.dumps(only(server).json)) == only(server).json
+
+
+@pytest.mark.parametrize(
+    ("platform", "to", "fault", "code"),
+    [
+        ("whatsapp", "+393331234567", Fault.credentials_refused("whatsapp"), "190"),
+        ("messenger", "1234", Fault.credentials_refused("messenger"), "190"),
+        ("instagram", "1234", Fault.credentials_refused("instagram"), "190"),
+        ("telegram", "42", Fault.credentials_refused("telegram"), "401"),
+        ("twilio", "+15551230000", Fault.credentials_refused("twilio"), "20003"),
+        ("twilio", "+15551230000", Fault(status=401, body={"message": "no"}), "http_401"),
+        (
+            "whatsapp",
+            "+393331234567",
+            Fault.platform_error(190, "Error validating access token (subcode 463)", status=400),
+            "190",
+        ),
+    ],
+)
+async def test_refused_credentials_are_flagged_for_suspension(
+    server: FakePlatformServer, client: HttpClient, platform: str, to: str, fault: Fault, code: str
+) -> None:
+    server.inject(fault)
+    result = await send(server, client, platform, cmd(to, HELLO))
+    assert result.credentials_invalid is True
+    assert result.error_code == code
+    assert result.outcome == "permanent"
+
+
+async def test_other_refusals_do_not_suspend(
+    server: FakePlatformServer, client: HttpClient
+) -> None:
+    server.inject(Fault.platform_error(131026, "Message undeliverable"))
+    undeliverable = await send(server, client, "whatsapp", cmd("+393331234567", HELLO))
+    server.inject(Fault.server_error(503))
+    outage = await send(server, client, "telegram", cmd("42", HELLO))
+    server.inject(Fault.platform_error(403, "Forbidden: bot was blocked by the user", status=403))
+    blocked = await send(server, client, "telegram", cmd("42", HELLO))
+    assert [r.credentials_invalid for r in (undeliverable, outage, blocked)] == [False] * 3
