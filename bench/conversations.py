@@ -26,15 +26,15 @@ from sqlalchemy import func, select
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
+from channels.models import Channel  # noqa: E402
 from conversations.models import TimelineEntry  # noqa: E402
 from conversations.worker import run_worker  # noqa: E402
+from infra.crypto import generate_key  # noqa: E402
+from infra.embedded import EmbeddedBroker, EmbeddedPostgres  # noqa: E402
+from infra.kafka import CE_HEADERS  # noqa: E402
+from infra.settings import Settings  # noqa: E402
 from switchboard import migrate  # noqa: E402
 from switchboard.app import open_resources  # noqa: E402
-from switchboard.channels.models import Channel  # noqa: E402
-from switchboard.crypto import generate_key  # noqa: E402
-from switchboard.embedded import EmbeddedBroker, EmbeddedPostgres  # noqa: E402
-from switchboard.kafka import CE_HEADERS  # noqa: E402
-from switchboard.settings import Settings  # noqa: E402
 
 
 def event(channel_id: str, n: int, conversations: int) -> tuple[bytes, bytes]:

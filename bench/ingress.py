@@ -5,7 +5,7 @@
 
 Starts an embedded PostgreSQL and the embedded Kafka-protocol broker, migrates, runs the real
 service (``switchboard serve`` in a subprocess, unchanged: uvicorn + httptools on uvloop, the
-loop ``switchboard.entrypoint.run_async`` gives every process; webhooks are served by the
+loop ``infra.entrypoint.run_async`` gives every process; webhooks are served by the
 gateway's raw ASGI fast path, ``gateway.fastpath``) and, in the same run, a bare FastAPI app
 (``--bare``: reads the body, answers 200; uvicorn with uvloop + httptools). Load: ``wrk``
 (``apt-get install wrk``) with pre-signed, all-distinct webhooks (every request is new work:
@@ -295,9 +295,9 @@ def main() -> None:
     from sqlalchemy import text
     from sqlalchemy.ext.asyncio import create_async_engine
 
-    from switchboard.crypto import generate_key
-    from switchboard.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
-    from switchboard.kafka_cluster import KafkaCluster
+    from infra.crypto import generate_key
+    from infra.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
+    from infra.kafka_cluster import KafkaCluster
 
     work = Path(tempfile.mkdtemp(prefix="sb-bench-ingress-"))
     procs: list[subprocess.Popen[bytes]] = []

@@ -54,17 +54,17 @@ from sqlalchemy import func, insert, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from channels.models import Channel
+from infra.crypto import generate_key
+from infra.embedded import EmbeddedBroker, EmbeddedPostgres
+from infra.resources import Resources
+from infra.runner import freeze_startup_heap
+from infra.settings import Settings
 from outbox.events import run_relay
 from outbox.models import OutboxMessage
 from outbox.worker import DeliveryWorker
 from switchboard import migrate
 from switchboard.app import open_resources
-from switchboard.channels.models import Channel
-from switchboard.crypto import generate_key
-from switchboard.embedded import EmbeddedBroker, EmbeddedPostgres
-from switchboard.resources import Resources
-from switchboard.runner import freeze_startup_heap
-from switchboard.settings import Settings
 
 
 async def _lag_monitor(lags: list[float], tick: float = 0.005) -> None:

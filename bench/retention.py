@@ -37,10 +37,10 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
+from infra.embedded import EmbeddedPostgres
+from infra.settings import Settings
 from outbox.retention import purge_once
 from switchboard import migrate
-from switchboard.embedded import EmbeddedPostgres
-from switchboard.settings import Settings
 
 TABLES = ("outbox_messages", "outbox_attempts", "outbox_events", "outbox_pending_receipts")
 

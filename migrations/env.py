@@ -9,9 +9,9 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 import switchboard.models  # noqa: F401  (registers shared tables)
-from switchboard.db import Base
+from infra.db import Base
+from infra.settings import Settings
 from switchboard.migrate import import_service_models
-from switchboard.settings import Settings
 
 import_service_models()
 target_metadata = Base.metadata

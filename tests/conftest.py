@@ -32,11 +32,11 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from infra.crypto import generate_key
+from infra.embedded import EmbeddedBroker, EmbeddedPostgres
+from infra.kafka_cluster import KafkaCluster
+from infra.settings import Settings
 from switchboard import migrate
-from switchboard.crypto import generate_key
-from switchboard.embedded import EmbeddedBroker, EmbeddedPostgres
-from switchboard.kafka_cluster import KafkaCluster
-from switchboard.settings import Settings
 
 os.environ.setdefault("SWITCHBOARD_EMBEDDED_PG_FSYNC", "off")
 ADMIN_KEY = "sb_admin_test_" + secrets.token_urlsafe(16)

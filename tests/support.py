@@ -10,10 +10,10 @@ from dataclasses import dataclass
 import httpx
 import uvicorn
 
+from infra.resources import Resources
+from infra.runner import bind_socket
+from infra.settings import Settings
 from switchboard.app import Component, create_app, open_resources
-from switchboard.resources import Resources
-from switchboard.runner import bind_socket
-from switchboard.settings import Settings
 
 
 @dataclass

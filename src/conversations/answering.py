@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from conversations import contracts, metrics
 from conversations.models import Conversation
 from conversations.service import stage_conversation_event
-from switchboard.settings import Settings
+from infra.settings import Settings
 
 
 def answer(

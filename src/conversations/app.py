@@ -15,9 +15,9 @@ from contextlib import asynccontextmanager
 from conversations.contracts import conversation_event_schema
 from conversations.endpoints import router
 from conversations.worker import run_worker
-from switchboard.app import Component
-from switchboard.resources import Resources
-from switchboard.settings import Settings
+from infra.component import Component
+from infra.resources import Resources
+from infra.settings import Settings
 
 __all__ = ["component", "run_worker"]
 

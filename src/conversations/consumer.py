@@ -30,11 +30,11 @@ from conversations.keys import contact_key, inbound_peer
 from conversations.lifecycle import apply_lifecycle
 from conversations.models import CONTACT_KEY_MAX
 from conversations.service import Unrecordable, lock_in_order
-from switchboard.aio import abandon, first_of
-from switchboard.kafka import create_consumer
-from switchboard.logging import get_logger
-from switchboard.resources import Resources
-from switchboard.settings import Settings
+from infra.aio import abandon, first_of
+from infra.kafka import create_consumer
+from infra.logging import get_logger
+from infra.resources import Resources
+from infra.settings import Settings
 
 log = get_logger(__name__)
 

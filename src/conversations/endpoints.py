@@ -13,6 +13,8 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Response, status
 from sqlalchemy import select
 
+from apikeys.dependencies import RequireAdmin, RequireRead
+from channels.models import Channel
 from conversations import repository, service
 from conversations.errors import (
     AutoReplyNotFound,
@@ -34,9 +36,7 @@ from conversations.schemas import (
     TimelineMessage,
     TimelinePage,
 )
-from switchboard.auth.dependencies import RequireAdmin, RequireRead
-from switchboard.channels.models import Channel
-from switchboard.resources import AppResources, DbSession
+from infra.resources import AppResources, DbSession
 
 router = APIRouter(prefix="/v1", tags=["conversations"])
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from switchboard.errors import BadRequest, NotFound, Unprocessable
+from infra.errors import BadRequest, NotFound, Unprocessable
 
 
 class ChannelNotFound(NotFound):

@@ -25,6 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from channels.models import Channel
 from conversations import contracts, metrics, rules
 from conversations.answering import answer
 from conversations.keys import inbound_peer
@@ -39,9 +40,8 @@ from conversations.service import (
     stage,
 )
 from conversations.states import advance
-from switchboard.channels.models import Channel
-from switchboard.logging import get_logger
-from switchboard.settings import Settings
+from infra.logging import get_logger
+from infra.settings import Settings
 
 log = get_logger(__name__)
 

@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from channels.models import Channel
 from conversations import contracts, rules
 from conversations.answering import answer
 from conversations.inbound import parse_time
@@ -27,8 +28,7 @@ from conversations.keys import outbound_conversation_id
 from conversations.models import MESSAGE_ID_MAX, TimelineEntry
 from conversations.service import Party, locked_conversation, set_opt_out
 from conversations.states import RANK, advance
-from switchboard.channels.models import Channel
-from switchboard.settings import Settings
+from infra.settings import Settings
 
 NOT_REPLIES = frozenset({"typing", "mark_read", "reaction"})
 

@@ -33,7 +33,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
-from switchboard.db import Base
+from infra.db import Base
 
 CONVERSATION_ID_MAX = 600
 CONTACT_KEY_MAX = 300

@@ -12,9 +12,9 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, select, text, update
 
 from conversations.models import PendingEvent
-from switchboard.kafka import CE_HEADERS
-from switchboard.logging import get_logger
-from switchboard.resources import Resources
+from infra.kafka import CE_HEADERS
+from infra.logging import get_logger
+from infra.resources import Resources
 
 log = get_logger(__name__)
 

@@ -19,8 +19,8 @@ from conversations import contracts, metrics
 from conversations.keys import contact_key
 from conversations.models import ChannelSettings, Conversation, OptOut, PendingEvent
 from conversations.rules import DEFAULT_OPT_IN, DEFAULT_OPT_OUT
-from switchboard.logging import get_logger
-from switchboard.settings import Settings
+from infra.logging import get_logger
+from infra.settings import Settings
 
 log = get_logger(__name__)
 

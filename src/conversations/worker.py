@@ -18,8 +18,8 @@ from conversations.consumer import run_consumer
 from conversations.models import Conversation
 from conversations.relay import purge, relay_once, run_relay
 from conversations.timers import fire_due
-from switchboard.logging import get_logger
-from switchboard.resources import Resources
+from infra.logging import get_logger
+from infra.resources import Resources
 
 log = get_logger(__name__)
 

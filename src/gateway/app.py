@@ -20,9 +20,9 @@ from gateway.endpoints import routers
 from gateway.fastpath import WebhookFastPath
 from gateway.relay import run_purger, run_relay
 from gateway.service import Gateway, GatewayHolder
-from switchboard.app import Component
-from switchboard.resources import Resources
-from switchboard.settings import Settings
+from infra.component import Component
+from infra.resources import Resources
+from infra.settings import Settings
 
 
 def lifespan(holder: GatewayHolder) -> Callable[[Resources], AbstractAsyncContextManager[None]]:

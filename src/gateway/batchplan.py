@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import normalizer
+from channels.service import ChannelWithSecrets
 from gateway.errors import NotDurable
 from gateway.metrics import events_counter
-from switchboard.channels.service import ChannelWithSecrets
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,9 +24,9 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from switchboard.channels.service import ChannelWithSecrets
-from switchboard.dberrors import DATABASE_ERRORS, kind_name
-from switchboard.logging import get_logger
+from channels.service import ChannelWithSecrets
+from infra.dberrors import DATABASE_ERRORS, kind_name
+from infra.logging import get_logger
 
 log = get_logger(__name__)
 

@@ -28,10 +28,10 @@ def _when(value: str) -> datetime:
 def cmd_replay(args: argparse.Namespace) -> None:
     from gateway import replay
     from gateway.service import Gateway
-    from switchboard.app import open_resources
-    from switchboard.entrypoint import load_settings, require_encryption_keys, run_async
-    from switchboard.errors import SwitchboardError
-    from switchboard.logging import configure_logging
+    from infra.entrypoint import load_settings, require_encryption_keys, run_async
+    from infra.errors import SwitchboardError
+    from infra.logging import configure_logging
+    from infra.resources import open_resources
 
     settings = load_settings()
     require_encryption_keys(settings)

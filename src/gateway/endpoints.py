@@ -41,6 +41,8 @@ from fastapi import APIRouter, Body, Request
 from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel, Field
 
+from apikeys.dependencies import RequireAdmin
+from channels.schemas import Platform
 from gateway import intake
 from gateway import replay as replay_service
 from gateway.errors import (
@@ -51,11 +53,9 @@ from gateway.errors import (
 from gateway.metrics import webhooks_counter
 from gateway.service import Gateway, GatewayHolder
 from gateway.verifiers import REGISTRY, Verifier
-from switchboard.auth.dependencies import RequireAdmin
-from switchboard.channels.schemas import Platform
-from switchboard.errors import AUTHENTICATED, ServiceUnavailable, error_responses
-from switchboard.logging import get_logger
-from switchboard.schema_types import Instant
+from infra.errors import AUTHENTICATED, ServiceUnavailable, error_responses
+from infra.logging import get_logger
+from infra.schema_types import Instant
 
 log = get_logger(__name__)
 

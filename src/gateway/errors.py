@@ -10,7 +10,7 @@ from typing import ClassVar
 
 import orjson
 
-from switchboard import errors
+from infra import errors
 
 
 class WebhookRejected(errors.SwitchboardError):

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import orjson
 
 import normalizer
+from channels.service import ChannelWithSecrets
 from gateway.budget import Holding
 from gateway.errors import (
     BadSignature,
@@ -31,10 +32,9 @@ from gateway.errors import (
 from gateway.metrics import latency_histogram, webhooks_counter
 from gateway.service import Gateway, received_now
 from gateway.verifiers import REGISTRY, WebhookRequest
-from switchboard import telemetry
-from switchboard.channels.service import ChannelWithSecrets
-from switchboard.dberrors import DATABASE_ERRORS, kind_name
-from switchboard.logging import get_logger
+from infra import telemetry
+from infra.dberrors import DATABASE_ERRORS, kind_name
+from infra.logging import get_logger
 
 log = get_logger(__name__)
 

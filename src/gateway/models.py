@@ -29,7 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
-from switchboard.db import Base
+from infra.db import Base
 
 
 class DedupEntry(Base):

@@ -13,8 +13,8 @@ from collections.abc import AsyncIterator
 import asyncpg  # type: ignore[import-untyped]
 from sqlalchemy.engine import make_url
 
-from switchboard.dberrors import DATABASE_ERRORS
-from switchboard.settings import Settings
+from infra.dberrors import DATABASE_ERRORS
+from infra.settings import Settings
 
 
 def asyncpg_dsn(sqlalchemy_url: str) -> str:

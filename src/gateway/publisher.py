@@ -16,9 +16,9 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 
-from switchboard import telemetry
-from switchboard.kafka import CE_HEADERS
-from switchboard.logging import get_logger
+from infra import telemetry
+from infra.kafka import CE_HEADERS
+from infra.logging import get_logger
 
 log = get_logger(__name__)
 

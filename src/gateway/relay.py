@@ -37,8 +37,8 @@ from gateway import repository as repo
 from gateway.metrics import EVENTS, SPOOL_DEPTH, SPOOL_DEPTH_CAP
 from gateway.publisher import Record
 from gateway.service import Gateway
-from switchboard.dberrors import DATABASE_ERRORS
-from switchboard.logging import get_logger
+from infra.dberrors import DATABASE_ERRORS
+from infra.logging import get_logger
 
 log = get_logger(__name__)
 

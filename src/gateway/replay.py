@@ -18,8 +18,8 @@ import normalizer
 from gateway import repository as repo
 from gateway.metrics import EVENTS
 from gateway.service import Gateway
-from switchboard.errors import ServiceUnavailable
-from switchboard.logging import get_logger
+from infra.errors import ServiceUnavailable
+from infra.logging import get_logger
 
 log = get_logger(__name__)
 

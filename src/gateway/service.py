@@ -70,6 +70,7 @@ from datetime import UTC, datetime
 import asyncpg  # type: ignore[import-untyped]
 
 import normalizer
+from channels.service import ChannelWithSecrets, load_with_secrets
 from gateway import repository as repo
 from gateway.batcher import GroupCommit
 from gateway.batchplan import Accepted, BatchPlan, Webhook
@@ -79,11 +80,10 @@ from gateway.errors import NotDurable
 from gateway.metrics import BATCH_SIZE, events_counter
 from gateway.pool import open_pool, terminate
 from gateway.publisher import Publisher, Record
-from switchboard import telemetry
-from switchboard.channels.service import ChannelWithSecrets, load_with_secrets
-from switchboard.dberrors import DATABASE_ERRORS, is_retryable, kind_name
-from switchboard.logging import get_logger
-from switchboard.resources import Resources
+from infra import telemetry
+from infra.dberrors import DATABASE_ERRORS, is_retryable, kind_name
+from infra.logging import get_logger
+from infra.resources import Resources
 
 log = get_logger(__name__)
 

@@ -7,13 +7,13 @@ import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from infra.component import Component
+from infra.resources import Resources
+from infra.settings import Settings
 from outbox import control_api, media, media_upload, template_endpoints
 from outbox.commands import run_intake
 from outbox.endpoints import router
 from outbox.schemas import channel_event_schema, lifecycle_event_schema, send_command_schema
-from switchboard.app import Component
-from switchboard.resources import Resources
-from switchboard.settings import Settings
 
 
 def component(settings: Settings) -> Component:

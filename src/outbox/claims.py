@@ -24,10 +24,10 @@ from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
+from infra.resources import Resources
 from outbox import leases
 from outbox.delivery import ClaimedMessage, paced_limits
 from outbox.ratelimit import Limit, Pacer
-from switchboard.resources import Resources
 
 if TYPE_CHECKING:
     from outbox.outcomes import OutcomeWriter, WorkerStats

@@ -2,7 +2,7 @@
 
 The value is a CloudEvents 1.0 structured event of type ``message.send`` whose ``data`` is the
 send command, or a bare send command JSON object (no ``specversion``). The command id is
-``data.id``. Records run through ``switchboard.consume.ConsumeLoop`` (group
+``data.id``. Records run through ``infra.consume.ConsumeLoop`` (group
 ``kafka_consumer_group``): commands of one conversation share a key, hence a partition, and a
 partition's records are handled in offset order, so their acceptance order is their send order.
 Each record is stored in its own transaction (or dead-lettered) before its offset is committed;
@@ -30,6 +30,17 @@ import orjson
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
 
+from infra.consume import (
+    Commit,
+    ConsumeLoop,
+    Record,
+    commit_offsets,
+    consumer_options,
+    per_record,
+)
+from infra.kafka import create_consumer
+from infra.logging import get_logger
+from infra.resources import Resources
 from outbox import intake
 from outbox.contracts import SEND_COMMAND_TYPE, SendCommand
 from outbox.dberrors import data_error
@@ -38,17 +49,6 @@ from outbox.errors import IdempotencyConflict, UnknownChannel
 from outbox.events import run_relay
 from outbox.receipts_consumer import run_receipts_consumer
 from outbox.templates import run_template_sync
-from switchboard.consume import (
-    Commit,
-    ConsumeLoop,
-    Record,
-    commit_offsets,
-    consumer_options,
-    per_record,
-)
-from switchboard.kafka import create_consumer
-from switchboard.logging import get_logger
-from switchboard.resources import Resources
 
 __all__ = [
     "COMMANDS_CONSUMER",

@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 import orjson
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, model_validator
 
-from switchboard.schema_types import NonEmptyText, Text, holds_nul, no_nul
+from infra.schema_types import NonEmptyText, Text, holds_nul, no_nul
 
 __all__ = [
     "CHANNEL_EVENT_TYPES",
@@ -102,7 +102,7 @@ read mark or indicator that arrives after the reply it announced is worse than n
 MediaKind = Literal["image", "video", "audio", "document", "sticker"]
 
 NonEmptyStr = NonEmptyText
-"""This module's name for a non-empty string without NUL (``switchboard.schema_types``)."""
+"""This module's name for a non-empty string without NUL (``infra.schema_types``)."""
 
 COMMAND_ID_MAX = 200
 RECIPIENT_MAX = 200

@@ -10,13 +10,13 @@ from typing import Annotated
 from fastapi import APIRouter, Body
 from pydantic import BaseModel, ConfigDict, Field
 
+from apikeys.dependencies import RequireAdmin
+from channels import service as channels
+from channels.schemas import ChannelRead
+from infra.errors import AUTHENTICATED, error_responses
+from infra.logging import get_logger
+from infra.resources import AppResources, DbSession
 from outbox import control
-from switchboard.auth.dependencies import RequireAdmin
-from switchboard.channels import service as channels
-from switchboard.channels.schemas import ChannelRead
-from switchboard.errors import AUTHENTICATED, error_responses
-from switchboard.logging import get_logger
-from switchboard.resources import AppResources, DbSession
 
 router = APIRouter(prefix="/v1/channels", tags=["channels"])
 log = get_logger(__name__)

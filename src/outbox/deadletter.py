@@ -28,10 +28,10 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 
+from infra.consume import Record
+from infra.kafka import CE_HEADERS
+from infra.logging import get_logger
 from outbox.events import UNPUBLISHABLE_ERRORS
-from switchboard.consume import Record
-from switchboard.kafka import CE_HEADERS
-from switchboard.logging import get_logger
 
 __all__ = [
     "DEADLETTER_TYPE",

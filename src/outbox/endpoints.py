@@ -14,6 +14,11 @@ import structlog
 from fastapi import APIRouter, Header, Query, Response, status
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from apikeys.dependencies import RequireRead, RequireSend
+from infra.errors import AUTHENTICATED, error_responses
+from infra.logging import get_logger
+from infra.resources import AppResources, DbSession
+from infra.schema_types import Instant
 from outbox import intake
 from outbox.contracts import SendCommand
 from outbox.errors import InvalidCommand
@@ -25,11 +30,6 @@ from outbox.schemas import (
     MessageRead,
     MessageState,
 )
-from switchboard.auth.dependencies import RequireRead, RequireSend
-from switchboard.errors import AUTHENTICATED, error_responses
-from switchboard.logging import get_logger
-from switchboard.resources import AppResources, DbSession
-from switchboard.schema_types import Instant
 
 router = APIRouter(prefix="/v1", tags=["messages"])
 log = get_logger(__name__)

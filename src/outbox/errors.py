@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from switchboard.errors import Conflict, NotFound, Unprocessable
+from infra.errors import Conflict, NotFound, Unprocessable
 
 __all__ = [
     "ChannelDisabled",

@@ -24,7 +24,7 @@ of its key.
 
 Traces: a row is staged with its message's ``traceparent`` (the command's trace) and published
 with a ``traceparent`` header, in a PRODUCER span of that trace when tracing is on
-(``switchboard.telemetry``).
+(``infra.telemetry``).
 """
 
 from __future__ import annotations
@@ -40,13 +40,13 @@ from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, R
 from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from infra import telemetry
+from infra.kafka import CE_HEADERS
+from infra.logging import get_logger
+from infra.resources import Resources
+from infra.settings import Settings
 from outbox.contracts import LifecycleError, LifecycleEventData, LifecycleEventType
 from outbox.models import OutboxEvent, OutboxMessage
-from switchboard import telemetry
-from switchboard.kafka import CE_HEADERS
-from switchboard.logging import get_logger
-from switchboard.resources import Resources
-from switchboard.settings import Settings
 
 log = get_logger(__name__)
 

@@ -32,6 +32,10 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from channels.models import Channel
+from infra import telemetry
+from infra.errors import BadRequest
+from infra.settings import Settings
 from outbox import events, templates
 from outbox.contracts import LifecycleError, SendCommand, signal_not_after
 from outbox.errors import (
@@ -48,10 +52,6 @@ from outbox.errors import (
 from outbox.models import ConversationWindow, OutboxAttempt, OutboxMessage
 from outbox.platforms import SENDERS, UnsupportedContent
 from outbox.platforms.twilio import is_whatsapp_address
-from switchboard import telemetry
-from switchboard.channels.models import Channel
-from switchboard.errors import BadRequest
-from switchboard.settings import Settings
 
 __all__ = [
     "WHATSAPP_WINDOW",

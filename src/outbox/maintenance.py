@@ -12,6 +12,8 @@ from datetime import UTC, datetime
 import orjson
 from sqlalchemy import insert
 
+from infra.logging import get_logger
+from infra.resources import Resources
 from outbox import control, leases, receipts
 from outbox.delivery import (
     EXPIRED,
@@ -22,8 +24,6 @@ from outbox.delivery import (
 )
 from outbox.models import OutboxAttempt, OutboxEvent
 from outbox.outcomes import WorkerStats, event_row
-from switchboard.logging import get_logger
-from switchboard.resources import Resources
 
 __all__ = ["MAINTENANCE_BATCH", "Maintenance"]
 

@@ -47,20 +47,20 @@ from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 
-from outbox.platforms._graph import GRAPH_API_VERSION, GRAPH_BASE_URL
-from outbox.platforms.telegram import TELEGRAM_BASE_URL
-from outbox.platforms.twilio import TWILIO_BASE_URL
-from switchboard.auth.dependencies import RequireRead
-from switchboard.channels.service import ChannelWithSecrets, load_with_secrets
-from switchboard.errors import (
+from apikeys.dependencies import RequireRead
+from channels.service import ChannelWithSecrets, load_with_secrets
+from infra.errors import (
     AUTHENTICATED,
     NotFound,
     PayloadTooLarge,
     SwitchboardError,
     error_responses,
 )
-from switchboard.logging import get_logger
-from switchboard.resources import AppResources, DbSession
+from infra.logging import get_logger
+from infra.resources import AppResources, DbSession
+from outbox.platforms._graph import GRAPH_API_VERSION, GRAPH_BASE_URL
+from outbox.platforms.telegram import TELEGRAM_BASE_URL
+from outbox.platforms.twilio import TWILIO_BASE_URL
 
 __all__ = [
     "MEDIA_MAX_BYTES",

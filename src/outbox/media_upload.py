@@ -32,6 +32,11 @@ from fastapi import APIRouter, Request, status
 from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 
+from apikeys.dependencies import RequireSend
+from channels.service import ChannelWithSecrets, load_with_secrets
+from infra.errors import AUTHENTICATED, SwitchboardError, Unprocessable, error_responses
+from infra.logging import get_logger
+from infra.resources import AppResources, DbSession
 from outbox.media import (
     MEDIA_MAX_BYTES,
     MediaHttp,
@@ -41,11 +46,6 @@ from outbox.media import (
 )
 from outbox.platforms._graph import GRAPH_API_VERSION, GRAPH_BASE_URL
 from outbox.platforms.base import scrub
-from switchboard.auth.dependencies import RequireSend
-from switchboard.channels.service import ChannelWithSecrets, load_with_secrets
-from switchboard.errors import AUTHENTICATED, SwitchboardError, Unprocessable, error_responses
-from switchboard.logging import get_logger
-from switchboard.resources import AppResources, DbSession
 
 __all__ = ["MediaRejected", "UploadNotSupported", "UploadedMedia", "router"]
 

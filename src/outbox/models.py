@@ -30,8 +30,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
+from infra.db import Base, TimestampMixin, new_id
 from outbox.contracts import COMMAND_ID_MAX, RECIPIENT_MAX, REPLY_TO_MAX
-from switchboard.db import Base, TimestampMixin, new_id
 
 PLATFORM_MESSAGE_ID_MAX = 300
 TRACEPARENT_MAX = 55

@@ -20,6 +20,8 @@ import orjson
 from sqlalchemy import insert
 from sqlalchemy.exc import SQLAlchemyError
 
+from infra.logging import get_logger
+from infra.resources import Resources
 from outbox import control, leases
 from outbox.claims import Claim, InFlight
 from outbox.contracts import ChannelError
@@ -29,8 +31,6 @@ from outbox.metrics import record_finished
 from outbox.models import TERMINAL_STATES, OutboxAttempt, OutboxEvent
 from outbox.platforms import SendResult
 from outbox.retry import RetryPolicy
-from switchboard.logging import get_logger
-from switchboard.resources import Resources
 
 __all__ = ["DB_ERRORS", "Outcome", "OutcomeKind", "OutcomeWriter", "WorkerStats", "event_row"]
 

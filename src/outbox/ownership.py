@@ -17,6 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from channels.service import load_with_secrets
+from infra.logging import get_logger
+from infra.resources import Resources
 from outbox import leases
 from outbox.breaker import BreakerPolicy, CircuitBreaker
 from outbox.claims import SAFETY, InFlight
@@ -24,9 +27,6 @@ from outbox.delivery import channel_rate, plan_ownership
 from outbox.outcomes import DB_ERRORS
 from outbox.platforms import ChannelConfig
 from outbox.ratelimit import Limit, Pacer, Rate, channel_key
-from switchboard.channels.service import load_with_secrets
-from switchboard.logging import get_logger
-from switchboard.resources import Resources
 
 if TYPE_CHECKING:
     from outbox.claims import Claim

@@ -61,6 +61,9 @@ from sqlalchemy import delete, func, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from channels.models import Channel
+from infra.logging import get_logger
+from infra.settings import Settings
 from normalizer.models import MessageEvent, StatusEvent
 from outbox import events, intake
 from outbox.contracts import (
@@ -79,9 +82,6 @@ from outbox.models import (
     OutboxMessage,
     PendingReceipt,
 )
-from switchboard.channels.models import Channel
-from switchboard.logging import get_logger
-from switchboard.settings import Settings
 
 __all__ = [
     "BILLABLE",

@@ -1,7 +1,7 @@
 """The receipts consumer: ``<prefix>inbound.v1`` → message states and conversation windows.
 
 Group ``outbox_receipts_consumer_group`` (or ``<kafka_consumer_group>-receipts``), run by
-``switchboard.consume.ConsumeLoop``. The rules (receipts only move states forward, early
+``infra.consume.ConsumeLoop``. The rules (receipts only move states forward, early
 receipts are held, windows open on received messages) are in ``outbox.receipts``; this module
 reads the canonical events and applies them, one transaction per partition batch, before the
 batch's offsets are committed. Records that are not canonical events are logged and skipped
@@ -19,10 +19,7 @@ from functools import partial
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from normalizer.models import EVENT_ADAPTER, MessageEvent, StatusEvent, UnsupportedEvent
-from outbox import receipts, templates
-from outbox.dberrors import record_fault
-from switchboard.consume import (
+from infra.consume import (
     Commit,
     ConsumeLoop,
     Record,
@@ -30,10 +27,13 @@ from switchboard.consume import (
     consumer_options,
     process_span,
 )
-from switchboard.kafka import create_consumer
-from switchboard.logging import get_logger
-from switchboard.resources import Resources
-from switchboard.settings import Settings
+from infra.kafka import create_consumer
+from infra.logging import get_logger
+from infra.resources import Resources
+from infra.settings import Settings
+from normalizer.models import EVENT_ADAPTER, MessageEvent, StatusEvent, UnsupportedEvent
+from outbox import receipts, templates
+from outbox.dberrors import record_fault
 
 __all__ = ["RECEIPTS_CONSUMER", "handle_inbound", "receipts_group", "run_receipts_consumer"]
 

@@ -1,6 +1,6 @@
 """Retention: the outbox tables stop growing once their rows are old and finished.
 
-Every ``outbox_retention_interval`` seconds one replica at a time (``switchboard.leader``)
+Every ``outbox_retention_interval`` seconds one replica at a time (``infra.leader``)
 deletes, in statements of at most ``outbox_retention_batch_size`` rows (short locks, each its
 own transaction), until nothing is left to delete:
 
@@ -31,11 +31,11 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from infra.leader import AdvisoryLeader, run_as_leader
+from infra.logging import get_logger
+from infra.resources import Resources
+from infra.settings import Settings
 from outbox import metrics
-from switchboard.leader import AdvisoryLeader, run_as_leader
-from switchboard.logging import get_logger
-from switchboard.resources import Resources
-from switchboard.settings import Settings
 
 log = get_logger(__name__)
 

@@ -1,5 +1,5 @@
 """The outbox gauges, sampled from PostgreSQL every ``outbox_metrics_interval`` seconds by one
-replica at a time (``switchboard.leader``: the others export no sampled value).
+replica at a time (``infra.leader``: the others export no sampled value).
 
 Each sample is three cheap statements (checked with EXPLAIN in
 ``tests/integration/outbox/test_operations.py``):
@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from infra.leader import AdvisoryLeader, run_as_leader
+from infra.resources import Resources
 from outbox import metrics
-from switchboard.leader import AdvisoryLeader, run_as_leader
-from switchboard.resources import Resources
 
 SAMPLER_LOCK = 0x5357_4D53  # "SWMS": one outbox metrics sampler across replicas
 

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from infra.schema_types import Instant, UuidText
 from outbox.contracts import (
     CHANNEL_EVENT_TYPES,
     LIFECYCLE_EVENT_TYPES,
@@ -21,7 +22,6 @@ from outbox.contracts import (
     SendCommand,
 )
 from outbox.models import OutboxAttempt, OutboxMessage
-from switchboard.schema_types import Instant, UuidText
 
 MessageState = Literal[
     "queued",

@@ -18,6 +18,8 @@ from datetime import UTC, datetime
 
 from pydantic import ValidationError
 
+from infra import telemetry
+from infra.logging import get_logger
 from outbox.breaker import is_outage
 from outbox.claims import Claim
 from outbox.delivery import ClaimedMessage, interrupted_result
@@ -27,8 +29,6 @@ from outbox.ownership import ChannelOwnership, OwnedChannel
 from outbox.platforms import SENDERS, SendResult, UnsupportedContent
 from outbox.platforms.base import HttpClient
 from outbox.ratelimit import Pacer, channel_key, recipient_key
-from switchboard import telemetry
-from switchboard.logging import get_logger
 
 __all__ = ["Dispatcher"]
 

@@ -16,11 +16,11 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
+from apikeys.dependencies import RequireRead
+from channels.models import Channel
+from infra.errors import AUTHENTICATED, NotFound, error_responses
+from infra.resources import DbSession
 from outbox.models import MessageTemplate, TemplateSync
-from switchboard.auth.dependencies import RequireRead
-from switchboard.channels.models import Channel
-from switchboard.errors import AUTHENTICATED, NotFound, error_responses
-from switchboard.resources import DbSession
 
 router = APIRouter(prefix="/v1", tags=["channels"])
 

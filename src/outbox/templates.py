@@ -37,14 +37,14 @@ from sqlalchemy import delete, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from channels.models import Channel
+from infra.logging import get_logger
+from infra.resources import Resources
 from normalizer.models import UnsupportedEvent
 from outbox.contracts import SendCommand
 from outbox.errors import TemplateInvalid
 from outbox.models import MessageTemplate, TemplateSync
 from outbox.platforms._graph import GRAPH_API_VERSION, GRAPH_BASE_URL
-from switchboard.channels.models import Channel
-from switchboard.logging import get_logger
-from switchboard.resources import Resources
 
 __all__ = [
     "STATUS_UPDATE_FIELD",

@@ -35,6 +35,9 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import TypeVar
 
+from infra.aio import abandon, first_of
+from infra.logging import get_logger
+from infra.resources import Resources
 from outbox.claims import SAFETY, Claimer, InFlight
 from outbox.delivery import interrupted_result
 from outbox.maintenance import Maintenance
@@ -44,9 +47,6 @@ from outbox.platforms.base import HttpClient, make_http_client
 from outbox.ratelimit import Pacer
 from outbox.retry import RetryPolicy
 from outbox.sending import Dispatcher
-from switchboard.aio import abandon, first_of
-from switchboard.logging import get_logger
-from switchboard.resources import Resources
 
 __all__ = ["DeliveryWorker", "WorkerStats", "default_owner"]
 

@@ -8,10 +8,8 @@ the CLI passes them in.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, field
+from contextlib import AsyncExitStack, asynccontextmanager
 from http import HTTPStatus
 from typing import Any
 
@@ -23,33 +21,19 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp
 
-from switchboard import db, kafka
-from switchboard.auth.endpoints import router as api_keys_router
-from switchboard.channels.base_url import BaseUrlPolicy, install_policy
-from switchboard.channels.endpoints import router as channels_router
-from switchboard.crypto import SecretBox
-from switchboard.errors import SwitchboardError
-from switchboard.logging import get_logger
-from switchboard.requestid import RequestIdMiddleware
-from switchboard.resources import Resources
-from switchboard.settings import Settings
+from apikeys.endpoints import router as api_keys_router
+from channels.endpoints import router as channels_router
+from infra import db, kafka
+from infra.component import Component
+from infra.errors import SwitchboardError
+from infra.logging import get_logger
+from infra.requestid import RequestIdMiddleware
+from infra.resources import Resources, open_resources
+from infra.settings import Settings
 
 log = get_logger(__name__)
 
 VERSION = "0.1.0"
-
-
-@dataclass(frozen=True)
-class Component:
-    name: str
-    routers: Sequence[Any] = ()
-    lifespan: Callable[[Resources], AbstractAsyncContextManager[None]] | None = None
-    schemas: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """JSON Schemas of the contracts this component owns, committed under ``openapi/schemas``."""
-    asgi_middleware: Sequence[Callable[[ASGIApp], ASGIApp]] = ()
-    """Pure ASGI middleware wrapped around the whole middleware stack (outermost, in front of
-    ``ServerErrorMiddleware``; ``scope["app"]`` is set): e.g. a fast path serving one hot route
-    itself. An exception escaping it reaches the server (uvicorn answers 500 and logs it)."""
 
 
 class _App(FastAPI):
@@ -62,39 +46,6 @@ class _App(FastAPI):
         for middleware in reversed(self.outer_middleware):
             stack = middleware(stack)
         return stack
-
-
-async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-
-
-@asynccontextmanager
-async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
-    """Start the shared long-lived clients and close them in reverse order."""
-    async with AsyncExitStack() as stack:
-        box = SecretBox.from_settings(settings)
-        stack.callback(install_policy, install_policy(BaseUrlPolicy.from_settings(settings)))
-        engine = db.create_engine(settings)
-        stack.push_async_callback(engine.dispose)
-        producer = kafka.create_producer(settings)
-        stack.push_async_callback(producer.stop)
-        try:
-            await kafka.connect(settings, producer)
-        except Exception as exc:
-            # Start anyway: the ingress spools to PostgreSQL while the broker is away, the
-            # relays and consumers retry; /readyz says the broker is not reachable.
-            log.warning("kafka.unavailable_at_start", error=type(exc).__name__)
-            connecting = asyncio.create_task(kafka.keep_connecting(settings, producer))
-            stack.push_async_callback(_cancel, connecting)
-        yield Resources(
-            settings=settings,
-            engine=engine,
-            sessionmaker=db.create_sessionmaker(engine),
-            producer=producer,
-            secret_box=box,
-        )
 
 
 def _error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:

@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING
 
 from pydantic import SecretStr
 
-from switchboard.entrypoint import fail, load_settings, require_encryption_keys, run_async
-from switchboard.settings import Settings
+from infra.entrypoint import fail, load_settings, require_encryption_keys, run_async
+from infra.settings import Settings
 
 if TYPE_CHECKING:
-    from switchboard.app import Component
+    from infra.component import Component
 
 
 def _components(settings: Settings) -> list[Component]:
@@ -35,10 +35,10 @@ def _components(settings: Settings) -> list[Component]:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    from switchboard import telemetry
+    from infra import telemetry
+    from infra.logging import configure_logging
+    from infra.runner import HttpLimits, bind_socket, run, stop_on_signals
     from switchboard.app import create_app
-    from switchboard.logging import configure_logging
-    from switchboard.runner import HttpLimits, bind_socket, run, stop_on_signals
 
     settings = load_settings()
     require_encryption_keys(settings)
@@ -66,11 +66,12 @@ def cmd_serve(args: argparse.Namespace) -> None:
 def cmd_outbox(args: argparse.Namespace) -> None:
     """The delivery worker, with /healthz, /readyz and /metrics on ``outbox_http_port``."""
     from conversations.app import run_worker as run_conversations
+    from infra import telemetry
+    from infra.logging import configure_logging
+    from infra.resources import open_resources
+    from infra.runner import bind_socket, run, stop_on_signals
     from outbox.app import run_worker
-    from switchboard import telemetry
-    from switchboard.app import create_ops_app, open_resources
-    from switchboard.logging import configure_logging
-    from switchboard.runner import bind_socket, run, stop_on_signals
+    from switchboard.app import create_ops_app
 
     settings = load_settings()
     require_encryption_keys(settings)
@@ -108,7 +109,7 @@ def cmd_migrate(args: argparse.Namespace) -> None:
 
 
 def cmd_keygen(args: argparse.Namespace) -> None:
-    from switchboard.crypto import generate_key
+    from infra.crypto import generate_key
 
     print(generate_key())
 
@@ -153,7 +154,7 @@ def cmd_openapi(args: argparse.Namespace) -> None:
 
 
 def cmd_dev(args: argparse.Namespace) -> None:
-    from switchboard import telemetry
+    from infra import telemetry
     from switchboard.dev import run_dev
 
     if args.broker != "kafka" and args.brokers != 1:
@@ -163,7 +164,7 @@ def cmd_dev(args: argparse.Namespace) -> None:
 
 
 def cmd_kafka(args: argparse.Namespace) -> None:
-    from switchboard.kafka_cluster import KafkaCluster, KafkaUnavailable, fetch
+    from infra.kafka_cluster import KafkaCluster, KafkaUnavailable, fetch
 
     try:
         if args.action == "fetch":
@@ -230,12 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--check", action="store_true", help="fail if the committed ones drifted")
     api.set_defaults(func=cmd_openapi)
 
-    try:
-        from gateway.cli import register as register_gateway
-    except ImportError:
-        pass
-    else:
-        register_gateway(sub)
+    from gateway.cli import register as register_gateway
+
+    register_gateway(sub)
     return parser
 
 

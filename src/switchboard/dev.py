@@ -25,13 +25,13 @@ from typing import Any
 
 from pydantic import SecretStr
 
+from infra.crypto import generate_key
+from infra.embedded import EmbeddedBroker, EmbeddedPostgres, EmbeddedPostgresRunning
+from infra.entrypoint import run_async
+from infra.kafka_cluster import KafkaCluster, KafkaUnavailable
+from infra.logging import configure_logging, get_logger
+from infra.settings import Settings
 from switchboard import migrate
-from switchboard.crypto import generate_key
-from switchboard.embedded import EmbeddedBroker, EmbeddedPostgres, EmbeddedPostgresRunning
-from switchboard.entrypoint import run_async
-from switchboard.kafka_cluster import KafkaCluster, KafkaUnavailable
-from switchboard.logging import configure_logging, get_logger
-from switchboard.settings import Settings
 
 log = get_logger(__name__)
 
@@ -135,10 +135,11 @@ def _run_dev(settings: Settings, root: Path, broker_kind: str, brokers: int) -> 
     from conversations.app import component as conversations_component
     from conversations.app import run_worker as run_conversations
     from gateway.app import component as gateway_component
+    from infra.resources import open_resources
+    from infra.runner import HttpLimits, bind_socket, run, stop_on_signals
     from outbox.app import component as outbox_component
     from outbox.app import run_worker
-    from switchboard.app import create_app, open_resources
-    from switchboard.runner import HttpLimits, bind_socket, run, stop_on_signals
+    from switchboard.app import create_app
 
     configure_logging(settings)
     print(f"switchboard dev: data in {root}", flush=True)

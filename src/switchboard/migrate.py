@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 
-from switchboard.settings import Settings
-
-SERVICE_MODEL_MODULES = ("gateway.models", "outbox.models", "conversations.models")
+from infra.settings import Settings
 
 
 def import_service_models() -> None:
-    """Register the services' tables in the shared metadata (for autogenerate and checks)."""
-    for module in SERVICE_MODEL_MODULES:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
+    """Register every package's tables in the shared metadata (for autogenerate and checks)."""
+    import outbox.models  # noqa: F401
 
 
 def migrations_dir() -> Path:

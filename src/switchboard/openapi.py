@@ -7,8 +7,9 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from switchboard.app import VERSION, Component, create_app
-from switchboard.settings import Settings
+from infra.component import Component
+from infra.settings import Settings
+from switchboard.app import VERSION, create_app
 
 DEADLETTER_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from switchboard.embedded import EmbeddedBroker
+from infra.embedded import EmbeddedBroker
 from tests.conftest import ENCRYPTION_KEY
 from tests.e2e.test_dev_command import _start as start_dev
 

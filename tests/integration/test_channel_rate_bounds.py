@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from switchboard.settings import Settings
+from infra.settings import Settings
 from tests.conftest import ADMIN_KEY
 from tests.integration.test_channels_api import whatsapp_body
 from tests.support import RunningApp, running_app

@@ -7,8 +7,8 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from switchboard.channels.models import Channel
-from switchboard.settings import Settings
+from channels.models import Channel
+from infra.settings import Settings
 from tests.conftest import ADMIN_KEY
 from tests.support import RunningApp, running_app
 

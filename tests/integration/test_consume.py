@@ -11,9 +11,9 @@ from collections.abc import Sequence
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from switchboard import kafka
-from switchboard.consume import ConsumeLoop, Record, commit_offsets, consumer_options
-from switchboard.settings import Settings
+from infra import kafka
+from infra.consume import ConsumeLoop, Record, commit_offsets, consumer_options
+from infra.settings import Settings
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from switchboard.embedded import EmbeddedPostgres, EmbeddedPostgresRunning, live_postmaster_pid
+from infra.embedded import EmbeddedPostgres, EmbeddedPostgresRunning, live_postmaster_pid
 
 pytestmark = pytest.mark.integration
 

@@ -9,8 +9,8 @@ import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from infra.settings import Settings
 from outbox.app import component
-from switchboard.settings import Settings
 from tests.conftest import ADMIN_KEY
 from tests.integration.test_channels_api import whatsapp_body
 from tests.support import RunningApp, running_app

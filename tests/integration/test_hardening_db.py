@@ -7,8 +7,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from switchboard import db
-from switchboard.settings import Settings
+from infra import db
+from infra.settings import Settings
 
 pytestmark = pytest.mark.integration
 

@@ -19,8 +19,8 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.app import component as gateway_component
+from infra.settings import Settings
 from outbox.app import component as outbox_component
-from switchboard.settings import Settings
 from tests.conftest import ADMIN_KEY
 from tests.support import RunningApp, running_app
 

@@ -9,8 +9,9 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from switchboard import kafka, migrate
-from switchboard.settings import Settings
+from infra import kafka
+from infra.settings import Settings
+from switchboard import migrate
 from tests.support import running_app
 
 pytestmark = pytest.mark.integration
@@ -131,7 +132,7 @@ async def test_migrations_match_the_models(engine: AsyncEngine) -> None:
     from alembic.migration import MigrationContext
 
     import switchboard.models  # noqa: F401
-    from switchboard.db import Base
+    from infra.db import Base
     from switchboard.migrate import import_service_models
 
     import_service_models()

@@ -15,7 +15,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from switchboard.kafka_cluster import KafkaCluster
+from infra.kafka_cluster import KafkaCluster
 
 pytestmark = pytest.mark.integration
 
@@ -71,7 +71,7 @@ def test_nodes_die_with_their_parent(tmp_path: Path) -> None:
     script = (
         "import json, sys, time\n"
         "from pathlib import Path\n"
-        "from switchboard.kafka_cluster import KafkaCluster\n"
+        "from infra.kafka_cluster import KafkaCluster\n"
         "c = KafkaCluster(Path(sys.argv[1]), 1).start()\n"
         "print(json.dumps([n.pid for n in c.nodes]), flush=True)\n"
         "time.sleep(600)\n"

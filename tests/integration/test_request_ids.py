@@ -9,8 +9,8 @@ import pytest
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from infra.settings import Settings
 from outbox.app import component
-from switchboard.settings import Settings
 from tests.conftest import ADMIN_KEY
 from tests.support import RunningApp, running_app
 

@@ -14,7 +14,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaConnectionError
 
-from switchboard.consume import ConsumeLoop, Record, consumer_options, per_record
+from infra.consume import ConsumeLoop, Record, consumer_options, per_record
 
 P0 = TopicPartition("t", 0)
 P1 = TopicPartition("t", 1)
@@ -270,7 +270,7 @@ async def test_stop_abandons_a_start_that_never_finishes() -> None:
 
 
 async def test_stop_abandons_a_start_that_does_not_even_unwind() -> None:
-    """A start that outlives its cancellation is left behind (``switchboard.aio.abandon``):
+    """A start that outlives its cancellation is left behind (``infra.aio.abandon``):
     the loop returns after ``abandon_grace`` and still closes the consumer."""
     release = asyncio.Event()
 

@@ -10,7 +10,7 @@ from typing import Any, cast
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import REGISTRY
 
-from switchboard.consume import ConsumeLoop, Record
+from infra.consume import ConsumeLoop, Record
 from tests.unit.test_consume import P0, P1, Commits, FakeConsumer, records, stopped, until
 
 P2 = TopicPartition("t", 2)

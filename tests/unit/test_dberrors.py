@@ -1,4 +1,4 @@
-"""``switchboard.dberrors``: one classification of database errors, whatever wraps them."""
+"""``infra.dberrors``: one classification of database errors, whatever wraps them."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_dbapi
 
-from switchboard.dberrors import (
+from infra.dberrors import (
     FAULT,
     RETRYABLE,
     UNAVAILABLE,

@@ -15,10 +15,10 @@ import yaml
 from prometheus_client import REGISTRY
 
 import gateway.metrics  # noqa: F401 - registers the metrics
+import infra.consume  # noqa: F401 - registers the metrics
 import outbox.metrics  # noqa: F401 - registers the metrics
-import switchboard.consume  # noqa: F401 - registers the metrics
+from infra.settings import Settings
 from switchboard.cli import build_parser
-from switchboard.settings import Settings
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 

@@ -3,11 +3,11 @@ from __future__ import annotations
 import pytest
 from pydantic import SecretStr, ValidationError
 
-from switchboard.auth.schemas import Scope
-from switchboard.auth.service import Principal, generate_api_key, hash_key
-from switchboard.channels.schemas import ChannelUpdate
-from switchboard.crypto import SecretBox, SecretBoxError, generate_key
-from switchboard.settings import Settings
+from apikeys.schemas import Scope
+from apikeys.service import Principal, generate_api_key, hash_key
+from channels.schemas import ChannelUpdate
+from infra.crypto import SecretBox, SecretBoxError, generate_key
+from infra.settings import Settings
 
 
 def test_settings_read_the_prefixed_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,13 +8,13 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from channels.schemas import ChannelUpdate
 from gateway.app import component as gateway_component
 from gateway.endpoints import ReplayRequest
+from infra.settings import Settings
 from outbox.app import component as outbox_component
 from outbox.schemas import MessageCreate
 from switchboard.app import create_app
-from switchboard.channels.schemas import ChannelUpdate
-from switchboard.settings import Settings
 
 ERROR_REF = "#/components/schemas/ErrorResponse"
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
+from infra.settings import Settings
 from switchboard.cli import _components
 from switchboard.openapi import render_all
-from switchboard.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2] / "openapi"
 

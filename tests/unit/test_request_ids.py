@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from switchboard.requestid import RequestIdMiddleware, request_id, trace_id
+from infra.requestid import RequestIdMiddleware, request_id, trace_id
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 

@@ -1,4 +1,4 @@
-"""``switchboard.telemetry``: configuration from OTEL_*, W3C parsing, carriers, and spans with
+"""``infra.telemetry``: configuration from OTEL_*, W3C parsing, carriers, and spans with
 the messaging attributes when tracing is on; none when it is off."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import pytest
 import structlog
 from opentelemetry.trace import SpanKind
 
-from switchboard import telemetry
-from switchboard.consume import Record, per_record
+from infra import telemetry
+from infra.consume import Record, per_record
 from tests.tracing import CLIENT_SPAN, TRACE, TRACEPARENT, recording_spans
 
 

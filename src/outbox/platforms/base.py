@@ -30,9 +30,9 @@ from typing import Literal, Protocol, runtime_checkable
 import aiohttp
 import orjson
 
+from infra import telemetry
+from infra.base_url import active_policy
 from outbox.contracts import SendCommand
-from switchboard import telemetry
-from switchboard.channels.base_url import active_policy
 
 __all__ = [
     "EXCERPT_LIMIT",
@@ -477,7 +477,7 @@ def sent(
 
 def api_base(channel: ChannelConfig, default: str) -> str | SendResult:
     """Where to send the channel's credentials: the platform's API, or the channel's
-    ``api_base_url`` when the deployment allows that override (``switchboard.channels.base_url``);
+    ``api_base_url`` when the deployment allows that override (``infra.base_url``);
     a refused override fails the attempt permanently without touching the network."""
     if channel.api_base_url is None:
         return default

@@ -20,8 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from conversations.app import component as conversations_component
 from conversations.worker import run_worker
 from gateway.app import component as gateway_component
-from switchboard.kafka import CE_HEADERS
-from switchboard.settings import Settings
+from infra.kafka import CE_HEADERS
+from infra.settings import Settings
 from tests.conftest import ADMIN_KEY
 from tests.integration.gateway.conftest import (
     ACCOUNTS,

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
-from switchboard.kafka import CE_HEADERS
+from infra.kafka import CE_HEADERS
 from tests.integration.conversations.conftest import Harness, eventually
 from tests.integration.gateway.conftest import ACCOUNTS
 

@@ -14,9 +14,9 @@ from conversations.app import component as conversations_component
 from conversations.worker import run_worker as run_conversations
 from fake_platforms.server import FakePlatformServer
 from gateway.app import component as gateway_component
+from infra.settings import Settings
 from outbox.app import component as outbox_component
 from outbox.app import run_worker as run_outbox
-from switchboard.settings import Settings
 from tests.integration.conversations.conftest import Harness, TopicReader, eventually
 from tests.integration.gateway.conftest import ACCOUNTS, channel_body
 from tests.integration.outbox.test_worker import tune

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.app import component
 from gateway.service import Gateway, GatewayHolder
-from switchboard.settings import Settings
+from infra.settings import Settings
 from tests.conftest import ADMIN_KEY
 from tests.support import RunningApp, running_app
 

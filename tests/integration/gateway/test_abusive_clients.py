@@ -19,9 +19,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.app import component
 from gateway.service import Gateway, GatewayHolder
+from infra.runner import HttpLimits, bind_socket, run
+from infra.settings import Settings
 from switchboard.app import create_app
-from switchboard.runner import HttpLimits, bind_socket, run
-from switchboard.settings import Settings
 from tests.conftest import ADMIN_KEY
 from tests.integration.gateway.conftest import channel_body, meta_headers, whatsapp_payload
 

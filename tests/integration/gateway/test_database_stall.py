@@ -16,7 +16,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import normalizer
-from switchboard.settings import Settings
+from infra.settings import Settings
 from tests.integration.gateway.conftest import (
     ACCOUNTS,
     Ingress,

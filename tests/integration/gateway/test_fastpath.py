@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway import fastpath
-from switchboard.settings import Settings
+from infra.settings import Settings
 from tests.integration.gateway.conftest import (
     META_VERIFY,
     Ingress,

@@ -16,9 +16,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 import normalizer
-from switchboard import kafka
-from switchboard.embedded import EmbeddedBroker
-from switchboard.settings import Settings
+from infra import kafka
+from infra.embedded import EmbeddedBroker
+from infra.settings import Settings
 from tests.integration.gateway.conftest import (
     ACCOUNTS,
     Ingress,

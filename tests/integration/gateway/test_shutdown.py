@@ -20,10 +20,10 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.app import component
+from infra.embedded import EmbeddedBroker
+from infra.runner import bind_socket, run
+from infra.settings import Settings
 from switchboard.app import create_app
-from switchboard.embedded import EmbeddedBroker
-from switchboard.runner import bind_socket, run
-from switchboard.settings import Settings
 from tests.conftest import ADMIN_KEY
 from tests.integration.gateway.conftest import channel_body, meta_headers, whatsapp_payload
 

@@ -9,7 +9,7 @@ from prometheus_client import REGISTRY
 
 from gateway import relay
 from gateway import repository as repo
-from switchboard.settings import Settings
+from infra.settings import Settings
 from tests.integration.gateway.conftest import Ingress
 
 pytestmark = pytest.mark.integration

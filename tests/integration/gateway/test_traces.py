@@ -7,7 +7,7 @@ from __future__ import annotations
 from opentelemetry.trace import SpanKind
 
 import normalizer
-from switchboard import telemetry
+from infra import telemetry
 from tests.integration.gateway.conftest import (
     ACCOUNTS,
     Ingress,

@@ -16,11 +16,11 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from infra import kafka
+from infra.settings import Settings
 from outbox.app import component
 from outbox.events import run_relay
 from outbox.models import ConversationWindow, OutboxAttempt, OutboxEvent, OutboxMessage
-from switchboard import kafka
-from switchboard.settings import Settings
 from tests.conftest import ADMIN_KEY
 from tests.support import RunningApp, running_app
 

@@ -16,6 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from fake_platforms.server import FakePlatformServer, Fault
 from gateway.app import component as gateway_component
+from infra import kafka
+from infra.settings import Settings
 from outbox import control
 from outbox.app import component as outbox_component
 from outbox.breaker import BreakerPolicy
@@ -24,8 +26,6 @@ from outbox.events import run_relay
 from outbox.models import OutboxEvent, OutboxMessage
 from outbox.sampler import take_sample
 from outbox.worker import DeliveryWorker
-from switchboard import kafka
-from switchboard.settings import Settings
 from tests.conftest import ADMIN_KEY
 from tests.integration.gateway.conftest import (
     channel_body,

@@ -12,12 +12,12 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from channels.models import Channel
 from fake_platforms.server import FakePlatformServer, Fault
+from infra.resources import Resources
+from infra.settings import Settings
 from outbox.models import OutboxMessage
 from switchboard.app import open_resources
-from switchboard.channels.models import Channel
-from switchboard.resources import Resources
-from switchboard.settings import Settings
 from tests.integration.outbox.test_worker import eventually, running, tune
 
 pytestmark = pytest.mark.integration

@@ -12,10 +12,10 @@ from collections.abc import AsyncIterator, Callable, Iterator
 import pytest
 
 from fake_platforms import FakePlatformServer, Fault
+from infra.base_url import BaseUrlPolicy, install_policy
 from outbox.contracts import SendCommand
 from outbox.platforms import SENDERS, ChannelConfig, SendResult, make_http_client
 from outbox.platforms.base import HttpClient
-from switchboard.channels.base_url import BaseUrlPolicy, install_policy
 
 pytestmark = pytest.mark.integration
 

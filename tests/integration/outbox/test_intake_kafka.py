@@ -19,6 +19,12 @@ from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from channels.models import Channel
+from infra import kafka
+from infra.consume import commit_offsets
+from infra.kafka import CE_HEADERS
+from infra.resources import Resources
+from infra.settings import Settings
 from outbox import commands as commands_module
 from outbox import events as events_module
 from outbox.app import component
@@ -26,13 +32,7 @@ from outbox.contracts import METADATA_MAX_BYTES
 from outbox.deadletter import DEADLETTER_VALUE_MAX
 from outbox.models import OutboxEvent, OutboxMessage
 from outbox.receipts_consumer import run_receipts_consumer
-from switchboard import kafka
 from switchboard.app import open_resources
-from switchboard.channels.models import Channel
-from switchboard.consume import commit_offsets
-from switchboard.kafka import CE_HEADERS
-from switchboard.resources import Resources
-from switchboard.settings import Settings
 from tests.support import running_app
 
 pytestmark = pytest.mark.integration

@@ -17,11 +17,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 import normalizer
 from fake_platforms.server import FakePlatformServer
+from infra.settings import Settings
 from normalizer.meta import url_media_id
 from outbox import media as media_module
 from outbox import media_upload
 from outbox.app import component
-from switchboard.settings import Settings
 from tests.conftest import ADMIN_KEY
 from tests.integration.gateway.conftest import TG_BOT, TW_SID, TW_TOKEN, channel_body
 from tests.support import RunningApp, running_app

@@ -14,6 +14,10 @@ from prometheus_client import REGISTRY
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from channels.models import Channel
+from infra.leader import AdvisoryLeader, run_as_leader
+from infra.resources import Resources
+from infra.settings import Settings
 from outbox import metrics
 from outbox.models import (
     MESSAGE_STATES,
@@ -25,10 +29,6 @@ from outbox.models import (
 from outbox.retention import PURGES, purge_once
 from outbox.sampler import PENDING, RELAY, Sampler, run_sampler, take_sample
 from switchboard.app import open_resources
-from switchboard.channels.models import Channel
-from switchboard.leader import AdvisoryLeader, run_as_leader
-from switchboard.resources import Resources
-from switchboard.settings import Settings
 
 pytestmark = pytest.mark.integration
 

@@ -17,11 +17,11 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from fake_platforms.server import FakePlatformServer
+from infra import kafka, telemetry
+from infra.settings import Settings
 from outbox.app import component, run_worker
 from outbox.commands import run_command_consumer
 from outbox.models import OutboxEvent, OutboxMessage
-from switchboard import kafka, telemetry
-from switchboard.settings import Settings
 from tests.conftest import ADMIN_KEY
 from tests.support import RunningApp, running_app
 from tests.tracing import CLIENT_SPAN, TRACE, TRACEPARENT, recording_spans

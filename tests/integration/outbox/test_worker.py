@@ -28,7 +28,12 @@ from sqlalchemy import func, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from channels.models import Channel
 from fake_platforms.server import FakePlatformServer, Fault, RecordedRequest
+from infra import kafka
+from infra.crypto import SecretBox, generate_key
+from infra.resources import Resources
+from infra.settings import Settings
 from outbox import leases
 from outbox.app import run_worker
 from outbox.models import (
@@ -39,12 +44,7 @@ from outbox.models import (
     OutboxWorker,
 )
 from outbox.worker import DeliveryWorker
-from switchboard import kafka
 from switchboard.app import open_resources
-from switchboard.channels.models import Channel
-from switchboard.crypto import SecretBox, generate_key
-from switchboard.resources import Resources
-from switchboard.settings import Settings
 from tests.support import StallingProxy
 
 pytestmark = pytest.mark.integration

@@ -9,8 +9,8 @@ import uuid
 import asyncpg  # type: ignore[import-untyped]
 import pytest
 
+from channels.service import ChannelWithSecrets
 from gateway.cache import ChannelCache
-from switchboard.channels.service import ChannelWithSecrets
 
 CHANNEL_ID = uuid.uuid4()
 CHANNEL = ChannelWithSecrets(CHANNEL_ID, "telegram", "1", None, None, True, {"secret_token": "s"})

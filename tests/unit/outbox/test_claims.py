@@ -8,14 +8,14 @@ from typing import Any, cast
 
 import pytest
 
+from infra.resources import Resources
+from infra.settings import Settings
 from outbox.claims import Claim, Claimer, InFlight, fair_shares
 from outbox.delivery import channel_rate
 from outbox.outcomes import WorkerStats
 from outbox.ownership import OwnedChannel
 from outbox.platforms import ChannelConfig
 from outbox.ratelimit import Limit, Pacer, channel_key
-from switchboard.resources import Resources
-from switchboard.settings import Settings
 
 
 def test_one_channel_gets_what_it_wants_up_to_the_free_slots() -> None:

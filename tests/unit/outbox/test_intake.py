@@ -9,11 +9,11 @@ from typing import Any, cast
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from channels.models import Channel
+from infra.settings import Settings
 from outbox.contracts import SendCommand
 from outbox.errors import ContentNotSupported, WindowClosed
 from outbox.intake import check, needs_window, request_hash, window_key
-from switchboard.channels.models import Channel
-from switchboard.settings import Settings
 
 
 def command(**overrides: Any) -> SendCommand:

@@ -12,11 +12,11 @@ from typing import Any, cast
 
 from sqlalchemy.exc import OperationalError
 
+from infra.resources import Resources
+from infra.settings import Settings
 from outbox.claims import Claim, InFlight
 from outbox.outcomes import Outcome, OutcomeWriter, WorkerStats
 from outbox.retry import RetryPolicy
-from switchboard.resources import Resources
-from switchboard.settings import Settings
 
 
 class FakeClock:

@@ -8,9 +8,8 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from switchboard.channels.base_url import BaseUrlPolicy, active_policy
-from switchboard.channels.models import Channel
-from switchboard.channels.schemas import (
+from channels.models import Channel
+from channels.schemas import (
     CREDENTIAL_MODELS,
     ChannelCreate,
     ChannelRead,
@@ -20,8 +19,9 @@ from switchboard.channels.schemas import (
     TelegramCredentials,
     check_bot_token_account,
 )
-from switchboard.crypto import SecretBox
-from switchboard.errors import Conflict, NotFound, Unprocessable
+from infra.base_url import BaseUrlPolicy, active_policy
+from infra.crypto import SecretBox
+from infra.errors import Conflict, NotFound, Unprocessable
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,12 +5,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Query, status
 
-from switchboard.auth.dependencies import RequireAdmin, RequireRead
-from switchboard.channels import service
-from switchboard.channels.base_url import BaseUrlPolicy
-from switchboard.channels.schemas import ChannelCreate, ChannelRead, ChannelUpdate, Platform
-from switchboard.errors import AUTHENTICATED, error_responses
-from switchboard.resources import AppResources, DbSession, Resources
+from apikeys.dependencies import RequireAdmin, RequireRead
+from channels import service
+from channels.schemas import ChannelCreate, ChannelRead, ChannelUpdate, Platform
+from infra.base_url import BaseUrlPolicy
+from infra.errors import AUTHENTICATED, error_responses
+from infra.resources import AppResources, DbSession, Resources
 
 router = APIRouter(prefix="/v1/channels", tags=["channels"])
 

@@ -5,7 +5,7 @@ import uuid
 from sqlalchemy import Boolean, CheckConstraint, Float, LargeBinary, String, UniqueConstraint, Uuid
 from sqlalchemy.orm import Mapped, mapped_column
 
-from switchboard.db import Base, TimestampMixin, new_id
+from infra.db import Base, TimestampMixin, new_id
 
 PLATFORMS = ("whatsapp", "messenger", "instagram", "telegram", "twilio")
 

@@ -7,7 +7,7 @@ variables as ``request_id`` for the whole request, with ``trace_id`` taken from 
 ``traceparent`` header when there is one. Handlers bind more ids (``message_id``,
 ``channel_id``) the same way.
 
-Traces (``switchboard.telemetry``): the request runs in a SERVER span that continues the
+Traces (``infra.telemetry``): the request runs in a SERVER span that continues the
 client's ``traceparent`` (named ``<METHOD> <route template>`` once routed); with tracing off
 the client's trace context is carried instead (what ``POST /v1/messages`` stores with the
 message), and nothing is made when there is none.
@@ -26,7 +26,7 @@ from typing import Any
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from switchboard import telemetry
+from infra import telemetry
 
 HEADER = "X-Request-ID"
 _HEADER_KEY = HEADER.lower().encode("latin-1")

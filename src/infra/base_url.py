@@ -24,8 +24,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from switchboard.errors import Unprocessable
-from switchboard.settings import Settings
+from infra.errors import Unprocessable
+from infra.settings import Settings
 
 __all__ = [
     "ApiBaseUrlNotAllowed",

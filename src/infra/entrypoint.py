@@ -9,7 +9,7 @@ from typing import Any, NoReturn, TypeVar
 
 from pydantic import ValidationError
 
-from switchboard.settings import Settings
+from infra.settings import Settings
 
 EXIT_USAGE = 2
 T = TypeVar("T")

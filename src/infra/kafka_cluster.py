@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from switchboard.embedded import _die_with_parent, _terminate, free_port
+from infra.embedded import _die_with_parent, _terminate, free_port
 
 KAFKA_VERSION = "4.1.1"
 SCALA_VERSION = "2.13"

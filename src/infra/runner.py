@@ -37,8 +37,8 @@ import uvicorn
 from fastapi import FastAPI
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from switchboard.logging import get_logger
-from switchboard.settings import Settings
+from infra.logging import get_logger
+from infra.settings import Settings
 
 log = get_logger(__name__)
 

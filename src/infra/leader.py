@@ -24,7 +24,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from switchboard.logging import get_logger
+from infra.logging import get_logger
 
 log = get_logger(__name__)
 

@@ -13,9 +13,9 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from switchboard.auth.models import ApiKey
-from switchboard.auth.schemas import Scope
-from switchboard.errors import NotFound
+from apikeys.models import ApiKey
+from apikeys.schemas import Scope
+from infra.errors import NotFound
 
 KEY_PREFIX = "sb_"
 

@@ -6,7 +6,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from switchboard.schema_types import Label
+from infra.schema_types import Label
 
 
 class Scope(StrEnum):

@@ -25,8 +25,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaTimeoutError, TopicAlreadyExistsError
 
-from switchboard.logging import get_logger
-from switchboard.settings import TOPICS, Settings
+from infra.logging import get_logger
+from infra.settings import TOPICS, Settings
 
 log = get_logger(__name__)
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import structlog
 
-from switchboard.settings import Settings
+from infra.settings import Settings
 
 _SECRET_KEYS = frozenset(
     {

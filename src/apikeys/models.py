@@ -7,7 +7,7 @@ from sqlalchemy import DateTime, String, Uuid
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Mapped, mapped_column
 
-from switchboard.db import Base, TimestampMixin, new_id
+from infra.db import Base, TimestampMixin, new_id
 
 
 class ApiKey(TimestampMixin, Base):

@@ -12,8 +12,8 @@ import hashlib
 import orjson
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
-from switchboard.errors import SwitchboardError
-from switchboard.settings import Settings
+from infra.errors import SwitchboardError
+from infra.settings import Settings
 
 
 class SecretBoxError(SwitchboardError):

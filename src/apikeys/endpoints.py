@@ -4,11 +4,11 @@ import uuid
 
 from fastapi import APIRouter, status
 
-from switchboard.auth import service
-from switchboard.auth.dependencies import RequireAdmin
-from switchboard.auth.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyRead
-from switchboard.errors import AUTHENTICATED, error_responses
-from switchboard.resources import DbSession
+from apikeys import service
+from apikeys.dependencies import RequireAdmin
+from apikeys.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyRead
+from infra.errors import AUTHENTICATED, error_responses
+from infra.resources import DbSession
 
 router = APIRouter(prefix="/v1/api-keys", tags=["api keys"])
 

@@ -12,7 +12,7 @@ If the consumer itself fails (start, poll, …) it is closed (uncommitted record
 whoever owns the partition next) and a new one, from ``make_consumer``, is started after a
 back-off. ``stop`` wins over every wait on the broker: a start (bootstrap, topic metadata, the
 group join, which a broker may never complete) still under way is abandoned
-(``switchboard.aio``) and the consumer closed within ``abandon_grace``; a started consumer
+(``infra.aio``) and the consumer closed within ``abandon_grace``; a started consumer
 finishes its batch, commits, and gets ``stop_grace`` to leave its group before its connections
 are closed anyway.
 
@@ -39,9 +39,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from prometheus_client import Gauge
 
-from switchboard import telemetry
-from switchboard.aio import abandon, first_of
-from switchboard.logging import get_logger
+from infra import telemetry
+from infra.aio import abandon, first_of
+from infra.logging import get_logger
 
 __all__ = [
     "Commit",

@@ -23,7 +23,7 @@ from pydantic import (
 from pydantic.config import JsonDict
 from pydantic_core import PydanticCustomError
 
-from switchboard.schema_types import Label, Secret, Text
+from infra.schema_types import Label, Secret, Text
 
 Platform = Literal["whatsapp", "messenger", "instagram", "telegram", "twilio"]
 

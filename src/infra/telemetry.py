@@ -43,7 +43,7 @@ from opentelemetry.trace import (
     Tracer,
 )
 
-from switchboard.logging import get_logger
+from infra.logging import get_logger
 
 __all__ = [
     "TRACEPARENT",

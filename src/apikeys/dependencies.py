@@ -6,10 +6,10 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from switchboard.auth.schemas import Scope
-from switchboard.auth.service import Principal, authenticate
-from switchboard.errors import Forbidden, Unauthorized
-from switchboard.resources import Resources, get_resources
+from apikeys.schemas import Scope
+from apikeys.service import Principal, authenticate
+from infra.errors import Forbidden, Unauthorized
+from infra.resources import Resources, get_resources
 
 _bearer = HTTPBearer(auto_error=False, description="API key: `Authorization: Bearer sb_...`")
 

@@ -1,0 +1,2 @@
+"""Shared infrastructure: settings, database, Kafka, logging, errors, crypto, embedded
+servers. The lowest layer of ours: it imports no service and no domain package."""
