@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from outbox import media, media_upload
+from outbox import caps_api, media, media_upload
 from outbox.commands import run_intake
 from outbox.endpoints import router
 from outbox.schemas import lifecycle_event_schema, send_command_schema
@@ -42,7 +42,7 @@ def component(settings: Settings) -> Component:
 
     return Component(
         name="outbox",
-        routers=[router, media.router, media_upload.router],
+        routers=[router, media.router, media_upload.router, caps_api.router],
         lifespan=lifespan,
         schemas={
             "send-command": send_command_schema(),

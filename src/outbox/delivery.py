@@ -56,6 +56,8 @@ class ClaimedMessage:
     claimed_from: str
     """``queued`` or ``retrying``: where an unsent claim goes back to."""
     platform_message_id: str | None = None
+    lane: str = "bulk"
+    """``reply`` or ``bulk`` (``outbox.lanes``)."""
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> ClaimedMessage:
@@ -75,6 +77,7 @@ class ClaimedMessage:
             not_after=row["not_after"],
             claimed_from=row["claimed_from"],
             platform_message_id=row["platform_message_id"],
+            lane=row.get("lane") or "bulk",
         )
 
     def command(self) -> SendCommand:

@@ -15,10 +15,12 @@ from switchboard.errors import Conflict, NotFound, Unprocessable
 __all__ = [
     "ChannelDisabled",
     "ContentNotSupported",
+    "FrequencyCapped",
     "IdempotencyConflict",
     "InvalidCommand",
     "InvalidState",
     "MessageNotFound",
+    "OptedOut",
     "Rejected",
     "UnknownChannel",
     "WindowClosed",
@@ -55,6 +57,20 @@ class WindowClosed(Rejected):
     """WhatsApp: free-form message outside the 24-hour customer service window."""
 
     code = "window_closed"
+
+
+class OptedOut(Rejected):
+    """The contact opted out on this channel (``conv_opt_outs``) and the message is proactive
+    (or the platform is SMS, where STOP stops everything): see ``outbox.policy``."""
+
+    code = "opted_out"
+
+
+class FrequencyCapped(Rejected):
+    """One more proactive message to this contact would exceed the channel's frequency cap;
+    ``details.allowed_at`` says when the next one would be accepted."""
+
+    code = "frequency_capped"
 
 
 class IdempotencyConflict(Conflict):

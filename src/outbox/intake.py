@@ -12,7 +12,9 @@ id is ``IdempotencyConflict``. Rows are kept, so the key is honoured as long as 
 request does not turn a replay into an error.
 
 Refusals (``outbox.errors.Rejected``): unknown or disabled channel, content the platform cannot
-express, a free-form WhatsApp message outside the 24-hour window, a ``not_after`` already past.
+express, a free-form WhatsApp message outside the 24-hour window, a ``not_after`` already past,
+a proactive message to an opted-out contact or beyond the channel's frequency cap
+(``outbox.policy``, which also picks the default lane).
 The API raises them (422, nothing stored). Kafka commands are stored directly as ``failed`` with
 the reason in ``last_error`` and a ``message.failed`` event, except an unknown channel, which
 cannot be stored (the row references its channel) and is dead-lettered by the consumer.
@@ -32,7 +34,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from outbox import events
+from outbox import events, policy
 from outbox.contracts import LifecycleError, SendCommand, signal_not_after
 from outbox.errors import (
     ChannelDisabled,
@@ -194,8 +196,16 @@ async def accept(
         return _replay(existing, digest)
     channel = await resolve_channel(session, command)
     refusal: Rejected | None = None
+    decision = policy.Decision(proactive=False, lane=command.lane or "bulk", proactive_key=None)
     try:
         await check(session, settings, command, channel, now)
+        decision = await policy.decide(
+            session,
+            command,
+            channel,
+            now,
+            window_key=window_key(channel.id, channel.platform, command.to),
+        )
     except Rejected as exc:
         if source == "api":
             raise
@@ -219,6 +229,8 @@ async def accept(
         ),
         "last_error": None,
         "finished_at": None,
+        "lane": decision.lane,
+        "proactive_key": decision.proactive_key,
     }
     error: LifecycleError | None = None
     if refusal is not None:
