@@ -149,6 +149,7 @@ def main(bulk: int, rate: float, replies: int, gap: float) -> None:
                 kafka_bootstrap_servers=broker.bootstrap_servers,
                 kafka_enable_idempotence=False,
                 encryption_keys=SecretStr(generate_key()),
+                allow_api_base_url_override=True,  # the fake platform on 127.0.0.1
             )
             migrate.upgrade(settings)
             asyncio.run(measure(settings, bulk, rate, replies, gap))
