@@ -57,14 +57,13 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from channels.models import Channel
 from infra.crypto import generate_key
 from infra.embedded import EmbeddedBroker, EmbeddedPostgres
-from infra.resources import Resources
+from infra.resources import Resources, open_resources
 from infra.runner import freeze_startup_heap
 from infra.settings import Settings
 from outbox.events import run_relay
 from outbox.models import OutboxMessage
 from outbox.worker import DeliveryWorker
 from switchboard import migrate
-from switchboard.app import open_resources
 
 
 async def _lag_monitor(lags: list[float], tick: float = 0.005) -> None:

@@ -43,6 +43,7 @@ __all__ = [
     "Content",
     "ContentKind",
     "Interactive",
+    "Lane",
     "LifecycleError",
     "LifecycleEventData",
     "LifecycleEventType",
@@ -99,6 +100,9 @@ SIGNAL_KINDS: frozenset[str] = frozenset({"typing", "mark_read", "callback_answe
 SIGNAL_TTL_SECONDS = 10.0
 """Lifetime of a typing indicator or read mark: WhatsApp drops its indicator after 25 s, and a
 read mark or indicator that arrives after the reply it announced is worse than none."""
+Lane = Literal["reply", "bulk"]
+"""The two shares of a channel's rate (``outbox.lanes``)."""
+
 MediaKind = Literal["image", "video", "audio", "document", "sticker"]
 
 NonEmptyStr = NonEmptyText
@@ -280,6 +284,13 @@ class SendCommand(_Contract):
         "every lifecycle event",
     )
     not_after: datetime | None = None
+    lane: Lane | None = Field(
+        default=None,
+        description="`reply` (granted first within the channel's rate) or `bulk`. Default: "
+        "`reply` for a message inside an open customer-initiated conversation or marked "
+        "`metadata.switchboard.automatic`, `bulk` for proactive messages (templates, or no "
+        "customer message within the reply window)",
+    )
 
     @model_validator(mode="before")
     @classmethod

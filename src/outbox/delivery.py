@@ -58,6 +58,8 @@ class ClaimedMessage:
     platform_message_id: str | None = None
     traceparent: str | None = None
     """The command's trace context: parent of the attempt, trace of its lifecycle events."""
+    lane: str = "bulk"
+    """``reply`` or ``bulk`` (``outbox.lanes``)."""
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> ClaimedMessage:
@@ -78,6 +80,7 @@ class ClaimedMessage:
             claimed_from=row["claimed_from"],
             platform_message_id=row["platform_message_id"],
             traceparent=row.get("traceparent"),
+            lane=row.get("lane") or "bulk",
         )
 
     def command(self) -> SendCommand:

@@ -69,7 +69,9 @@ def _location(response: Response, message_id: uuid.UUID) -> None:
         descriptions={
             409: "Idempotency-Key reused with a different body",
             422: "Invalid body, unknown or disabled channel, content the platform cannot "
-            "express, WhatsApp 24-hour window closed (template needed)",
+            "express, WhatsApp 24-hour window closed (template needed), proactive message to "
+            "an opted-out contact (`opted_out`) or beyond the channel's frequency cap "
+            "(`frequency_capped`, `details.allowed_at`)",
         },
     ),
 )

@@ -15,10 +15,12 @@ from infra.errors import Conflict, NotFound, Unprocessable
 __all__ = [
     "ChannelDisabled",
     "ContentNotSupported",
+    "FrequencyCapped",
     "IdempotencyConflict",
     "InvalidCommand",
     "InvalidState",
     "MessageNotFound",
+    "OptedOut",
     "Rejected",
     "TemplateInvalid",
     "UnknownChannel",
@@ -62,6 +64,20 @@ class TemplateInvalid(Rejected):
     """WhatsApp: the channel's synced template registry refuses the template send."""
 
     code = "template_invalid"
+
+
+class OptedOut(Rejected):
+    """The contact opted out on this channel (``conv_opt_outs``) and the message is proactive
+    (or the platform is SMS, where STOP stops everything): see ``outbox.policy``."""
+
+    code = "opted_out"
+
+
+class FrequencyCapped(Rejected):
+    """One more proactive message to this contact would exceed the channel's frequency cap;
+    ``details.allowed_at`` says when the next one would be accepted."""
+
+    code = "frequency_capped"
 
 
 class IdempotencyConflict(Conflict):

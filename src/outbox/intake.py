@@ -12,7 +12,9 @@ id is ``IdempotencyConflict``. Rows are kept, so the key is honoured as long as 
 request does not turn a replay into an error.
 
 Refusals (``outbox.errors.Rejected``): unknown or disabled channel, content the platform cannot
-express, a free-form WhatsApp message outside the 24-hour window, a ``not_after`` already past.
+express, a free-form WhatsApp message outside the 24-hour window, a ``not_after`` already past,
+a proactive message to an opted-out contact or beyond the channel's frequency cap
+(``outbox.policy``, which also picks the default lane).
 The API raises them (422, nothing stored). Kafka commands are stored directly as ``failed`` with
 the reason in ``last_error`` and a ``message.failed`` event, except an unknown channel, which
 cannot be stored (the row references its channel) and is dead-lettered by the consumer.
@@ -36,7 +38,7 @@ from channels.models import Channel
 from infra import telemetry
 from infra.errors import BadRequest
 from infra.settings import Settings
-from outbox import events, templates
+from outbox import events, policy, templates
 from outbox.contracts import LifecycleError, SendCommand, signal_not_after
 from outbox.errors import (
     ChannelDisabled,
@@ -196,8 +198,16 @@ async def accept(
         return _replay(existing, digest)
     channel = await resolve_channel(session, command)
     refusal: Rejected | None = None
+    decision = policy.Decision(proactive=False, lane=command.lane or "bulk", proactive_key=None)
     try:
         await check(session, settings, command, channel, now)
+        decision = await policy.decide(
+            session,
+            command,
+            channel,
+            now,
+            window_key=window_key(channel.id, channel.platform, command.to),
+        )
     except Rejected as exc:
         if source == "api":
             raise
@@ -223,6 +233,8 @@ async def accept(
         "finished_at": None,
         # The caller's span (API request, Kafka record), or the client's carried trace context
         "traceparent": telemetry.outgoing(),
+        "lane": decision.lane,
+        "proactive_key": decision.proactive_key,
     }
     error: LifecycleError | None = None
     if refusal is not None:

@@ -10,8 +10,10 @@ holds about its fair share of the active channels (``outbox.delivery.plan_owners
 replicas add throughput instead of idling behind the first one.
 
 Message claims: only the head of each conversation (no pending message with a smaller
-``seq``), ``FOR UPDATE SKIP LOCKED``, moved to ``sending`` with a lease that outlives the HTTP
-timeout, so a slow send is never duplicated by another worker.
+``seq``), signals first, then the reply lane, then by due time (``outbox.lanes``: a reply
+never waits for a channel's bulk backlog to be claimed), ``FOR UPDATE SKIP LOCKED``, moved to
+``sending`` with a lease that outlives the HTTP timeout, so a slow send is never duplicated by
+another worker.
 """
 
 from __future__ import annotations
@@ -137,6 +139,7 @@ _CLAIM = text(
                     AND e.state IN ('queued', 'sending', 'retrying')
                     AND e.content->>'kind' <> ALL(CAST(:signals AS text[]))))
             ORDER BY (m.content->>'kind' = ANY(CAST(:signals AS text[]))) DESC,
+                (m.lane = 'reply') DESC,
                 m.next_attempt_at
             LIMIT want.n
             FOR UPDATE OF m SKIP LOCKED
@@ -151,7 +154,7 @@ _CLAIM = text(
     RETURNING o.id, o.seq, o.command_id, o.channel_id, o.platform, o.recipient,
         o.conversation_key, o.content, o.reply_to, o.metadata, o.attempts, o.retry_base,
         o.not_after,
-        o.platform_message_id, o.traceparent, picked.state AS claimed_from
+        o.platform_message_id, o.traceparent, o.lane, picked.state AS claimed_from
     """  # noqa: S608 - constant fragments (outbox.control.held), no input
 )
 

@@ -61,6 +61,13 @@ class OutboxMessage(TimestampMixin, Base):
             "state IN (" + ", ".join(f"'{s}'" for s in MESSAGE_STATES) + ")", name="state_known"
         ),
         CheckConstraint("source IN ('api', 'kafka')", name="source_known"),
+        CheckConstraint("lane IN ('reply', 'bulk')", name="lane_known"),
+        Index(
+            "ix_outbox_messages_proactive",
+            "proactive_key",
+            "created_at",
+            postgresql_where=text("proactive_key IS NOT NULL"),
+        ),
         Index(
             "ix_outbox_messages_due",
             "next_attempt_at",
@@ -129,6 +136,33 @@ class OutboxMessage(TimestampMixin, Base):
         String(TRACEPARENT_MAX),
         doc="W3C trace context of the command (its intake span, or the client's): the parent "
         "of every send attempt and the trace of the message's lifecycle events",
+    )
+    lane: Mapped[str] = mapped_column(
+        String(8),
+        default="bulk",
+        server_default="bulk",
+        doc="reply | bulk: replies are granted first within the channel's rate (outbox.lanes)",
+    )
+    proactive_key: Mapped[str | None] = mapped_column(
+        String(CONVERSATION_KEY_MAX),
+        doc="channel_id:contact key of an accepted proactive message, counted by the channel's "
+        "frequency cap (outbox.policy); NULL for replies and refused commands",
+    )
+
+
+class FrequencyCap(Base):
+    """At most ``max_messages`` proactive messages per contact per rolling ``period_seconds``
+    on a channel (``PUT /v1/channels/{id}/frequency-cap``)."""
+
+    __tablename__ = "outbox_frequency_caps"
+
+    channel_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("channels.id", ondelete="CASCADE"), primary_key=True
+    )
+    max_messages: Mapped[int] = mapped_column(Integer)
+    period_seconds: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=text("now()"), onupdate=text("now()")
     )
 
 

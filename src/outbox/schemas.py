@@ -15,6 +15,7 @@ from outbox.contracts import (
     METADATA_MAX_BYTES,
     ChannelEventData,
     Content,
+    Lane,
     LifecycleEventData,
     Metadata,
     Recipient,
@@ -53,6 +54,11 @@ class MessageCreate(BaseModel):
     not_after: Instant | None = Field(
         default=None, description="Not sent after this instant; default: acceptance + 24 h"
     )
+    lane: Lane | None = Field(
+        default=None,
+        description="`reply` or `bulk` (see the send command); default from the "
+        "conversation's state at acceptance",
+    )
 
 
 class ErrorInfo(BaseModel):
@@ -81,6 +87,7 @@ class MessageRead(BaseModel):
     updated_at: datetime
     sent_at: datetime | None
     finished_at: datetime | None
+    lane: Lane = Field(description="`reply` or `bulk`: its share of the channel's rate")
 
     @classmethod
     def from_row(cls, row: OutboxMessage) -> MessageRead:
@@ -104,6 +111,7 @@ class MessageRead(BaseModel):
             updated_at=row.updated_at,
             sent_at=row.sent_at,
             finished_at=row.finished_at,
+            lane="reply" if row.lane == "reply" else "bulk",
         )
 
 

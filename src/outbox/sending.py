@@ -1,10 +1,12 @@
 """Pacing and sending: one pacer loop per owned channel, one task per send.
 
 ``Dispatcher.enqueue`` puts a claim in its channel's queue; the channel's dispatcher grants
-the queued claims in claim order through the ``Pacer`` (a claim whose conversation limit is
-not ready lets the next one go first) and starts a send task per grant. Every send ends in
-exactly one outcome handed to the ``OutcomeWriter``: a result, a release (not sent: back to
-its state) or expired (``not_after`` passed before it could be sent).
+the queued claims through the ``Pacer``, reply-lane claims first (``outbox.lanes``: bulk keeps
+a tenth of the slots while both lanes wait), each lane in claim order (a claim whose
+conversation limit is not ready lets the next one go first) and starts a send task per
+grant. Every send ends in exactly one outcome handed to the ``OutcomeWriter``: a result, a
+release (not sent: back to its state) or expired (``not_after`` passed before it could be
+sent).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from infra.logging import get_logger
 from outbox.breaker import is_outage
 from outbox.claims import Claim
 from outbox.delivery import ClaimedMessage, interrupted_result
+from outbox.lanes import LaneShare, lane_order
 from outbox.metrics import record_send, send_outcome
 from outbox.outcomes import OutcomeWriter
 from outbox.ownership import ChannelOwnership, OwnedChannel
@@ -58,8 +61,16 @@ class Dispatcher:
         self._http = http
         self._timeout = timeout
         self._clock = clock
+        self._shares: dict[str, LaneShare] = {}
+        """Per channel: how its slots are split between the reply and bulk lanes."""
         self.stopping = False
         """Set by the worker at stop: nothing new starts, waiting claims are released."""
+
+    def _share(self, channel: OwnedChannel) -> LaneShare:
+        share = self._shares.get(channel.config.id)
+        if share is None:
+            share = self._shares[channel.config.id] = LaneShare()
+        return share
 
     def start(self, claim: Claim, channel: OwnedChannel) -> None:
         """Send at once (pacing off)."""
@@ -103,7 +114,13 @@ class Dispatcher:
                 pick: Claim | None = None
                 soonest = math.inf
                 expired: list[Claim] = []
-                for claim in channel.queue:
+                share = self._share(channel)
+                replies = sum(1 for claim in channel.queue if claim.message.lane == "reply")
+                contended = 0 < replies < len(channel.queue)
+                first = share.first(
+                    reply_waiting=replies > 0, bulk_waiting=replies < len(channel.queue)
+                )
+                for claim in lane_order(channel.queue, first, _lane_of):
                     if now > claim.deadline:
                         expired.append(claim)
                         continue
@@ -130,6 +147,7 @@ class Dispatcher:
                     channel.queue.popleft()
                 else:
                     channel.queue.remove(pick)
+                share.granted(pick.message.lane, contended=contended)
                 granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
                 pick.task = asyncio.create_task(self._deliver(pick, channel, granted))
                 await granted  # one grant at a time, taken by the send task itself
@@ -275,6 +293,10 @@ def _attempt_attributes(message: ClaimedMessage) -> dict[str, object]:
         "switchboard.channel_id": str(message.channel_id),
         "switchboard.attempt": message.attempts + 1,
     }
+
+
+def _lane_of(claim: Claim) -> str:
+    return claim.message.lane
 
 
 def local_failure(code: str, title: str, *, retryable: bool = False) -> SendResult:

@@ -23,7 +23,7 @@ from channels.models import Channel
 from infra import kafka
 from infra.consume import commit_offsets
 from infra.kafka import CE_HEADERS
-from infra.resources import Resources
+from infra.resources import Resources, open_resources
 from infra.settings import Settings
 from outbox import commands as commands_module
 from outbox import events as events_module
@@ -32,7 +32,6 @@ from outbox.contracts import METADATA_MAX_BYTES
 from outbox.deadletter import DEADLETTER_VALUE_MAX
 from outbox.models import OutboxEvent, OutboxMessage
 from outbox.receipts_consumer import run_receipts_consumer
-from switchboard.app import open_resources
 from tests.support import running_app
 
 pytestmark = pytest.mark.integration

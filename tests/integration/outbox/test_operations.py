@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from channels.models import Channel
 from infra.leader import AdvisoryLeader, run_as_leader
-from infra.resources import Resources
+from infra.resources import Resources, open_resources
 from infra.settings import Settings
 from outbox import metrics
 from outbox.models import (
@@ -28,7 +28,6 @@ from outbox.models import (
 )
 from outbox.retention import PURGES, purge_once
 from outbox.sampler import PENDING, RELAY, Sampler, run_sampler, take_sample
-from switchboard.app import open_resources
 
 pytestmark = pytest.mark.integration
 

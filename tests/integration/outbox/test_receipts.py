@@ -17,12 +17,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from channels.models import Channel
 from fake_platforms.server import FakePlatformServer
-from infra.resources import Resources
+from infra.resources import Resources, open_resources
 from infra.settings import Settings
 from outbox import receipts as receipts_module
 from outbox.models import ConversationWindow, OutboxEvent, OutboxMessage, PendingReceipt
 from outbox.receipts_consumer import run_receipts_consumer
-from switchboard.app import open_resources
 from tests.integration.outbox.test_worker import enqueue, eventually, make_channel, running, tune
 
 pytestmark = pytest.mark.integration

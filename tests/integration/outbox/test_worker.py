@@ -32,7 +32,7 @@ from channels.models import Channel
 from fake_platforms.server import FakePlatformServer, Fault, RecordedRequest
 from infra import kafka
 from infra.crypto import SecretBox, generate_key
-from infra.resources import Resources
+from infra.resources import Resources, open_resources
 from infra.settings import Settings
 from outbox import leases
 from outbox.app import run_worker
@@ -44,7 +44,6 @@ from outbox.models import (
     OutboxWorker,
 )
 from outbox.worker import DeliveryWorker
-from switchboard.app import open_resources
 from tests.support import StallingProxy
 
 pytestmark = pytest.mark.integration
