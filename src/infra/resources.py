@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from infra import db, kafka
 from infra.base_url import BaseUrlPolicy, install_policy
 from infra.crypto import SecretBox
+from infra.dberrors import DATABASE_ERRORS, kind_name
 from infra.logging import get_logger
 from infra.settings import Settings
 
@@ -50,8 +51,18 @@ def get_resources(request: Request) -> Resources:
 async def _session(
     resources: Annotated[Resources, Depends(get_resources)],
 ) -> AsyncIterator[AsyncSession]:
-    async with resources.sessionmaker() as session:
+    """The request's session. Its teardown runs after the response was sent (see above), so a
+    close that fails because the database went away meanwhile (the rollback of a cut
+    connection) is logged and dropped: raised there, it would make the server drop the
+    keep-alive connection under the client's next request."""
+    session = resources.sessionmaker()
+    try:
         yield session
+    finally:
+        try:
+            await session.close()
+        except DATABASE_ERRORS as exc:
+            log.warning("db.session_close_failed", error=kind_name(exc))
 
 
 DbSession = Annotated[AsyncSession, Depends(_session)]
