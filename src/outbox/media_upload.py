@@ -45,7 +45,7 @@ from outbox.media import (
     PlatformError,
 )
 from outbox.platforms._graph import GRAPH_API_VERSION, GRAPH_BASE_URL
-from outbox.platforms.base import scrub
+from outbox.platforms.scrub import scrub
 
 __all__ = ["MediaRejected", "UploadNotSupported", "UploadedMedia", "router"]
 

@@ -30,7 +30,7 @@ from outbox.metrics import record_send, send_outcome
 from outbox.outcomes import OutcomeWriter
 from outbox.ownership import ChannelOwnership, OwnedChannel
 from outbox.platforms import SENDERS, SendResult, UnsupportedContent
-from outbox.platforms.base import HttpClient
+from outbox.platforms.http import HttpClient
 from outbox.ratelimit import Pacer, channel_key, recipient_key
 
 __all__ = ["Dispatcher"]

@@ -43,7 +43,7 @@ from outbox.delivery import interrupted_result
 from outbox.maintenance import Maintenance
 from outbox.outcomes import DB_ERRORS, OutcomeWriter, WorkerStats
 from outbox.ownership import ChannelOwnership
-from outbox.platforms.base import HttpClient, make_http_client
+from outbox.platforms.http import HttpClient, make_http_client
 from outbox.ratelimit import Pacer
 from outbox.retry import RetryPolicy
 from outbox.sending import Dispatcher

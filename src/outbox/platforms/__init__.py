@@ -9,13 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from outbox.platforms.base import (
-    ChannelConfig,
-    Sender,
-    SendResult,
-    UnsupportedContent,
-    make_http_client,
-)
+from outbox.platforms.base import ChannelConfig, Sender, SendResult, UnsupportedContent
+from outbox.platforms.http import make_http_client
 from outbox.platforms.meta_messenger import MetaMessengerSender
 from outbox.platforms.telegram import TelegramSender
 from outbox.platforms.twilio import TwilioSender

@@ -17,20 +17,18 @@ from typing import Any
 from outbox.platforms.base import (
     ChannelConfig,
     ErrorRule,
-    HttpClient,
-    HttpExchange,
     SendResult,
     api_base,
     excerpt,
     missing_credential,
     parse_json,
     parse_retry_after,
-    post,
     result_from_rule,
     retry_after_seconds,
-    scrub,
     sent,
 )
+from outbox.platforms.http import HttpClient, HttpExchange, post
+from outbox.platforms.scrub import scrub
 
 GRAPH_API_VERSION = "v21.0"
 GRAPH_BASE_URL = "https://graph.facebook.com"

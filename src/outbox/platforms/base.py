@@ -1,4 +1,4 @@
-"""What every platform sender shares: the channel view, the result, the Protocol, HTTP plumbing.
+"""What every platform sender shares: the channel view, the result, the Protocol, result helpers.
 
 A sender is pure apart from the one HTTP exchange: it builds the platform request from a
 ``SendCommand``, performs it through the worker's pooled ``HttpClient`` (an aiohttp session)
@@ -6,63 +6,49 @@ and classifies the answer into a ``SendResult``. It never raises for platform or
 failures (those are outcomes), only ``UnsupportedContent`` for commands the platform cannot
 express.
 
-Secrets: credentials travel in headers (Meta, Twilio) or in the URL path (Telegram). Nothing
-a sender returns may contain them: every text taken from a response or an exception goes
-through ``scrub`` first.
+Secrets: nothing a sender returns may contain a credential: every text taken from a response
+or an exception goes through ``scrub`` (``outbox.platforms.scrub``) first. The HTTP exchange
+itself is ``outbox.platforms.http``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import contextlib
 import email.utils
-import html
 import math
 import re
-import time
-import urllib.parse
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
-import aiohttp
 import orjson
 
-from infra import telemetry
 from infra.base_url import active_policy
 from outbox.contracts import SendCommand
+from outbox.platforms.scrub import scrub
+
+if TYPE_CHECKING:
+    from outbox.platforms.http import HttpClient, HttpExchange
 
 __all__ = [
     "EXCERPT_LIMIT",
     "MAX_RETRY_AFTER",
     "ChannelConfig",
     "ErrorRule",
-    "HttpClient",
-    "HttpExchange",
     "Outcome",
     "SendResult",
     "Sender",
     "UnsupportedContent",
-    "basic_credentials",
-    "make_http_client",
     "parse_retry_after",
-    "post",
     "retry_after_seconds",
-    "scrub",
     "status_outcome",
 ]
-
-HttpClient = aiohttp.ClientSession
-"""The pooled HTTP client senders use; built by ``make_http_client``."""
 
 Outcome = Literal["sent", "retryable", "permanent"]
 Throttle = Literal["channel", "recipient"]
 
 EXCERPT_LIMIT = 1024
 _SCRUB_WINDOW = 4 * EXCERPT_LIMIT
-_REDACTED = "***"
 
 MAX_RETRY_AFTER = 86_400.0
 """The longest wait (seconds) a platform's hint may impose: 24 h, the default lifetime of a
@@ -173,75 +159,6 @@ class Sender(Protocol):
         """Perform one attempt; platform and transport failures are outcomes, not exceptions."""
 
 
-_WITHHELD = "[withheld: the answer echoed a credential]"
-_SECRET_PART_MIN = 16
-_BACKSLASH_ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})|\\x([0-9a-fA-F]{2})")
-_DECODE_ROUNDS = 3
-
-
-def _secret_forms(secrets: Iterable[str]) -> list[str]:
-    """Each secret, and its secret part: what follows the last ``:`` (a Telegram token is
-    ``<bot id>:<secret>``; the bot id is public, the rest alone is enough to use the bot)."""
-    forms: dict[str, None] = {}
-    for secret in secrets:
-        if secret:
-            forms[secret] = None
-            part = secret.rpartition(":")[2]
-            if part != secret and len(part) >= _SECRET_PART_MIN:
-                forms[part] = None
-    return list(forms)
-
-
-def _unescape_backslashes(text: str) -> str:
-    return _BACKSLASH_ESCAPE.sub(lambda m: chr(int(m.group(1) or m.group(2), 16)), text)
-
-
-def _decodings(text: str) -> set[str]:
-    """``text`` as a reader might decode it: HTML entities (``&#58;``, ``&colon;``), percent
-    (``%3a``, ``%3A``), backslash escapes (``\\u003a``, ``\\x3a``), and combinations of up to
-    three of these (a percent-encoded URL in an HTML page in a JSON string)."""
-    seen = {text}
-    frontier = [text]
-    for _ in range(_DECODE_ROUNDS):
-        found: list[str] = []
-        for form in frontier:
-            for decode in (html.unescape, urllib.parse.unquote, _unescape_backslashes):
-                decoded = decode(form)
-                if decoded not in seen:
-                    seen.add(decoded)
-                    found.append(decoded)
-        frontier = found
-    return seen
-
-
-def scrub(text: str, secrets: Iterable[str]) -> str:
-    """``text`` without any credential, however a server or proxy echoed it.
-
-    Each secret (and its secret part, ``_secret_forms``) is first replaced where it appears as
-    sent or percent-encoded. If any decoding of what is left still holds one (a colon echoed
-    as ``&#58;`` or ``\\u003a``, an upper-cased URL…), the whole text is withheld: nothing a
-    platform echoes is worth a credential, and no list of encodings is ever complete.
-    """
-    forms = _secret_forms(secrets)
-    for secret in forms:
-        quoted = (urllib.parse.quote(secret, safe=""), urllib.parse.quote(secret))
-        for form in dict.fromkeys((secret, *quoted)):
-            text = text.replace(form, _REDACTED)
-    if forms:
-        lowered = [form.lower() for form in forms]
-        for decoded in _decodings(text):
-            folded = decoded.lower()
-            if any(secret in folded for secret in lowered):
-                return _WITHHELD
-    return text
-
-
-def basic_credentials(user: str, password: str) -> str:
-    """The ``Authorization: Basic`` value; a secret in its own right (it encodes the password
-    whole, and no part of it lines up with the password's own base64)."""
-    return base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
-
-
 def excerpt(body: bytes, secrets: Iterable[str]) -> str | None:
     if not body:
         return None
@@ -336,129 +253,6 @@ def result_from_rule(
     )
 
 
-@dataclass(frozen=True, slots=True)
-class HttpExchange:
-    status: int
-    headers: Mapping[str, str]
-    """Case-insensitive (aiohttp's ``CIMultiDictProxy``)."""
-    body: bytes
-    duration_ms: float
-
-
-async def post(
-    client: HttpClient,
-    url: str,
-    *,
-    timeout: float,  # noqa: ASYNC109 - a hard deadline applied with asyncio.timeout below
-    secrets: Iterable[str],
-    json_body: object | None = None,
-    form: Mapping[str, str | list[str]] | None = None,
-    headers: Mapping[str, str] | None = None,
-    auth: tuple[str, str] | None = None,
-) -> HttpExchange | SendResult:
-    """POST once with a hard overall deadline; a transport failure comes back as a SendResult.
-
-    ``timeout`` bounds the whole exchange, body included. A timeout is retryable, but the
-    platform may have accepted the message: delivery is at-least-once by design.
-    """
-    request_headers = dict(headers or {})
-    content: bytes | None = None
-    if json_body is not None:
-        content = orjson.dumps(json_body)
-        request_headers["Content-Type"] = "application/json"
-    elif form is not None:
-        pairs = [
-            (key, item)
-            for key, value in form.items()
-            for item in (value if isinstance(value, list) else [value])
-        ]
-        content = urllib.parse.urlencode(pairs).encode()
-        request_headers["Content-Type"] = "application/x-www-form-urlencoded"
-    if auth is not None:
-        token = basic_credentials(*auth)
-        request_headers["Authorization"] = f"Basic {token}"
-    with telemetry.span(
-        "POST", kind=telemetry.SpanKind.CLIENT, attributes=_client_attributes(url)
-    ) as span:
-        exchange = await _exchange(client, url, content, request_headers, timeout, secrets)
-        if span is not None:
-            if isinstance(exchange, HttpExchange):
-                span.set_attribute("http.response.status_code", exchange.status)
-                if exchange.status >= 400:
-                    span.set_attribute("error.type", str(exchange.status))
-            else:
-                span.set_attribute("error.type", exchange.error_code or "transport_error")
-    return exchange
-
-
-def _client_attributes(url: str) -> dict[str, object] | None:
-    """HTTP client span attributes: method, host and port only. Never ``url.full``: Telegram
-    carries the bot token in the path."""
-    if not telemetry.enabled():
-        return None
-    parts = urllib.parse.urlsplit(url)
-    attributes: dict[str, object] = {"http.request.method": "POST"}
-    if parts.hostname:
-        attributes["server.address"] = parts.hostname
-    with contextlib.suppress(ValueError):  # a port out of range: the request fails on its own
-        attributes["server.port"] = parts.port or (443 if parts.scheme == "https" else 80)
-    return attributes
-
-
-async def _exchange(
-    client: HttpClient,
-    url: str,
-    content: bytes | None,
-    request_headers: dict[str, str],
-    timeout: float,  # noqa: ASYNC109 - a hard deadline applied with asyncio.timeout below
-    secrets: Iterable[str],
-) -> HttpExchange | SendResult:
-    traceparent = telemetry.outgoing()
-    if traceparent is not None:
-        request_headers[telemetry.TRACEPARENT] = traceparent
-    started = time.perf_counter()
-    try:
-        async with (
-            asyncio.timeout(timeout),
-            client.post(
-                url,
-                data=content,
-                headers=request_headers,
-            ) as response,
-        ):
-            body = await response.read()
-    except TimeoutError as exc:
-        return _transport_failure("timeout", exc, started, secrets)
-    except aiohttp.ClientConnectorError as exc:
-        return _transport_failure("connect_error", exc, started, secrets)
-    except aiohttp.ClientError as exc:
-        return _transport_failure("transport_error", exc, started, secrets)
-    return HttpExchange(
-        status=response.status,
-        headers=response.headers,
-        body=body,
-        duration_ms=(time.perf_counter() - started) * 1000.0,
-    )
-
-
-def _transport_failure(
-    code: str, exc: BaseException, started: float, secrets: Iterable[str]
-) -> SendResult:
-    detail = str(exc)
-    title = type(exc).__name__ + (f": {detail}" if detail else "")
-    return SendResult(
-        outcome="retryable",
-        platform_message_id=None,
-        http_status=None,
-        error_code=code,
-        error_title=scrub(title, secrets)[:EXCERPT_LIMIT],
-        retry_after=None,
-        throttled=False,
-        response_excerpt=None,
-        duration_ms=(time.perf_counter() - started) * 1000.0,
-    )
-
-
 def sent(
     platform_message_id: str | None, exchange: HttpExchange, secrets: Iterable[str]
 ) -> SendResult:
@@ -517,22 +311,3 @@ def parse_json(body: bytes) -> object:
         return orjson.loads(body)
     except orjson.JSONDecodeError:
         return None
-
-
-def make_http_client(timeout: float, *, max_connections: int = 256) -> HttpClient:
-    """The worker's pooled client (call it inside the running event loop).
-
-    aiohttp directly, not httpx: ``bench/http_transports.py`` (client CPU only, fake server in
-    another process), requests per client CPU-second at 1 / 8 / 64 tasks: httpx default
-    transport ~740 / ~700 / ~240 (p99 1.2 s at 64); httpx over ``httpx-aiohttp`` ~1,050 /
-    ~1,400 / ~1,200; aiohttp ~2,000 / ~2,800 / ~3,400. Through httpx the whole worker stayed
-    under 1,000 sends per CPU-second (HTTP was ~70 % of its CPU); the outbox target is
-    1,000 with headroom. All sender HTTP goes through ``post`` above, so this is the one place
-    that knows the client library.
-    """
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=max_connections, ttl_dns_cache=300),
-        timeout=aiohttp.ClientTimeout(total=timeout),
-        raise_for_status=False,
-        auto_decompress=True,
-    )

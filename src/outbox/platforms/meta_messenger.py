@@ -35,13 +35,8 @@ from typing import Any, Literal
 
 from outbox.contracts import SendCommand
 from outbox.platforms._graph import graph_send
-from outbox.platforms.base import (
-    ChannelConfig,
-    ErrorRule,
-    HttpClient,
-    SendResult,
-    UnsupportedContent,
-)
+from outbox.platforms.base import ChannelConfig, ErrorRule, SendResult, UnsupportedContent
+from outbox.platforms.http import HttpClient
 
 MAX_TEXT = 2000
 """Messenger text, in characters."""

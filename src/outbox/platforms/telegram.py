@@ -34,8 +34,6 @@ from outbox.contracts import SendCommand
 from outbox.platforms.base import (
     ChannelConfig,
     ErrorRule,
-    HttpClient,
-    HttpExchange,
     SendResult,
     UnsupportedContent,
     api_base,
@@ -43,12 +41,12 @@ from outbox.platforms.base import (
     missing_credential,
     parse_json,
     parse_retry_after,
-    post,
     result_from_rule,
     retry_after_seconds,
-    scrub,
     sent,
 )
+from outbox.platforms.http import HttpClient, HttpExchange, post
+from outbox.platforms.scrub import scrub
 
 TELEGRAM_BASE_URL = "https://api.telegram.org"
 MAX_TEXT = 4096

@@ -44,21 +44,18 @@ from outbox.contracts import SendCommand, Template
 from outbox.platforms.base import (
     ChannelConfig,
     ErrorRule,
-    HttpClient,
-    HttpExchange,
     SendResult,
     UnsupportedContent,
     api_base,
-    basic_credentials,
     excerpt,
     missing_credential,
     parse_json,
     parse_retry_after,
-    post,
     result_from_rule,
-    scrub,
     sent,
 )
+from outbox.platforms.http import HttpClient, HttpExchange, basic_credentials, post
+from outbox.platforms.scrub import scrub
 
 TWILIO_BASE_URL = "https://api.twilio.com"
 TWILIO_MESSAGING_BASE_URL = "https://messaging.twilio.com"

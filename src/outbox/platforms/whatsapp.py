@@ -27,13 +27,8 @@ from typing import Any
 
 from outbox.contracts import Media, SendCommand
 from outbox.platforms._graph import graph_send
-from outbox.platforms.base import (
-    ChannelConfig,
-    ErrorRule,
-    HttpClient,
-    SendResult,
-    UnsupportedContent,
-)
+from outbox.platforms.base import ChannelConfig, ErrorRule, SendResult, UnsupportedContent
+from outbox.platforms.http import HttpClient
 
 MAX_TEXT = 4096
 MAX_CAPTION = 1024

@@ -15,7 +15,7 @@ from fake_platforms import FakePlatformServer, Fault
 from infra.base_url import BaseUrlPolicy, install_policy
 from outbox.contracts import SendCommand
 from outbox.platforms import SENDERS, ChannelConfig, SendResult, make_http_client
-from outbox.platforms.base import HttpClient
+from outbox.platforms.http import HttpClient
 
 pytestmark = pytest.mark.integration
 

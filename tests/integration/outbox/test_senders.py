@@ -20,7 +20,8 @@ from outbox.platforms import (
     UnsupportedContent,
     make_http_client,
 )
-from outbox.platforms.base import MAX_RETRY_AFTER, HttpClient
+from outbox.platforms.base import MAX_RETRY_AFTER
+from outbox.platforms.http import HttpClient
 
 pytestmark = pytest.mark.integration
 

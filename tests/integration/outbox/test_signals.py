@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from fake_platforms import FakePlatformServer
 from outbox.contracts import SIGNAL_TTL_SECONDS, SendCommand, signal_not_after
 from outbox.platforms import SENDERS, UnsupportedContent, make_http_client
-from outbox.platforms.base import HttpClient
+from outbox.platforms.http import HttpClient
 from tests.integration.outbox.test_api_messages import WA_USER, api, create_channel, send
 from tests.integration.outbox.test_senders import channel, cmd, only
 from tests.support import RunningApp

@@ -15,11 +15,11 @@ from outbox.delivery import decide
 from outbox.platforms._graph import graph_failure
 from outbox.platforms.base import (
     MAX_RETRY_AFTER,
-    HttpExchange,
     SendResult,
     parse_retry_after,
     retry_after_seconds,
 )
+from outbox.platforms.http import HttpExchange
 from outbox.platforms.telegram import ERRORS as TELEGRAM_ERRORS
 from outbox.platforms.telegram import _failure as telegram_failure
 from outbox.platforms.whatsapp import ERRORS as WHATSAPP_ERRORS
