@@ -1,5 +1,6 @@
 """Wire formats this package writes: events on ``switchboard.conversations.v1`` and the send
-commands of automatic acknowledgements (written per design.md §6; the outbox is not imported).
+commands of automatic acknowledgements (written per docs/contracts.md §6; the outbox is not
+imported).
 
 Conversation events are CloudEvents 1.0 (structured), key and ``subject`` the conversation id.
 Their ``id`` is derived from what they report (uuid5), so a republished or re-decided event
@@ -74,7 +75,7 @@ def send_command(
     at: datetime,
     not_after: datetime | None = None,
 ) -> bytes:
-    """A ``message.send`` CloudEvent whose ``data`` is the send command (design.md §6)."""
+    """A ``message.send`` CloudEvent whose ``data`` is the send command (docs/contracts.md §6)."""
     command: dict[str, Any] = {
         "id": command_id,
         "channel_id": channel_id,

@@ -21,11 +21,11 @@ from channels.service import ChannelWithSecrets
 from gateway.budget import Holding
 from gateway.errors import (
     BadSignature,
+    ChannelNotFound,
     Malformed,
     NotDurable,
     Overloaded,
     TooLarge,
-    UnknownChannel,
     WebhookRejected,
     WrongContentType,
 )
@@ -87,11 +87,11 @@ def label(platform: str) -> str:
 
 async def channel_for(gateway: Gateway, platform: str, channel_id: str) -> ChannelWithSecrets:
     if platform not in REGISTRY:
-        raise UnknownChannel
+        raise ChannelNotFound
     try:
         key = uuid.UUID(channel_id)
     except ValueError:
-        raise UnknownChannel from None
+        raise ChannelNotFound from None
     try:
         channel = await gateway.channel(key)
     except DATABASE_ERRORS as exc:
@@ -100,7 +100,7 @@ async def channel_for(gateway: Gateway, platform: str, channel_id: str) -> Chann
         log.warning("gateway.channel_unavailable", error=type(exc).__name__, kind=kind_name(exc))
         raise NotDurable from None
     if channel is None or not channel.enabled or channel.platform != platform:
-        raise UnknownChannel
+        raise ChannelNotFound
     return channel
 
 

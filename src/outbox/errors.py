@@ -21,7 +21,7 @@ __all__ = [
     "MessageNotFound",
     "Rejected",
     "TemplateInvalid",
-    "UnknownChannel",
+    "UnknownChannelReference",
     "WindowClosed",
 ]
 
@@ -36,7 +36,7 @@ class InvalidCommand(Rejected):
     code = "invalid_command"
 
 
-class UnknownChannel(Rejected):
+class UnknownChannelReference(Rejected):
     """The body names a channel that does not exist (a body field, hence 422, not 404)."""
 
     code = "unknown_channel"
