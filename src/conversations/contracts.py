@@ -11,10 +11,10 @@ id, whichever replica decided it, however often it is relayed.
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal
 
-import orjson
+from infra import cloudevents
 
 CONVERSATIONS_TOPIC = "conversations.v1"
 COMMANDS_TOPIC = "outbound.commands.v1"
@@ -33,8 +33,7 @@ AUTOMATIC_METADATA_KEY = "switchboard"
 count as a reply (auto-acknowledgements carry it; any client may set it on its bots' sends)."""
 
 
-def rfc3339(at: datetime) -> str:
-    return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+rfc3339 = cloudevents.rfc3339
 
 
 def event_id(*parts: str) -> str:
@@ -50,17 +49,13 @@ def conversation_event(
     at: datetime,
     data: dict[str, Any],
 ) -> bytes:
-    return orjson.dumps(
-        {
-            "specversion": "1.0",
-            "id": event_id,
-            "source": f"/switchboard/conversations/{channel_id}",
-            "type": event_type,
-            "time": rfc3339(at),
-            "subject": conversation_id,
-            "datacontenttype": "application/json",
-            "data": {"channel_id": channel_id, "conversation_id": conversation_id, **data},
-        }
+    return cloudevents.encode(
+        event_id=event_id,
+        source=f"/switchboard/conversations/{channel_id}",
+        event_type=event_type,
+        time=at,
+        subject=conversation_id,
+        data={"channel_id": channel_id, "conversation_id": conversation_id, **data},
     )
 
 
@@ -91,17 +86,13 @@ def send_command(
     }
     if not_after is not None:
         command["not_after"] = rfc3339(not_after)
-    return orjson.dumps(
-        {
-            "specversion": "1.0",
-            "id": command_id,
-            "source": f"/switchboard/conversations/{channel_id}",
-            "type": "message.send",
-            "time": rfc3339(at),
-            "subject": conversation_id,
-            "datacontenttype": "application/json",
-            "data": command,
-        }
+    return cloudevents.encode(
+        event_id=command_id,
+        source=f"/switchboard/conversations/{channel_id}",
+        event_type="message.send",
+        time=at,
+        subject=conversation_id,
+        data=command,
     )
 
 
