@@ -38,7 +38,6 @@ from infra.logging import get_logger
 
 log = get_logger(__name__)
 
-TWIML = b'<?xml version="1.0" encoding="UTF-8"?><Response/>'
 
 BodyChunks = Callable[[], AsyncIterator[bytes]]
 """The request body's chunks as they arrive."""
@@ -236,6 +235,6 @@ async def _handle(
         outcome = "empty"
         summary = {"events": 0, "new": 0, "duplicates": 0}
     webhooks_counter(platform, outcome).inc()
-    if platform == "twilio":
-        return Reply(TWIML, "application/xml")
+    if verifier.reply is not None:
+        return Reply(*verifier.reply)
     return Reply(orjson.dumps(summary), "application/json")
