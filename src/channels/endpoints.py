@@ -7,10 +7,11 @@ from fastapi import APIRouter, Body, Query, status
 
 from apikeys.dependencies import RequireAdmin, RequireRead
 from channels import service
-from channels.schemas import ChannelCreate, ChannelRead, ChannelUpdate, Platform
+from channels.schemas import ChannelCreate, ChannelRead, ChannelUpdate
 from infra.base_url import BaseUrlPolicy
 from infra.errors import AUTHENTICATED, error_responses
 from infra.resources import AppResources, DbSession, Resources
+from normalizer.platforms import Platform
 
 router = APIRouter(prefix="/v1/channels", tags=["channels"])
 

@@ -6,8 +6,7 @@ from sqlalchemy import Boolean, CheckConstraint, Float, LargeBinary, String, Uni
 from sqlalchemy.orm import Mapped, mapped_column
 
 from infra.db import Base, TimestampMixin, new_id
-
-PLATFORMS = ("whatsapp", "messenger", "instagram", "telegram", "twilio")
+from normalizer.platforms import PLATFORMS
 
 
 class Channel(TimestampMixin, Base):

@@ -1,4 +1,4 @@
-"""API schemas of the channel resource (design.md §2). Credentials are write-only:
+"""API schemas of the channel resource (docs/contracts.md §2). Credentials are write-only:
 they are accepted here, encrypted, and never part of any response."""
 
 from __future__ import annotations
@@ -24,8 +24,7 @@ from pydantic.config import JsonDict
 from pydantic_core import PydanticCustomError
 
 from infra.schema_types import Label, Secret, Text
-
-Platform = Literal["whatsapp", "messenger", "instagram", "telegram", "twilio"]
+from normalizer.platforms import Platform
 
 _TELEGRAM_TOKEN = re.compile(r"^(\d+):[A-Za-z0-9_-]{20,}$")
 _TELEGRAM_SECRET = re.compile(r"^[A-Za-z0-9_-]{1,256}$")

@@ -1,5 +1,6 @@
 """Wire formats this package writes: events on ``switchboard.conversations.v1`` and the send
-commands of automatic acknowledgements (written per design.md §6; the outbox is not imported).
+commands of automatic acknowledgements (written per docs/contracts.md §6; the outbox is not
+imported).
 
 Conversation events are CloudEvents 1.0 (structured), key and ``subject`` the conversation id.
 Their ``id`` is derived from what they report (uuid5), so a republished or re-decided event
@@ -10,10 +11,10 @@ id, whichever replica decided it, however often it is relayed.
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal
 
-import orjson
+from infra import cloudevents
 
 CONVERSATIONS_TOPIC = "conversations.v1"
 COMMANDS_TOPIC = "outbound.commands.v1"
@@ -32,8 +33,7 @@ AUTOMATIC_METADATA_KEY = "switchboard"
 count as a reply (auto-acknowledgements carry it; any client may set it on its bots' sends)."""
 
 
-def rfc3339(at: datetime) -> str:
-    return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+rfc3339 = cloudevents.rfc3339
 
 
 def event_id(*parts: str) -> str:
@@ -49,17 +49,13 @@ def conversation_event(
     at: datetime,
     data: dict[str, Any],
 ) -> bytes:
-    return orjson.dumps(
-        {
-            "specversion": "1.0",
-            "id": event_id,
-            "source": f"/switchboard/conversations/{channel_id}",
-            "type": event_type,
-            "time": rfc3339(at),
-            "subject": conversation_id,
-            "datacontenttype": "application/json",
-            "data": {"channel_id": channel_id, "conversation_id": conversation_id, **data},
-        }
+    return cloudevents.encode(
+        event_id=event_id,
+        source=f"/switchboard/conversations/{channel_id}",
+        event_type=event_type,
+        time=at,
+        subject=conversation_id,
+        data={"channel_id": channel_id, "conversation_id": conversation_id, **data},
     )
 
 
@@ -74,7 +70,7 @@ def send_command(
     at: datetime,
     not_after: datetime | None = None,
 ) -> bytes:
-    """A ``message.send`` CloudEvent whose ``data`` is the send command (design.md §6)."""
+    """A ``message.send`` CloudEvent whose ``data`` is the send command (docs/contracts.md §6)."""
     command: dict[str, Any] = {
         "id": command_id,
         "channel_id": channel_id,
@@ -90,17 +86,13 @@ def send_command(
     }
     if not_after is not None:
         command["not_after"] = rfc3339(not_after)
-    return orjson.dumps(
-        {
-            "specversion": "1.0",
-            "id": command_id,
-            "source": f"/switchboard/conversations/{channel_id}",
-            "type": "message.send",
-            "time": rfc3339(at),
-            "subject": conversation_id,
-            "datacontenttype": "application/json",
-            "data": command,
-        }
+    return cloudevents.encode(
+        event_id=command_id,
+        source=f"/switchboard/conversations/{channel_id}",
+        event_type="message.send",
+        time=at,
+        subject=conversation_id,
+        data=command,
     )
 
 

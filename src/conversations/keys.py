@@ -1,7 +1,8 @@
 """How a conversation is named, from either side (pure).
 
-The normalizer names an inbound conversation ``<platform>:<account_id>:<peer>`` (design.md §4)
-where ``peer`` is the chat or contact the business talks to: the WhatsApp ``wa_id``, the
+The normalizer names an inbound conversation ``<platform>:<account_id>:<peer>``
+(docs/contracts.md §4) where ``peer`` is the chat or contact the business talks to: the
+WhatsApp ``wa_id``, the
 Messenger/Instagram PSID/IGSID, the Telegram ``chat.id``, the Twilio ``From`` address
 (``+1555…`` or ``whatsapp:+1555…``). A send command names the same party by ``to``. Both are
 reduced to a *contact key* per channel, so an outbound message finds the conversation its

@@ -1,4 +1,4 @@
-"""Webhook routes (design.md §2) and the admin replay endpoint.
+"""Webhook routes (docs/contracts.md §2) and the admin replay endpoint.
 
 ``GET  /webhooks/{platform}/{channel_id}``: Meta's ``hub.*`` handshake → 200 ``text/plain``
 challenge, 403 on a wrong token; Telegram and Twilio have no handshake → 405.
@@ -42,7 +42,6 @@ from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel, Field
 
 from apikeys.dependencies import RequireAdmin
-from channels.schemas import Platform
 from gateway import intake
 from gateway import replay as replay_service
 from gateway.errors import (
@@ -56,6 +55,7 @@ from gateway.verifiers import REGISTRY, Verifier
 from infra.errors import AUTHENTICATED, ServiceUnavailable, error_responses
 from infra.logging import get_logger
 from infra.schema_types import Instant
+from normalizer.platforms import Platform
 
 log = get_logger(__name__)
 

@@ -37,7 +37,7 @@ class Malformed(WebhookRejected, errors.BadRequest):
     reason = "malformed"
 
 
-class UnknownChannel(WebhookRejected, errors.NotFound):
+class ChannelNotFound(WebhookRejected, errors.NotFound):
     reason = "not_found"
 
     def __init__(self) -> None:

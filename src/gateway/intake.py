@@ -21,11 +21,11 @@ from channels.service import ChannelWithSecrets
 from gateway.budget import Holding
 from gateway.errors import (
     BadSignature,
+    ChannelNotFound,
     Malformed,
     NotDurable,
     Overloaded,
     TooLarge,
-    UnknownChannel,
     WebhookRejected,
     WrongContentType,
 )
@@ -38,7 +38,6 @@ from infra.logging import get_logger
 
 log = get_logger(__name__)
 
-TWIML = b'<?xml version="1.0" encoding="UTF-8"?><Response/>'
 
 BodyChunks = Callable[[], AsyncIterator[bytes]]
 """The request body's chunks as they arrive."""
@@ -87,11 +86,11 @@ def label(platform: str) -> str:
 
 async def channel_for(gateway: Gateway, platform: str, channel_id: str) -> ChannelWithSecrets:
     if platform not in REGISTRY:
-        raise UnknownChannel
+        raise ChannelNotFound
     try:
         key = uuid.UUID(channel_id)
     except ValueError:
-        raise UnknownChannel from None
+        raise ChannelNotFound from None
     try:
         channel = await gateway.channel(key)
     except DATABASE_ERRORS as exc:
@@ -100,7 +99,7 @@ async def channel_for(gateway: Gateway, platform: str, channel_id: str) -> Chann
         log.warning("gateway.channel_unavailable", error=type(exc).__name__, kind=kind_name(exc))
         raise NotDurable from None
     if channel is None or not channel.enabled or channel.platform != platform:
-        raise UnknownChannel
+        raise ChannelNotFound
     return channel
 
 
@@ -236,6 +235,6 @@ async def _handle(
         outcome = "empty"
         summary = {"events": 0, "new": 0, "duplicates": 0}
     webhooks_counter(platform, outcome).inc()
-    if platform == "twilio":
-        return Reply(TWIML, "application/xml")
+    if verifier.reply is not None:
+        return Reply(*verifier.reply)
     return Reply(orjson.dumps(summary), "application/json")

@@ -34,7 +34,7 @@ CLOUDEVENTS_CONTENT_TYPE = b"application/cloudevents+json"
 CE_HEADERS = [("content-type", CLOUDEVENTS_CONTENT_TYPE)]
 
 COMPONENT_TOPICS = ("conversations.v1",)
-"""Topics of the second-wave components (design.md §7), created with the contract topics."""
+"""Topics of the second-wave components (docs/contracts.md §7), created with the contract topics."""
 
 
 _ABANDON_STEP = 1.0

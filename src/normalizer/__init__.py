@@ -1,4 +1,4 @@
-"""Switchboard normalizer: platform webhooks → canonical inbound events (design.md §4).
+"""Switchboard normalizer: platform webhooks → canonical inbound events (docs/contracts.md §4).
 
 Pure code: stdlib + pydantic, no I/O, nothing else of ours imported.
 
@@ -91,6 +91,7 @@ from .models import (
     StatusEvent,
     UnsupportedEvent,
 )
+from .platforms import PLATFORMS, Platform
 
 __all__ = [
     "EVENTS_ADAPTER",
@@ -101,6 +102,7 @@ __all__ = [
     "InboundEvent",
     "MessageEvent",
     "NormalizeError",
+    "Platform",
     "StatusEvent",
     "UnsupportedEvent",
     "dump_event",
@@ -108,7 +110,6 @@ __all__ = [
     "normalize",
 ]
 
-PLATFORMS: Final[tuple[str, ...]] = ("whatsapp", "messenger", "instagram", "telegram", "twilio")
 
 _JSON_PLATFORMS: Final = {
     "whatsapp": whatsapp.normalize,
@@ -116,6 +117,8 @@ _JSON_PLATFORMS: Final = {
     "instagram": meta.normalize,
     "telegram": telegram.normalize,
 }
+NORMALIZED_PLATFORMS: Final = frozenset(_JSON_PLATFORMS) | {"twilio"}
+"""Platforms ``normalize`` handles: the JSON ones above plus Twilio's form/event-stream bodies."""
 
 
 def normalize(

@@ -1,4 +1,4 @@
-"""Canonical inbound event contract (design.md §4): frozen pydantic models.
+"""Canonical inbound event contract (docs/contracts.md §4): frozen pydantic models.
 
 The envelope is a CloudEvents 1.0 structured-mode event. ``InboundEvent`` is the common base
 class; the concrete classes narrow ``type`` and ``data`` so that the union of them is one
@@ -27,6 +27,8 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter
+
+from .platforms import Platform
 
 __all__ = [
     "EVENTS_ADAPTER",
@@ -59,7 +61,6 @@ __all__ = [
     "UnsupportedEvent",
 ]
 
-Platform = Literal["whatsapp", "messenger", "instagram", "telegram", "twilio"]
 EventType = Literal[
     "message.received",
     "message.status",

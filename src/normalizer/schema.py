@@ -18,7 +18,7 @@ def json_schema() -> dict[str, Any]:
         "$id": SCHEMA_ID,
         "title": "InboundEvent",
         "description": "Canonical inbound event (CloudEvents 1.0, structured mode): "
-        "value of switchboard.inbound.v1. See design.md §4.",
+        "value of switchboard.inbound.v1. See docs/contracts.md §4.",
         **body,
     }
 

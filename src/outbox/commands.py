@@ -45,7 +45,7 @@ from outbox import intake
 from outbox.contracts import SEND_COMMAND_TYPE, SendCommand
 from outbox.dberrors import data_error
 from outbox.deadletter import DeadLetter, publish_dead_letter
-from outbox.errors import IdempotencyConflict, UnknownChannel
+from outbox.errors import IdempotencyConflict, UnknownChannelReference
 from outbox.events import run_relay
 from outbox.receipts_consumer import run_receipts_consumer
 from outbox.templates import run_template_sync
@@ -107,7 +107,7 @@ async def handle_command(resources: Resources, record: Record) -> None:
                 accepted = await intake.accept(session, resources.settings, parsed, source="kafka")
         except IdempotencyConflict as exc:
             letter = DeadLetter("conflict", exc.message)
-        except UnknownChannel as exc:
+        except UnknownChannelReference as exc:
             letter = DeadLetter("unknown_channel", exc.message)
         except DBAPIError as exc:
             state = data_error(exc)

@@ -1,4 +1,5 @@
-"""Versioned outbound contracts (design.md §6): the send command and the lifecycle event data.
+"""Versioned outbound contracts (docs/contracts.md §6): the send command and the lifecycle
+event data.
 
 These are wire contracts shared with other teams, so they are strict on input: unknown fields
 are rejected (a typo such as ``captoin`` must fail loudly with 422 rather than send a message

@@ -27,6 +27,7 @@ import orjson
 from sqlalchemy import insert, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from infra import cloudevents
 from outbox.contracts import ChannelError, ChannelEventData, ChannelEventType
 from outbox.models import OutboxEvent
 
@@ -77,17 +78,13 @@ def build_channel_event(
         reason=reason,
         error=error,
     )
-    return orjson.dumps(
-        {
-            "specversion": "1.0",
-            "id": str(uuid.uuid4()),
-            "source": f"/switchboard/outbox/{channel_id}",
-            "type": event_type,
-            "time": (now or datetime.now(UTC)).isoformat().replace("+00:00", "Z"),
-            "subject": str(channel_id),
-            "datacontenttype": "application/json",
-            "data": data.model_dump(mode="json"),
-        }
+    return cloudevents.encode(
+        event_id=str(uuid.uuid4()),
+        source=f"/switchboard/outbox/{channel_id}",
+        event_type=event_type,
+        time=now or datetime.now(UTC),
+        subject=str(channel_id),
+        data=data.model_dump(mode="json"),
     )
 
 

@@ -23,11 +23,10 @@ import base64
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
-import orjson
 from aiokafka import AIOKafkaProducer
 
+from infra import cloudevents
 from infra.consume import Record
 from infra.kafka import CE_HEADERS
 from infra.logging import get_logger
@@ -58,10 +57,6 @@ class DeadLetter:
 
     reason: str
     detail: str
-
-
-def _rfc3339(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def dead_letter_value(
@@ -99,15 +94,13 @@ def dead_letter_value(
     detail = letter.detail
     if len(detail) > _DETAIL_MAX:
         detail = detail[: _DETAIL_MAX - 1] + "…"
-    envelope: dict[str, Any] = {
-        "specversion": "1.0",
-        "id": str(uuid.uuid5(_DEADLETTER_NAMESPACE, where)),
-        "source": f"/switchboard/{consumer.replace('.', '/')}",
-        "type": DEADLETTER_TYPE,
-        "time": _rfc3339(datetime.now(UTC)),
-        "subject": key_text,
-        "datacontenttype": "application/json",
-        "data": {
+    return cloudevents.encode(
+        event_id=str(uuid.uuid5(_DEADLETTER_NAMESPACE, where)),
+        source=f"/switchboard/{consumer.replace('.', '/')}",
+        event_type=DEADLETTER_TYPE,
+        time=datetime.now(UTC),
+        subject=key_text,
+        data={
             "reason": letter.reason,
             "detail": detail,
             "consumer": consumer,
@@ -115,7 +108,9 @@ def dead_letter_value(
                 "topic": record.topic,
                 "partition": record.partition,
                 "offset": record.offset,
-                "timestamp": _rfc3339(datetime.fromtimestamp(record.timestamp / 1000, UTC)),
+                "timestamp": cloudevents.rfc3339(
+                    datetime.fromtimestamp(record.timestamp / 1000, UTC)
+                ),
                 "key": key_text,
                 "value_encoding": encoding,
                 "value": text,
@@ -123,8 +118,7 @@ def dead_letter_value(
                 "value_size": len(raw) if raw is not None else None,
             },
         },
-    }
-    return orjson.dumps(envelope)
+    )
 
 
 _DEADLETTER_SHAPES = (

@@ -23,7 +23,7 @@ __all__ = [
     "OptedOut",
     "Rejected",
     "TemplateInvalid",
-    "UnknownChannel",
+    "UnknownChannelReference",
     "WindowClosed",
 ]
 
@@ -38,7 +38,7 @@ class InvalidCommand(Rejected):
     code = "invalid_command"
 
 
-class UnknownChannel(Rejected):
+class UnknownChannelReference(Rejected):
     """The body names a channel that does not exist (a body field, hence 422, not 404)."""
 
     code = "unknown_channel"

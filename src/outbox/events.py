@@ -40,7 +40,7 @@ from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, R
 from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from infra import telemetry
+from infra import cloudevents, telemetry
 from infra.kafka import CE_HEADERS
 from infra.logging import get_logger
 from infra.resources import Resources
@@ -85,17 +85,14 @@ def build_event(
         error=error,
         metadata=message.message_metadata or {},
     )
-    envelope = {
-        "specversion": "1.0",
-        "id": str(uuid.uuid4()),
-        "source": f"/switchboard/outbox/{message.channel_id}",
-        "type": event_type,
-        "time": (now or datetime.now(UTC)).isoformat().replace("+00:00", "Z"),
-        "subject": message.conversation_key,
-        "datacontenttype": "application/json",
-        "data": data.model_dump(mode="json"),
-    }
-    return orjson.dumps(envelope)
+    return cloudevents.encode(
+        event_id=str(uuid.uuid4()),
+        source=f"/switchboard/outbox/{message.channel_id}",
+        event_type=event_type,
+        time=now or datetime.now(UTC),
+        subject=message.conversation_key,
+        data=data.model_dump(mode="json"),
+    )
 
 
 def emit(

@@ -48,7 +48,7 @@ from outbox.errors import (
     InvalidState,
     MessageNotFound,
     Rejected,
-    UnknownChannel,
+    UnknownChannelReference,
     WindowClosed,
 )
 from outbox.models import ConversationWindow, OutboxAttempt, OutboxMessage
@@ -117,10 +117,12 @@ async def resolve_channel(session: AsyncSession, command: SendCommand) -> Channe
     try:
         channel_id = uuid.UUID(command.channel_id)
     except ValueError:
-        raise UnknownChannel(f"channel_id {command.channel_id!r} is not a channel id") from None
+        raise UnknownChannelReference(
+            f"channel_id {command.channel_id!r} is not a channel id"
+        ) from None
     channel = await session.get(Channel, channel_id)
     if channel is None:
-        raise UnknownChannel(f"channel {command.channel_id} does not exist")
+        raise UnknownChannelReference(f"channel {command.channel_id} does not exist")
     return channel
 
 

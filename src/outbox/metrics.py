@@ -1,7 +1,8 @@
 """Prometheus metrics of the outbox (default registry, exposed on ``/metrics``).
 
-Names are a contract (design.md §7): dashboards and alerts under ``deploy/`` rely on them, and
-``tests/unit/test_deploy_assets.py`` checks that every name and label they use exists here.
+Names are a contract (docs/contracts.md §7): dashboards and alerts under ``deploy/`` rely on
+them, and ``tests/unit/test_deploy_assets.py`` checks that every name and label they use
+exists here.
 
 Counted where it happens (each process counts its own work; Prometheus sums replicas):
 

@@ -82,7 +82,7 @@ class Limit:
     rate: Rate
 
 
-# Platform defaults, overridable per channel (research/platforms.md):
+# Platform defaults, overridable per channel (docs/platforms.md):
 # - whatsapp 80 mps per number by default, up to 1,000 (§1.5, Meta "Throughput" page);
 #   note Meta counts inbound messages in the same budget, 130429 then slows us down.
 # - telegram 30 msg/s per bot for bulk sends (§4.5, Bot FAQ).

@@ -1,4 +1,4 @@
-"""`switchboard` command line: the composition root of every process (design.md §5)."""
+"""`switchboard` command line: the composition root of every process (docs/contracts.md §5)."""
 
 from __future__ import annotations
 

@@ -40,6 +40,10 @@ class Verifier(Protocol):
     signature_headers: tuple[str, ...]
     """Headers kept in the raw archive so the webhook can be re-verified (never secrets)."""
 
+    reply: tuple[bytes, str] | None
+    """A fixed answer the platform expects to an accepted webhook (body, content type), as
+    Twilio expects TwiML; None answers with the JSON summary of the events."""
+
     def verify(self, request: WebhookRequest, credentials: Mapping[str, str]) -> bool: ...
 
     def handshake(self, query: Mapping[str, str], credentials: Mapping[str, str]) -> str | None:

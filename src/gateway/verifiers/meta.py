@@ -24,6 +24,7 @@ _PREFIX = "sha256="
 class MetaVerifier:
     content_types: frozenset[str] = frozenset({"application/json"})
     signature_headers: tuple[str, ...] = ("x-hub-signature-256",)
+    reply: tuple[bytes, str] | None = None
 
     def verify(self, request: WebhookRequest, credentials: Mapping[str, str]) -> bool:
         header = request.headers.get("x-hub-signature-256", "")

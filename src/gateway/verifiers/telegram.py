@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 class TelegramVerifier:
     content_types: frozenset[str] = frozenset({"application/json"})
     signature_headers: tuple[str, ...] = ()
+    reply: tuple[bytes, str] | None = None
 
     def verify(self, request: WebhookRequest, credentials: Mapping[str, str]) -> bool:
         provided = request.headers.get("x-telegram-bot-api-secret-token", "").encode()

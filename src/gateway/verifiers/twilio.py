@@ -104,9 +104,14 @@ def sign(token: bytes, data: str) -> bytes:
     return base64.b64encode(hmac.new(token, data.encode("utf-8"), hashlib.sha1).digest())
 
 
+TWIML = b'<?xml version="1.0" encoding="UTF-8"?><Response/>'
+"""An empty TwiML response: Twilio reads the webhook answer as instructions, this one says none."""
+
+
 class TwilioVerifier:
     content_types: frozenset[str] = frozenset({_FORM, "application/json"})
     signature_headers: tuple[str, ...] = ("x-twilio-signature",)
+    reply: tuple[bytes, str] | None = (TWIML, "application/xml")
 
     def verify(self, request: WebhookRequest, credentials: Mapping[str, str]) -> bool:
         provided = request.headers.get("x-twilio-signature", "").strip().encode("ascii", "replace")

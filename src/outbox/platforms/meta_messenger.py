@@ -1,7 +1,7 @@
 """Messenger and Instagram (Messenger Platform) Send API sender.
 
 ``POST {base}/{GRAPH_API_VERSION}/{page_id | ig_id}/messages`` with a Bearer page token; the
-Instagram body shape is the Messenger one (research/platforms.md §2.4, §3.4;
+Instagram body shape is the Messenger one (docs/platforms.md §2.4, §3.4;
 https://developers.facebook.com/docs/messenger-platform/reference/send-api).
 
 Mapping of the contract (decisions):
@@ -70,7 +70,7 @@ _CHANNEL_THROTTLE = ErrorRule(retryable=True, throttle="channel")
 _PERMANENT = ErrorRule(retryable=False)
 
 # https://developers.facebook.com/documentation/business-messaging/messenger-platform/error-codes
-# and codes observed in the wild (research/platforms.md §2.5).
+# and codes observed in the wild (docs/platforms.md §2.5).
 ERRORS: Mapping[int, ErrorRule] = {
     4: _CHANNEL_THROTTLE,  # application request limit reached
     17: _CHANNEL_THROTTLE,  # user request limit reached

@@ -1,7 +1,7 @@
 """Telegram Bot API sender.
 
 ``POST {base}/bot{token}/{method}`` with a JSON body (https://core.telegram.org/bots/api;
-research/platforms.md §4.4). The token is part of the URL path, so every error text is scrubbed.
+docs/platforms.md §4.4). The token is part of the URL path, so every error text is scrubbed.
 
 Mapping of the contract (decisions):
 - text -> ``sendMessage`` (<= 4096 chars).

@@ -2,7 +2,7 @@
 
 ``POST {base}/2010-04-01/Accounts/{AccountSid}/Messages.json``, form-encoded, HTTP Basic auth
 with ``account_sid:auth_token`` (https://www.twilio.com/docs/messaging/api/message-resource;
-research/platforms.md §5.5). ``channel.account_id`` is the sender: a phone number
+docs/platforms.md §5.5). ``channel.account_id`` is the sender: a phone number
 (``+1555…``, ``whatsapp:+1555…``) goes in ``From``, a Messaging Service SID (``MG…``) in
 ``MessagingServiceSid``.
 
@@ -67,7 +67,7 @@ WHATSAPP_PREFIX = "whatsapp:"
 _CHANNEL_THROTTLE = ErrorRule(retryable=True, throttle="channel")
 _PERMANENT = ErrorRule(retryable=False)
 
-# https://www.twilio.com/docs/api/errors/<code> (research/platforms.md §5.6)
+# https://www.twilio.com/docs/api/errors/<code> (docs/platforms.md §5.6)
 ERRORS: Mapping[int, ErrorRule] = {
     20429: _CHANNEL_THROTTLE,  # too many requests: "safe to retry after backing off"
     30001: _CHANNEL_THROTTLE,  # queue overflow

@@ -3,7 +3,7 @@
 ``POST {base}/{GRAPH_API_VERSION}/{phone_number_id}/messages`` with ``Authorization: Bearer``
 (https://developers.facebook.com/documentation/business-messaging/whatsapp/messages/image-messages/).
 
-Mapping of the contract (decisions documented here, see research/platforms.md §1.4):
+Mapping of the contract (decisions documented here, see docs/platforms.md §1.4):
 - text: ``text.body``; ``preview_url`` is true when the body contains an http(s) link.
 - media: ``{kind: {"id" | "link", "caption", "filename"}}``; caption is refused for audio and
   stickers (WhatsApp shows none), filename is only sent for documents (a hint, dropped otherwise).
@@ -46,7 +46,7 @@ _RETRY = ErrorRule(retryable=True)
 _CHANNEL_THROTTLE = ErrorRule(retryable=True, throttle="channel")
 _PERMANENT = ErrorRule(retryable=False)
 
-# Codes: Meta error-codes page and pywa/errors.py (research/platforms.md §1.5).
+# Codes: Meta error-codes page and pywa/errors.py (docs/platforms.md §1.5).
 # https://developers.facebook.com/documentation/business-messaging/whatsapp/support/error-codes
 # https://developers.facebook.com/documentation/business-messaging/whatsapp/throughput
 ERRORS: Mapping[int, ErrorRule] = {
