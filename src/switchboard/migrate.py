@@ -13,6 +13,10 @@ from infra.settings import Settings
 
 def import_service_models() -> None:
     """Register every package's tables in the shared metadata (for autogenerate and checks)."""
+    import apikeys.models  # noqa: F401
+    import channels.models  # noqa: F401
+    import conversations.models  # noqa: F401
+    import gateway.models  # noqa: F401
     import outbox.models  # noqa: F401
 
 
