@@ -4,7 +4,10 @@ Relay
 -----
 Publishes ``gateway_spool`` rows in ``seq`` order (the order they were accepted), in batches
 of ``gateway_relay_batch_size``, and deletes them in the same transaction once the broker has
-acknowledged every record of the batch. Any failure rolls the batch back whole (records that
+acknowledged every record of the batch, and only if the broker has the batch's topics with
+partitions both before the publish (missing ones are re-created, as at start-up) and after
+it: a broker restarted without its topics acknowledges writes it never stores (issue 10
+item 6). Any failure rolls the batch back whole (records that
 did reach the broker are published again later, with the same ids: at-least-once).
 
 Several gateway replicas may run: the relay takes a transaction-scoped advisory lock
@@ -37,6 +40,7 @@ from gateway import repository as repo
 from gateway.metrics import EVENTS, SPOOL_DEPTH, SPOOL_DEPTH_CAP
 from gateway.publisher import Record
 from gateway.service import Gateway
+from infra import kafka
 from infra.dberrors import DATABASE_ERRORS
 from infra.logging import get_logger
 
@@ -59,19 +63,47 @@ async def relay_once(gateway: Gateway) -> int:
             return 0
         rows = await repo.oldest_spooled(conn, settings.gateway_relay_batch_size)
         if not rows:
+            if gateway.publisher.broker_suspect():
+                await _check_topics(gateway, [gateway.topic], create=True)
             gateway.publisher.broker_up()
             return 0
+        topics = sorted({r["topic"] for r in rows})
+        await _check_topics(gateway, topics, create=True)
         results = await gateway.publish(
             [Record(r["topic"], r["conversation_id"].encode(), bytes(r["value"])) for r in rows]
         )
         if not all(results):
             raise BrokerUnacknowledged
+        # The acks count only if the broker still has the topics now (it may have restarted
+        # without them since the first check): never re-create here, that would hide it.
+        await _check_topics(gateway, topics, create=False)
         await repo.delete_spooled(conn, [r["seq"] for r in rows])
     gateway.publisher.broker_up()
     for platform, count in Counter(r["platform"] for r in rows).items():
         EVENTS.labels(platform, "relayed").inc(count)
     log.info("gateway.relayed", count=len(rows))
     return len(rows)
+
+
+async def _check_topics(gateway: Gateway, topics: list[str], *, create: bool) -> None:
+    """Raise ``BrokerUnacknowledged`` unless the broker has ``topics`` with partitions.
+
+    Issue 10 item 6: a broker restarted without its topics acknowledged the relay's records
+    and stored nothing; the relay had deleted its spool. Missing topics are re-created when
+    the process may create topics (``kafka_create_topics``, as at start-up).
+    """
+    settings = gateway.settings
+    try:
+        async with asyncio.timeout(2 * settings.kafka_request_timeout_ms / 1000):
+            missing = await kafka.missing_topics(
+                settings, topics, create=create and settings.kafka_create_topics
+            )
+    except Exception as exc:  # KafkaError, TimeoutError, connection refused, …
+        log.warning("gateway.topic_check_failed", error=type(exc).__name__)
+        raise BrokerUnacknowledged from exc
+    if missing:
+        log.warning("gateway.topics_missing", topics=missing)
+        raise BrokerUnacknowledged
 
 
 async def sample_spool_depth(gateway: Gateway) -> int:

@@ -125,22 +125,67 @@ async def ensure_topics(settings: Settings, names: Iterable[str] | None = None) 
         missing = [t for t in wanted if t not in existing]
         if not missing:
             return []
-        with contextlib.suppress(TopicAlreadyExistsError):
-            await admin.create_topics(
-                [
-                    NewTopic(
-                        name=t,
-                        num_partitions=settings.kafka_topic_partitions,
-                        replication_factor=settings.kafka_replication_factor,
-                        topic_configs=_topic_configs(settings),
-                    )
-                    for t in missing
-                ]
-            )
+        await _create(settings, admin, missing)
         log.info("kafka.topics_created", topics=missing)
         return missing
     finally:
         await admin.close()
+
+
+async def missing_topics(
+    settings: Settings, names: Iterable[str], *, create: bool = False
+) -> list[str]:
+    """Return those of ``names`` the broker does not have with partitions.
+
+    A broker restarted without its storage (the embedded one keeps topics in memory; a Kafka
+    node whose data directory was wiped) answers without the topics, yet may acknowledge writes
+    to them that it never stores (issue 10 item 6): whoever deletes its own copy of records on
+    an ack checks here first. With ``create``, missing topics are created and checked again
+    (a topic Kafka has just created may take a moment to appear: it is then still missing).
+    The metadata is read for every topic (no topic named in the request: that would let a
+    broker auto-create it with its own defaults). Raises on broker trouble.
+    """
+    wanted = list(names)
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        client_id=f"{settings.kafka_client_id}-admin",
+        request_timeout_ms=settings.kafka_request_timeout_ms,
+    )
+    await admin.start()
+    try:
+        missing = await _without_partitions(admin, wanted)
+        if missing and create:
+            await _create(settings, admin, missing)
+            log.warning("kafka.topics_recreated", topics=missing)
+            missing = await _without_partitions(admin, wanted)
+        return missing
+    finally:
+        await admin.close()
+
+
+async def _without_partitions(admin: AIOKafkaAdminClient, names: list[str]) -> list[str]:
+    described = {t["topic"]: t for t in await admin.describe_topics()}
+    missing = []
+    for name in names:
+        topic = described.get(name)
+        if topic is None or topic["error_code"] != 0 or not topic["partitions"]:
+            missing.append(name)
+    return missing
+
+
+async def _create(settings: Settings, admin: AIOKafkaAdminClient, names: list[str]) -> None:
+    with contextlib.suppress(TopicAlreadyExistsError):
+        await admin.create_topics(
+            [
+                NewTopic(
+                    name=t,
+                    num_partitions=settings.kafka_topic_partitions,
+                    replication_factor=settings.kafka_replication_factor,
+                    topic_configs=_topic_configs(settings),
+                )
+                for t in names
+            ]
+        )
 
 
 def _topic_configs(settings: Settings) -> dict[str, str]:
