@@ -35,8 +35,9 @@ async def create_channel(
     channel = await service.create(
         session, resources.secret_box, body, base_url_policy=_policy(resources)
     )
+    read = await service.read(session, resources.secret_box, resources.public_base_url, channel)
     await session.commit()
-    return await service.read(session, resources.secret_box, resources.public_base_url, channel)
+    return read
 
 
 @router.get("", responses=error_responses(*AUTHENTICATED))
@@ -74,8 +75,9 @@ async def update_channel(
     channel = await service.update(
         session, resources.secret_box, channel_id, body, base_url_policy=_policy(resources)
     )
+    read = await service.read(session, resources.secret_box, resources.public_base_url, channel)
     await session.commit()
-    return await service.read(session, resources.secret_box, resources.public_base_url, channel)
+    return read
 
 
 @router.post("/{channel_id}/disable", responses=error_responses(*AUTHENTICATED, 404))
@@ -86,8 +88,9 @@ async def disable_channel(
     channel = await service.update(
         session, resources.secret_box, channel_id, ChannelUpdate(enabled=False)
     )
+    read = await service.read(session, resources.secret_box, resources.public_base_url, channel)
     await session.commit()
-    return await service.read(session, resources.secret_box, resources.public_base_url, channel)
+    return read
 
 
 @router.post("/{channel_id}/enable", responses=error_responses(*AUTHENTICATED, 404))
@@ -97,5 +100,6 @@ async def enable_channel(
     channel = await service.update(
         session, resources.secret_box, channel_id, ChannelUpdate(enabled=True)
     )
+    read = await service.read(session, resources.secret_box, resources.public_base_url, channel)
     await session.commit()
-    return await service.read(session, resources.secret_box, resources.public_base_url, channel)
+    return read

@@ -2,7 +2,10 @@
 
 ``DbSession`` yields a session that is never committed by the dependency: since FastAPI 0.118
 a ``yield`` dependency's teardown runs after the response is sent, so committing there would
-acknowledge before the data is durable. Endpoints commit explicitly before returning.
+acknowledge before the data is durable. Endpoints commit explicitly before returning, and
+read what they answer *before* the commit: a query after it opens a transaction that stays open
+until that teardown, after the response, where a connection lost meanwhile (a database restart)
+makes the rollback raise and the server drop the client's keep-alive connection.
 """
 
 from __future__ import annotations

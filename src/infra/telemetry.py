@@ -143,14 +143,19 @@ def configure(service_name: str, environ: Mapping[str, str] | None = None) -> bo
     if not added:
         return False
     install(provider)
-    trace.set_tracer_provider(provider)
     log.info("telemetry.traces_on", exporters=names)
     return True
 
 
 def install(provider: Any) -> None:
     """Use ``provider`` (an SDK ``TracerProvider``) for Switchboard's spans: what ``configure``
-    does, and what tests do with an in-memory exporter. Not the global provider."""
+    does, and what tests do with an in-memory exporter.
+
+    Never OpenTelemetry's global provider: it can be set once per process (``disable`` could
+    not undo it), and FastAPI's native telemetry turns itself on when it is set, opening a
+    second SERVER span (plus operation spans) inside ``infra.requestid``'s; that span became
+    the current one, so ``outgoing`` (the stored message's ``traceparent``) pointed at a span
+    our provider never saw."""
     global _tracer, _provider
     _provider = provider
     _tracer = provider.get_tracer(INSTRUMENTATION)

@@ -50,9 +50,10 @@ async def pause_channel(
     channel turns the suspension into a pause (lifted only by ``/resume``)."""
     channel = await channels.get(session, channel_id)
     await control.pause(session, channel_id, (body or PauseRequest()).reason)
+    read = await channels.read(session, resources.secret_box, resources.public_base_url, channel)
     await session.commit()
     log.info("outbox.channel_paused", channel_id=str(channel_id))
-    return await channels.read(session, resources.secret_box, resources.public_base_url, channel)
+    return read
 
 
 @router.post(
@@ -69,5 +70,6 @@ async def resume_channel(
     topic = resources.settings.topic("outbound.events.v1")
     if await control.resume(session, channel_id, channel.platform, topic):
         log.info("outbox.channel_resumed", channel_id=str(channel_id))
+    read = await channels.read(session, resources.secret_box, resources.public_base_url, channel)
     await session.commit()
-    return await channels.read(session, resources.secret_box, resources.public_base_url, channel)
+    return read

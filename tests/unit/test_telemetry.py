@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 import structlog
+from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from infra import telemetry
@@ -49,6 +50,9 @@ def test_tracing_is_off_unless_the_environment_asks_for_it(
     try:
         assert telemetry.configure("switchboard-test", environ) is on
         assert telemetry.enabled() is on
+        assert isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider), (
+            "the process-global provider is left alone (FastAPI's own tracing follows it)"
+        )
     finally:
         telemetry.disable(shutdown=True)
 

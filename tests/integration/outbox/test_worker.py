@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import dataclasses
 import os
 import signal
 import sys
@@ -439,7 +440,10 @@ async def test_an_outcome_that_cannot_be_written_does_not_hold_up_the_others(
 ) -> None:
     channel = await make_channel(resources, fake)
     ids = await enqueue(resources, channel, [f"1555070{i}" for i in range(6)])
-    worker = DeliveryWorker(resources, owner="w1")
+    # A lease longer than the test: with the file's 4 s one, a slow run outlived it and the
+    # worker recovered the crashed claim (retrying) before the others were done.
+    held = resources.settings.model_copy(update={"outbox_message_lease": 300.0})
+    worker = DeliveryWorker(dataclasses.replace(resources, settings=held), owner="w1")
     crash_on_write(worker, ids[2])
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
