@@ -32,9 +32,9 @@ from conversations.worker import run_worker  # noqa: E402
 from infra.crypto import generate_key  # noqa: E402
 from infra.embedded import EmbeddedBroker, EmbeddedPostgres  # noqa: E402
 from infra.kafka import CE_HEADERS  # noqa: E402
+from infra.resources import open_resources  # noqa: E402
 from infra.settings import Settings  # noqa: E402
 from switchboard import migrate  # noqa: E402
-from switchboard.app import open_resources  # noqa: E402
 
 
 def event(channel_id: str, n: int, conversations: int) -> tuple[bytes, bytes]:

@@ -57,14 +57,13 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from channels.models import Channel
 from infra.crypto import generate_key
 from infra.embedded import EmbeddedBroker, EmbeddedPostgres
-from infra.resources import Resources
+from infra.resources import Resources, open_resources
 from infra.runner import freeze_startup_heap
 from infra.settings import Settings
 from outbox.events import run_relay
 from outbox.models import OutboxMessage
 from outbox.worker import DeliveryWorker
 from switchboard import migrate
-from switchboard.app import open_resources
 
 
 async def _lag_monitor(lags: list[float], tick: float = 0.005) -> None:
@@ -360,7 +359,7 @@ async def pacing(settings: Settings, rate: int, seconds: float) -> None:
 
 async def main_async(args: argparse.Namespace, db_url: str, broker: EmbeddedBroker) -> None:
     settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
         database_url=SecretStr(db_url),
         database_pool_size=10,
         kafka_bootstrap_servers=broker.bootstrap_servers,

@@ -10,10 +10,11 @@ from dataclasses import dataclass
 import httpx
 import uvicorn
 
-from infra.resources import Resources
+from infra.component import Component
+from infra.resources import Resources, open_resources
 from infra.runner import bind_socket
 from infra.settings import Settings
-from switchboard.app import Component, create_app, open_resources
+from switchboard.app import create_app
 
 
 @dataclass

@@ -14,10 +14,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from channels.models import Channel
 from fake_platforms.server import FakePlatformServer, Fault
-from infra.resources import Resources
+from infra.resources import Resources, open_resources
 from infra.settings import Settings
 from outbox.models import OutboxMessage
-from switchboard.app import open_resources
 from tests.integration.outbox.test_worker import eventually, running, tune
 
 pytestmark = pytest.mark.integration

@@ -17,12 +17,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from channels.models import Channel
 from fake_platforms.server import FakePlatformServer
-from infra.resources import Resources
+from infra.resources import Resources, open_resources
 from infra.settings import Settings
 from outbox import receipts as receipts_module
 from outbox.models import ConversationWindow, OutboxEvent, OutboxMessage, PendingReceipt
 from outbox.receipts_consumer import run_receipts_consumer
-from switchboard.app import open_resources
 from tests.integration.outbox.test_worker import enqueue, eventually, make_channel, running, tune
 
 pytestmark = pytest.mark.integration
@@ -364,7 +363,7 @@ async def test_receipts_that_arrive_before_the_send_is_recorded_are_applied_once
             ]
     assert [rows[i].platform_message_id for i in ids] == wamids
     assert rows[ids[2]].last_error is not None
-    assert rows[ids[2]].last_error["code"] == "131026"
+    assert rows[ids[2]].last_error["code"] == "131026"  # type: ignore[index]
     assert rows[ids[2]].finished_at is not None
     by_message = {i: [e["type"] for e in events if e["data"]["message_id"] == str(i)] for i in ids}
     assert by_message == {

@@ -32,7 +32,7 @@ from channels.models import Channel
 from fake_platforms.server import FakePlatformServer, Fault, RecordedRequest
 from infra import kafka
 from infra.crypto import SecretBox, generate_key
-from infra.resources import Resources
+from infra.resources import Resources, open_resources
 from infra.settings import Settings
 from outbox import leases
 from outbox.app import run_worker
@@ -44,7 +44,6 @@ from outbox.models import (
     OutboxWorker,
 )
 from outbox.worker import DeliveryWorker
-from switchboard.app import open_resources
 from tests.support import StallingProxy
 
 pytestmark = pytest.mark.integration
@@ -616,7 +615,7 @@ async def test_stop_lets_in_flight_sends_finish_and_releases_the_rest(
         lease = await session.get(ChannelLease, channel)
         db_now = await session.scalar(select(func.now()))
     assert lease is not None
-    assert lease.expires_at <= db_now + timedelta(seconds=1.5)
+    assert lease.expires_at <= db_now + timedelta(seconds=1.5)  # type: ignore[operator]
 
     # a second worker picks the released messages up after the handover gap
     async with running(resources, owner="w2"):

@@ -64,7 +64,9 @@ def wa_status(state: str, time: str, **extra: Any) -> dict[str, Any]:
     }
 
 
-def ms_msg(kind: str, conv: str = MS, time: str = MS_TIME, mid: str = MS_MID, **extra: Any):
+def ms_msg(
+    kind: str, conv: str = MS, time: str = MS_TIME, mid: str = MS_MID, **extra: Any
+) -> dict[str, Any]:
     return {
         "type": "message.received",
         "subject": conv,
@@ -109,11 +111,13 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
         [
             wa_msg(
                 "text",
-                **{
-                    "data.message.text": "Does it come in another color?",
-                    "data.message.reply_to": None,
-                    "data.message.forwarded": False,
-                },
+                **dict[str, Any](
+                    {
+                        "data.message.text": "Does it come in another color?",
+                        "data.message.reply_to": None,
+                        "data.message.forwarded": False,
+                    }
+                ),
             )
         ],
     ),
@@ -123,12 +127,14 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
         [
             wa_msg(
                 "image",
-                **{
-                    "data.message.text": "New arrivals",
-                    **media("65463453", "image/jpeg"),
-                    "data.message.media.sha256": "4654+8g=",
-                    "data.message.media.url": "https://lookaside.fbsbx.com/whatsapp_business/attachments/?mid=65463453&source=webhook&ext=1749416383&hash=ARk",
-                },
+                **dict[str, Any](
+                    {
+                        "data.message.text": "New arrivals",
+                        **media("65463453", "image/jpeg"),
+                        "data.message.media.sha256": "4654+8g=",
+                        "data.message.media.url": "https://lookaside.fbsbx.com/whatsapp_business/attachments/?mid=65463453&source=webhook&ext=1749416383&hash=ARk",
+                    }
+                ),
             )
         ],
     ),
@@ -138,11 +144,13 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
         [
             wa_msg(
                 "video",
-                **{
-                    "data.message.text": "caption",
-                    **media("765756756", "video/mp4"),
-                    "data.message.forwarded": True,
-                },
+                **dict[str, Any](
+                    {
+                        "data.message.text": "caption",
+                        **media("765756756", "video/mp4"),
+                        "data.message.forwarded": True,
+                    }
+                ),
             )
         ],
     ),
@@ -151,7 +159,10 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
         "audio.json",
         [
             wa_msg(
-                "audio", **{"data.message.text": None, **media("1234567890987654321", "audio/mpeg")}
+                "audio",
+                **dict[str, Any](
+                    {"data.message.text": None, **media("1234567890987654321", "audio/mpeg")}
+                ),
             )
         ],
     ),
@@ -166,11 +177,13 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
         [
             wa_msg(
                 "document",
-                **{
-                    "data.message.text": "caption",
-                    **media("1234567890987654321", "application/pdf"),
-                    "data.message.media.filename": "filename.pdf",
-                },
+                **dict[str, Any](
+                    {
+                        "data.message.text": "caption",
+                        **media("1234567890987654321", "application/pdf"),
+                        "data.message.media.filename": "filename.pdf",
+                    }
+                ),
             )
         ],
     ),
@@ -181,14 +194,16 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
         [
             wa_msg(
                 "location",
-                **{
-                    "data.message.location": {
-                        "latitude": 12.25089,
-                        "longitude": 43.90539,
-                        "name": None,
-                        "address": None,
+                **dict[str, Any](
+                    {
+                        "data.message.location": {
+                            "latitude": 12.25089,
+                            "longitude": 43.90539,
+                            "name": None,
+                            "address": None,
+                        }
                     }
-                },
+                ),
             )
         ],
     ),
@@ -198,14 +213,16 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
         [
             wa_msg(
                 "location",
-                **{
-                    "data.message.location": {
-                        "latitude": 37.4611978,
-                        "longitude": -122.2164385,
-                        "name": "Facebook HQ",
-                        "address": "1 Hacker Way, Menlo Park, CA 94025",
+                **dict[str, Any](
+                    {
+                        "data.message.location": {
+                            "latitude": 37.4611978,
+                            "longitude": -122.2164385,
+                            "name": "Facebook HQ",
+                            "address": "1 Hacker Way, Menlo Park, CA 94025",
+                        }
                     }
-                },
+                ),
             )
         ],
     ),
@@ -215,10 +232,12 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
         [
             wa_msg(
                 "contacts",
-                **{
-                    "data.message.text": None,
-                    "data.raw.contacts.0.name.formatted_name": "Chandler Bing",
-                },
+                **dict[str, Any](
+                    {
+                        "data.message.text": None,
+                        "data.raw.contacts.0.name.formatted_name": "Chandler Bing",
+                    }
+                ),
             )
         ],
     ),
@@ -228,12 +247,14 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
         [
             wa_msg(
                 "reply",
-                **{
-                    "time": "2025-06-15T22:05:36Z",
-                    "data.message.id": "wamid.HBgLMTY1MDM4Nzk0MzkVAgASGBQzQTZBQzg0MzQ4QjRCM0NGNkVGOAA=",  # noqa: E501
-                    "data.message.reply": {"id": "cancel-button", "title": "Cancel"},
-                    "data.message.reply_to": "wamid.HBgLMTY1MDM4Nzk0MzkVAgARGBI3MEM2RUJFNkI0RENGQTVDRjUA",  # noqa: E501
-                },
+                **dict[str, Any](
+                    {
+                        "time": "2025-06-15T22:05:36Z",
+                        "data.message.id": "wamid.HBgLMTY1MDM4Nzk0MzkVAgASGBQzQTZBQzg0MzQ4QjRCM0NGNkVGOAA=",  # noqa: E501
+                        "data.message.reply": {"id": "cancel-button", "title": "Cancel"},
+                        "data.message.reply_to": "wamid.HBgLMTY1MDM4Nzk0MzkVAgARGBI3MEM2RUJFNkI0RENGQTVDRjUA",  # noqa: E501
+                    }
+                ),
             )
         ],
     ),
@@ -243,14 +264,16 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
         [
             wa_msg(
                 "reply",
-                **{
-                    "time": "2025-06-13T22:42:55Z",
-                    "data.message.id": WA_SENT,
-                    "data.message.reply": {
-                        "id": "priority_express",
-                        "title": "Priority Mail Express",
-                    },
-                },
+                **dict[str, Any](
+                    {
+                        "time": "2025-06-13T22:42:55Z",
+                        "data.message.id": WA_SENT,
+                        "data.message.reply": {
+                            "id": "priority_express",
+                            "title": "Priority Mail Express",
+                        },
+                    }
+                ),
             )
         ],
     ),
@@ -260,10 +283,12 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
         [
             wa_msg(
                 "reply",
-                **{
-                    "data.message.reply": {"id": "callback_data", "title": "Yes, confirm"},
-                    "data.message.reply_to": "wamid.template==",
-                },
+                **dict[str, Any](
+                    {
+                        "data.message.reply": {"id": "callback_data", "title": "Yes, confirm"},
+                        "data.message.reply_to": "wamid.template==",
+                    }
+                ),
             )
         ],
     ),
@@ -273,7 +298,14 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
         [
             wa_msg(
                 "reaction",
-                **{"data.message.reaction": {"message_id": "wamid.yzxyzx=", "emoji": "\U0001f62e"}},
+                **dict[str, Any](
+                    {
+                        "data.message.reaction": {
+                            "message_id": "wamid.yzxyzx=",
+                            "emoji": "\U0001f62e",
+                        }
+                    }
+                ),
             )
         ],
     ),
@@ -283,7 +315,9 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
         [
             wa_msg(
                 "reaction",
-                **{"data.message.reaction": {"message_id": "wamid.yzxyzx=", "emoji": ""}},
+                **dict[str, Any](
+                    {"data.message.reaction": {"message_id": "wamid.yzxyzx=", "emoji": ""}}
+                ),
             )
         ],
     ),
@@ -293,7 +327,9 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
         [
             wa_msg(
                 "reaction",
-                **{"data.message.reaction": {"message_id": "wamid.yzxyzx=", "emoji": ""}},
+                **dict[str, Any](
+                    {"data.message.reaction": {"message_id": "wamid.yzxyzx=", "emoji": ""}}
+                ),
             )
         ],
     ),
@@ -303,10 +339,12 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
         [
             wa_msg(
                 "order",
-                **{
-                    "data.message.text": "Two please",
-                    "data.raw.order.product_items.0.product_retailer_id": "HAMBURGER",
-                },
+                **dict[str, Any](
+                    {
+                        "data.message.text": "Two please",
+                        "data.raw.order.product_items.0.product_retailer_id": "HAMBURGER",
+                    }
+                ),
             )
         ],
     ),
@@ -316,28 +354,36 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
         [
             wa_msg(
                 "unsupported",
-                **{
-                    "time": "2025-02-12T00:43:44Z",
-                    "data.contact.name": None,
-                    "data.message.text": "User Sheena Nelson changed from 16505551234 to 12195555358",  # noqa: E501
-                },
+                **dict[str, Any](
+                    {
+                        "time": "2025-02-12T00:43:44Z",
+                        "data.contact.name": None,
+                        "data.message.text": "User Sheena Nelson changed from 16505551234 to 12195555358",  # noqa: E501
+                    }
+                ),
             )
         ],
     ),
-    ("whatsapp", "unsupported.json", [wa_msg("unsupported", **{"data.raw.errors.0.code": 131051})]),
+    (
+        "whatsapp",
+        "unsupported.json",
+        [wa_msg("unsupported", **dict[str, Any]({"data.raw.errors.0.code": 131051}))],
+    ),
     (
         "whatsapp",
         "edit.json",
         [
             wa_msg(
                 "image",
-                **{
-                    "type": "message.edited",
-                    "data.message.id": "wamid.ORIGINAL=",
-                    "data.message.text": "Updated image caption",
-                    "data.message.reply_to": "wamid.QUOTED=",
-                    **media("111", "image/jpeg"),
-                },
+                **dict[str, Any](
+                    {
+                        "type": "message.edited",
+                        "data.message.id": "wamid.ORIGINAL=",
+                        "data.message.text": "Updated image caption",
+                        "data.message.reply_to": "wamid.QUOTED=",
+                        **media("111", "image/jpeg"),
+                    }
+                ),
             )
         ],
     ),
@@ -357,16 +403,25 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
     (
         "whatsapp",
         "reply_context.json",
-        [wa_msg("text", **{"data.message.reply_to": "wamid.OUR_MESSAGE="})],
+        [wa_msg("text", **dict[str, Any]({"data.message.reply_to": "wamid.OUR_MESSAGE="}))],
     ),
-    ("whatsapp", "frequently_forwarded.json", [wa_msg("text", **{"data.message.forwarded": True})]),
+    (
+        "whatsapp",
+        "frequently_forwarded.json",
+        [wa_msg("text", **dict[str, Any]({"data.message.forwarded": True}))],
+    ),
     (
         "whatsapp",
         "referral.json",
         [
             wa_msg(
                 "text",
-                **{"data.message.text": "Hi, I saw your ad", "data.raw.referral.source_type": "ad"},
+                **dict[str, Any](
+                    {
+                        "data.message.text": "Hi, I saw your ad",
+                        "data.raw.referral.source_type": "ad",
+                    }
+                ),
             )
         ],
     ),
@@ -390,7 +445,14 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
     (
         "whatsapp",
         "bsuid_with_phone.json",
-        [wa_msg("text", **{"data.contact.username": "sheena", "data.message.text": "hello again"})],
+        [
+            wa_msg(
+                "text",
+                **dict[str, Any](
+                    {"data.contact.username": "sheena", "data.message.text": "hello again"}
+                ),
+            )
+        ],
     ),
     (
         "whatsapp",
@@ -399,7 +461,9 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
             wa_status(
                 "sent",
                 "2025-06-15T23:27:53Z",
-                **{"data.contact.id": "16505551234", "data.raw.pricing.pricing_model": "PMP"},
+                **dict[str, Any](
+                    {"data.contact.id": "16505551234", "data.raw.pricing.pricing_model": "PMP"}
+                ),
             )
         ],
     ),
@@ -410,7 +474,7 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
             wa_msg(
                 "text",
                 subject="whatsapp:106540352242922:Y2FwaV9ncm91cDoxNTU1MDc4Mzg4MToxMjAzNjMzOTEzNDQ5NzY4NjA=",
-                **{"data.message.text": "Hello group"},
+                **dict[str, Any]({"data.message.text": "Hello group"}),
             )
         ],
     ),
@@ -424,7 +488,11 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
     (
         "whatsapp",
         "status_played.json",
-        [wa_status("read", "2025-06-15T23:28:15Z", **{"data.raw.status": "played"})],
+        [
+            wa_status(
+                "read", "2025-06-15T23:28:15Z", **dict[str, Any]({"data.raw.status": "played"})
+            )
+        ],
     ),
     (
         "whatsapp",
@@ -520,27 +588,41 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
         [
             ms_msg(
                 "text",
-                **{
-                    "data.account_id": "112233445566778",
-                    "data.contact.id": "6101234567890123",
-                    "data.message.text": "hello, world!",
-                    "data.message.echo": False,
-                },
+                **dict[str, Any](
+                    {
+                        "data.account_id": "112233445566778",
+                        "data.contact.id": "6101234567890123",
+                        "data.message.text": "hello, world!",
+                        "data.message.echo": False,
+                    }
+                ),
             )
         ],
     ),
     (
         "messenger",
         "quick_reply.json",
-        [ms_msg("reply", **{"data.message.reply": {"id": "COLOR_RED", "title": "Red"}})],
+        [
+            ms_msg(
+                "reply",
+                **dict[str, Any]({"data.message.reply": {"id": "COLOR_RED", "title": "Red"}}),
+            )
+        ],
     ),
-    ("messenger", "reply_to.json", [ms_msg("text", **{"data.message.reply_to": "m_OUR_EARLIER"})]),
+    (
+        "messenger",
+        "reply_to.json",
+        [ms_msg("text", **dict[str, Any]({"data.message.reply_to": "m_OUR_EARLIER"}))],
+    ),
     (
         "messenger",
         "attachment_image.json",
         [
             ms_msg(
-                "image", **{"data.message.media.url": "https://scontent.xx.fbcdn.net/v/image.bin"}
+                "image",
+                **dict[str, Any](
+                    {"data.message.media.url": "https://scontent.xx.fbcdn.net/v/image.bin"}
+                ),
             )
         ],
     ),
@@ -549,7 +631,10 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
         "attachment_video.json",
         [
             ms_msg(
-                "video", **{"data.message.media.url": "https://scontent.xx.fbcdn.net/v/video.bin"}
+                "video",
+                **dict[str, Any](
+                    {"data.message.media.url": "https://scontent.xx.fbcdn.net/v/video.bin"}
+                ),
             )
         ],
     ),
@@ -558,7 +643,10 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
         "attachment_audio.json",
         [
             ms_msg(
-                "audio", **{"data.message.media.url": "https://scontent.xx.fbcdn.net/v/audio.bin"}
+                "audio",
+                **dict[str, Any](
+                    {"data.message.media.url": "https://scontent.xx.fbcdn.net/v/audio.bin"}
+                ),
             )
         ],
     ),
@@ -567,7 +655,10 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
         "attachment_file.json",
         [
             ms_msg(
-                "document", **{"data.message.media.url": "https://scontent.xx.fbcdn.net/v/file.bin"}
+                "document",
+                **dict[str, Any](
+                    {"data.message.media.url": "https://scontent.xx.fbcdn.net/v/file.bin"}
+                ),
             )
         ],
     ),
@@ -576,7 +667,10 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
         "attachment_sticker.json",
         [
             ms_msg(
-                "sticker", **{"data.message.media.url": "https://scontent.xx.fbcdn.net/v/like.png"}
+                "sticker",
+                **dict[str, Any](
+                    {"data.message.media.url": "https://scontent.xx.fbcdn.net/v/like.png"}
+                ),
             )
         ],
     ),
@@ -586,14 +680,16 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
         [
             ms_msg(
                 "location",
-                **{
-                    "data.message.location": {
-                        "latitude": 45.4642,
-                        "longitude": 9.19,
-                        "name": "Pinned Location",
-                        "address": None,
+                **dict[str, Any](
+                    {
+                        "data.message.location": {
+                            "latitude": 45.4642,
+                            "longitude": 9.19,
+                            "name": "Pinned Location",
+                            "address": None,
+                        }
                     }
-                },
+                ),
             )
         ],
     ),
@@ -603,10 +699,12 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
         [
             ms_msg(
                 "unsupported",
-                **{
-                    "data.message.text": "https://example.com",
-                    "data.raw.message.attachments.0.type": "fallback",
-                },
+                **dict[str, Any](
+                    {
+                        "data.message.text": "https://example.com",
+                        "data.raw.message.attachments.0.type": "fallback",
+                    }
+                ),
             )
         ],
     ),
@@ -616,10 +714,12 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
         [
             ms_msg(
                 "image",
-                **{
-                    "data.message.media.url": "https://scontent.xx.fbcdn.net/v/1.jpg",
-                    "data.raw.message.attachments.1.payload.url": "https://scontent.xx.fbcdn.net/v/2.jpg",
-                },
+                **dict[str, Any](
+                    {
+                        "data.message.media.url": "https://scontent.xx.fbcdn.net/v/1.jpg",
+                        "data.raw.message.attachments.1.payload.url": "https://scontent.xx.fbcdn.net/v/2.jpg",
+                    }
+                ),
             )
         ],
     ),
@@ -631,11 +731,13 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
                 "text",
                 time="2016-03-12T06:29:57.627Z",
                 mid="mid.1457764197618:41d102a3e1ae206a38",
-                **{
-                    "data.message.echo": True,
-                    "data.contact.id": "6101234567890123",
-                    "data.account_id": "112233445566778",
-                },
+                **dict[str, Any](
+                    {
+                        "data.message.echo": True,
+                        "data.contact.id": "6101234567890123",
+                        "data.account_id": "112233445566778",
+                    }
+                ),
             )
         ],
     ),
@@ -646,7 +748,9 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
             ms_msg(
                 "reply",
                 mid="m_POSTBACK",
-                **{"data.message.reply": {"id": "GET_STARTED", "title": "Get Started"}},
+                **dict[str, Any](
+                    {"data.message.reply": {"id": "GET_STARTED", "title": "Get Started"}}
+                ),
             )
         ],
     ),
@@ -787,11 +891,13 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
                 IG,
                 IG_TIME,
                 IG_MID,
-                **{
-                    "data.platform": "instagram",
-                    "data.account_id": "17841400000000000",
-                    "data.message.text": "Is this still available?",
-                },
+                **dict[str, Any](
+                    {
+                        "data.platform": "instagram",
+                        "data.account_id": "17841400000000000",
+                        "data.message.text": "Is this still available?",
+                    }
+                ),
             )
         ],
     ),
@@ -804,9 +910,11 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
                 IG,
                 IG_TIME,
                 IG_MID,
-                **{
-                    "data.message.media.url": "https://lookaside.fbsbx.com/ig_messaging_cdn/?asset_id=1"
-                },
+                **dict[str, Any](
+                    {
+                        "data.message.media.url": "https://lookaside.fbsbx.com/ig_messaging_cdn/?asset_id=1"
+                    }
+                ),
             )
         ],
     ),
@@ -819,11 +927,13 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
                 IG,
                 IG_TIME,
                 IG_MID,
-                **{
-                    "data.message.text": "Build a workspace",
-                    "data.message.media.url": "https://lookaside.fbsbx.com/ig_messaging_cdn/?asset_id=2",
-                    "data.raw.message.attachments.1.type": "ig_post",
-                },
+                **dict[str, Any](
+                    {
+                        "data.message.text": "Build a workspace",
+                        "data.message.media.url": "https://lookaside.fbsbx.com/ig_messaging_cdn/?asset_id=2",
+                        "data.raw.message.attachments.1.type": "ig_post",
+                    }
+                ),
             )
         ],
     ),
@@ -836,10 +946,12 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
                 IG,
                 IG_TIME,
                 IG_MID,
-                **{
-                    "data.message.media.url": "https://lookaside.fbsbx.com/ig_messaging_cdn/?asset_id=3",
-                    "data.raw.message.attachments.0.type": "story_mention",
-                },
+                **dict[str, Any](
+                    {
+                        "data.message.media.url": "https://lookaside.fbsbx.com/ig_messaging_cdn/?asset_id=3",
+                        "data.raw.message.attachments.0.type": "story_mention",
+                    }
+                ),
             )
         ],
     ),
@@ -852,7 +964,12 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
                 IG,
                 IG_TIME,
                 IG_MID,
-                **{"data.message.text": "Love this!", "data.message.reply_to": "17900000000000001"},
+                **dict[str, Any](
+                    {
+                        "data.message.text": "Love this!",
+                        "data.message.reply_to": "17900000000000001",
+                    }
+                ),
             )
         ],
     ),
@@ -865,7 +982,7 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
                 IG,
                 IG_TIME,
                 IG_MID,
-                **{"data.message.reply": {"id": "CONFIRM_YES", "title": "Yes"}},
+                **dict[str, Any]({"data.message.reply": {"id": "CONFIRM_YES", "title": "Yes"}}),
             )
         ],
     ),
@@ -890,7 +1007,9 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
                 IG,
                 IG_TIME,
                 "aWdfPOSTBACK",
-                **{"data.message.reply": {"id": "HUMAN", "title": "Talk to a human"}},
+                **dict[str, Any](
+                    {"data.message.reply": {"id": "HUMAN", "title": "Talk to a human"}}
+                ),
             )
         ],
     ),
@@ -928,7 +1047,9 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
                 IG,
                 IG_TIME,
                 "aWdfECHO",
-                **{"data.message.echo": True, "data.contact.id": "1234567890123456"},
+                **dict[str, Any](
+                    {"data.message.echo": True, "data.contact.id": "1234567890123456"}
+                ),
             )
         ],
     ),
@@ -950,7 +1071,11 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
         "changes_messages.json",
         [
             ms_msg(
-                "text", IG, "2025-10-24T06:28:14Z", IG_MID, **{"data.message.text": "via changes"}
+                "text",
+                IG,
+                "2025-10-24T06:28:14Z",
+                IG_MID,
+                **dict[str, Any]({"data.message.text": "via changes"}),
             )
         ],
     ),
@@ -973,16 +1098,18 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
         [
             tg_msg(
                 "text",
-                **{
-                    "data.message.id": "591",
-                    "data.message.text": "Hello!",
-                    "data.contact": {
-                        "id": "1760450482",
-                        "name": "Martin Man",
-                        "phone": None,
-                        "username": "martinman",
-                    },
-                },
+                **dict[str, Any](
+                    {
+                        "data.message.id": "591",
+                        "data.message.text": "Hello!",
+                        "data.contact": {
+                            "id": "1760450482",
+                            "name": "Martin Man",
+                            "phone": None,
+                            "username": "martinman",
+                        },
+                    }
+                ),
             )
         ],
     ),
@@ -993,7 +1120,7 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
             tg_msg(
                 "text",
                 "telegram:7000000001:-1001234567890",
-                **{"data.contact.id": "1760450482", "data.message.text": "Hi all"},
+                **dict[str, Any]({"data.contact.id": "1760450482", "data.message.text": "Hi all"}),
             )
         ],
     ),
@@ -1004,11 +1131,13 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
             tg_msg(
                 "text",
                 time="2021-05-21T06:55:24Z",
-                **{
-                    "type": "message.edited",
-                    "data.message.id": "591",
-                    "data.message.text": "Hello!",
-                },
+                **dict[str, Any](
+                    {
+                        "type": "message.edited",
+                        "data.message.id": "591",
+                        "data.message.text": "Hello!",
+                    }
+                ),
             )
         ],
     ),
@@ -1020,14 +1149,16 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
                 "text",
                 "telegram:7000000001:-1009876543210",
                 "2021-05-21T06:16:40Z",
-                **{
-                    "data.contact": {
-                        "id": "-1009876543210",
-                        "name": "News",
-                        "phone": None,
-                        "username": "newschannel",
+                **dict[str, Any](
+                    {
+                        "data.contact": {
+                            "id": "-1009876543210",
+                            "name": "News",
+                            "phone": None,
+                            "username": "newschannel",
+                        }
                     }
-                },
+                ),
             )
         ],
     ),
@@ -1039,14 +1170,23 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
                 "text",
                 "telegram:7000000001:-1009876543210",
                 "2021-05-21T06:18:20Z",
-                **{"type": "message.edited", "data.message.text": "Breaking (fixed)"},
+                **dict[str, Any](
+                    {"type": "message.edited", "data.message.text": "Breaking (fixed)"}
+                ),
             )
         ],
     ),
     (
         "telegram",
         "photo.json",
-        [tg_msg("image", **{"data.message.text": "Look at this", **media("AgACAgQAAxk-large")})],
+        [
+            tg_msg(
+                "image",
+                **dict[str, Any](
+                    {"data.message.text": "Look at this", **media("AgACAgQAAxk-large")}
+                ),
+            )
+        ],
     ),
     (
         "telegram",
@@ -1055,7 +1195,9 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
             tg_msg(
                 "video",
                 **media(
-                    "BAACAgQ-video", "video/mp4", **{"data.message.media.filename": "clip.mp4"}
+                    "BAACAgQ-video",
+                    "video/mp4",
+                    **dict[str, Any]({"data.message.media.filename": "clip.mp4"}),
                 ),
             )
         ],
@@ -1070,11 +1212,13 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
         [
             tg_msg(
                 "document",
-                **{
-                    "data.message.text": "Invoice",
-                    **media("BQACAgQ-doc", "application/pdf"),
-                    "data.message.media.filename": "invoice.pdf",
-                },
+                **dict[str, Any](
+                    {
+                        "data.message.text": "Invoice",
+                        **media("BQACAgQ-doc", "application/pdf"),
+                        "data.message.media.filename": "invoice.pdf",
+                    }
+                ),
             )
         ],
     ),
@@ -1085,14 +1229,16 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
         [
             tg_msg(
                 "location",
-                **{
-                    "data.message.location": {
-                        "latitude": 45.464211,
-                        "longitude": 9.191383,
-                        "name": None,
-                        "address": None,
+                **dict[str, Any](
+                    {
+                        "data.message.location": {
+                            "latitude": 45.464211,
+                            "longitude": 9.191383,
+                            "name": None,
+                            "address": None,
+                        }
                     }
-                },
+                ),
             )
         ],
     ),
@@ -1102,28 +1248,43 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
         [
             tg_msg(
                 "location",
-                **{
-                    "data.message.location": {
-                        "latitude": 45.464211,
-                        "longitude": 9.191383,
-                        "name": "Duomo di Milano",
-                        "address": "Piazza del Duomo, Milano",
+                **dict[str, Any](
+                    {
+                        "data.message.location": {
+                            "latitude": 45.464211,
+                            "longitude": 9.191383,
+                            "name": "Duomo di Milano",
+                            "address": "Piazza del Duomo, Milano",
+                        }
                     }
-                },
+                ),
             )
         ],
     ),
     (
         "telegram",
         "contact.json",
-        [tg_msg("contacts", **{"data.raw.message.contact.phone_number": "+393331234567"})],
+        [
+            tg_msg(
+                "contacts",
+                **dict[str, Any]({"data.raw.message.contact.phone_number": "+393331234567"}),
+            )
+        ],
     ),
     (
         "telegram",
         "reply_to.json",
-        [tg_msg("text", **{"data.message.id": "600", "data.message.reply_to": "598"})],
+        [
+            tg_msg(
+                "text", **dict[str, Any]({"data.message.id": "600", "data.message.reply_to": "598"})
+            )
+        ],
     ),
-    ("telegram", "forwarded.json", [tg_msg("text", **{"data.message.forwarded": True})]),
+    (
+        "telegram",
+        "forwarded.json",
+        [tg_msg("text", **dict[str, Any]({"data.message.forwarded": True}))],
+    ),
     (
         "telegram",
         "callback_query.json",
@@ -1131,12 +1292,14 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
             tg_msg(
                 "reply",
                 time=RECEIVED,
-                **{
-                    "data.message.id": "4382bfdwdsb323b2d9",
-                    "data.message.reply": {"id": "order:confirm:42", "title": "Confirm"},
-                    "data.message.reply_to": "598",
-                    "data.contact.id": "1760450482",
-                },
+                **dict[str, Any](
+                    {
+                        "data.message.id": "4382bfdwdsb323b2d9",
+                        "data.message.reply": {"id": "order:confirm:42", "title": "Confirm"},
+                        "data.message.reply_to": "598",
+                        "data.contact.id": "1760450482",
+                    }
+                ),
             )
         ],
     ),
@@ -1164,7 +1327,9 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
             tg_msg(
                 "reaction",
                 time="2021-05-21T06:38:20Z",
-                **{"data.message.reaction": {"message_id": "598", "emoji": "\U0001f44d"}},
+                **dict[str, Any](
+                    {"data.message.reaction": {"message_id": "598", "emoji": "\U0001f44d"}}
+                ),
             )
         ],
     ),
@@ -1175,14 +1340,14 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
             tg_msg(
                 "reaction",
                 time="2021-05-21T06:40:00Z",
-                **{"data.message.reaction": {"message_id": "598", "emoji": ""}},
+                **dict[str, Any]({"data.message.reaction": {"message_id": "598", "emoji": ""}}),
             )
         ],
     ),
     (
         "telegram",
         "poll_message.json",
-        [tg_msg("unsupported", **{"data.raw.message.poll.question": "Lunch?"})],
+        [tg_msg("unsupported", **dict[str, Any]({"data.raw.message.poll.question": "Lunch?"}))],
     ),
     (
         "telegram",
@@ -1310,7 +1475,7 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
     (
         "twilio",
         "whatsapp_contacts.txt",
-        [received(subject=TWA, **{"data.message.kind": "contacts"})],
+        [received(subject=TWA, **dict[str, Any]({"data.message.kind": "contacts"}))],
     ),
     (
         "twilio",
@@ -1321,21 +1486,32 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
             {"type": "unsupported", "time": "2025-01-01T00:01:00Z"},
         ],
     ),
-    ("twilio", "status_queued.txt", [tw_status("sent", **{"data.raw.MessageStatus": "queued"})]),
+    (
+        "twilio",
+        "status_queued.txt",
+        [tw_status("sent", **dict[str, Any]({"data.raw.MessageStatus": "queued"}))],
+    ),
     (
         "twilio",
         "status_sent.txt",
         [
             tw_status(
                 "sent",
-                **{"data.status.recipient_id": "+15558675310", "data.account_id": "+15017122661"},
+                **dict[str, Any](
+                    {"data.status.recipient_id": "+15558675310", "data.account_id": "+15017122661"}
+                ),
             )
         ],
     ),
     (
         "twilio",
         "status_delivered.txt",
-        [tw_status("delivered", **{"data.status.error": None, "time": "2025-11-22T12:00:00Z"})],
+        [
+            tw_status(
+                "delivered",
+                **dict[str, Any]({"data.status.error": None, "time": "2025-11-22T12:00:00Z"}),
+            )
+        ],
     ),
     (
         "twilio",
@@ -1343,14 +1519,20 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
         [
             tw_status(
                 "failed",
-                **{
-                    "data.status.error": {"code": "30003", "title": None, "detail": None},
-                    "time": "2025-11-22T12:01:00Z",
-                },
+                **dict[str, Any](
+                    {
+                        "data.status.error": {"code": "30003", "title": None, "detail": None},
+                        "time": "2025-11-22T12:01:00Z",
+                    }
+                ),
             )
         ],
     ),
-    ("twilio", "status_failed.txt", [tw_status("failed", **{"data.status.error.code": "30008"})]),
+    (
+        "twilio",
+        "status_failed.txt",
+        [tw_status("failed", **dict[str, Any]({"data.status.error.code": "30008"}))],
+    ),
     (
         "twilio",
         "status_partially_delivered.txt",
@@ -1364,13 +1546,15 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
             tw_status(
                 "failed",
                 TWA,
-                **{
-                    "data.status.error": {
-                        "code": "63016",
-                        "title": "Outside messaging window",
-                        "detail": None,
+                **dict[str, Any](
+                    {
+                        "data.status.error": {
+                            "code": "63016",
+                            "title": "Outside messaging window",
+                            "detail": None,
+                        }
                     }
-                },
+                ),
             )
         ],
     ),
@@ -1381,23 +1565,31 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
         [
             wa_msg(
                 "unsupported",
-                **{
-                    "data.message.text": "Sent",
-                    "data.message.reply_to": "wamid.FLOW_MESSAGE=",
-                    "data.raw.interactive.type": "nfm_reply",
-                },
+                **dict[str, Any](
+                    {
+                        "data.message.text": "Sent",
+                        "data.message.reply_to": "wamid.FLOW_MESSAGE=",
+                        "data.raw.interactive.type": "nfm_reply",
+                    }
+                ),
             )
         ],
     ),
     (
         "messenger",
         "standby.json",
-        [ms_msg("text", mid="m_STANDBY", **{"data.message.text": "seen by the secondary app"})],
+        [
+            ms_msg(
+                "text",
+                mid="m_STANDBY",
+                **dict[str, Any]({"data.message.text": "seen by the secondary app"}),
+            )
+        ],
     ),
     (
         "telegram",
         "business_message.json",
-        [tg_msg("text", **{"data.message.text": "Hi from a business chat"})],
+        [tg_msg("text", **dict[str, Any]({"data.message.text": "Hi from a business chat"}))],
     ),
     (
         "telegram",
@@ -1428,7 +1620,12 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
     (
         "twilio",
         "status_canceled.txt",
-        [tw_status("failed", **{"data.status.error": None, "data.raw.MessageStatus": "canceled"})],
+        [
+            tw_status(
+                "failed",
+                **dict[str, Any]({"data.status.error": None, "data.raw.MessageStatus": "canceled"}),
+            )
+        ],
     ),
 ]
 
