@@ -111,13 +111,11 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
         [
             wa_msg(
                 "text",
-                **dict[str, Any](
-                    {
-                        "data.message.text": "Does it come in another color?",
-                        "data.message.reply_to": None,
-                        "data.message.forwarded": False,
-                    }
-                ),
+                **{
+                    "data.message.text": "Does it come in another color?",
+                    "data.message.reply_to": None,
+                    "data.message.forwarded": False,
+                },
             )
         ],
     ),
@@ -127,14 +125,12 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
         [
             wa_msg(
                 "image",
-                **dict[str, Any](
-                    {
-                        "data.message.text": "New arrivals",
-                        **media("65463453", "image/jpeg"),
-                        "data.message.media.sha256": "4654+8g=",
-                        "data.message.media.url": "https://lookaside.fbsbx.com/whatsapp_business/attachments/?mid=65463453&source=webhook&ext=1749416383&hash=ARk",
-                    }
-                ),
+                **{
+                    "data.message.text": "New arrivals",
+                    **media("65463453", "image/jpeg"),
+                    "data.message.media.sha256": "4654+8g=",
+                    "data.message.media.url": "https://lookaside.fbsbx.com/whatsapp_business/attachments/?mid=65463453&source=webhook&ext=1749416383&hash=ARk",
+                },
             )
         ],
     ),
@@ -144,13 +140,11 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
         [
             wa_msg(
                 "video",
-                **dict[str, Any](
-                    {
-                        "data.message.text": "caption",
-                        **media("765756756", "video/mp4"),
-                        "data.message.forwarded": True,
-                    }
-                ),
+                **{
+                    "data.message.text": "caption",
+                    **media("765756756", "video/mp4"),
+                    "data.message.forwarded": True,
+                },
             )
         ],
     ),
@@ -159,10 +153,7 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
         "audio.json",
         [
             wa_msg(
-                "audio",
-                **dict[str, Any](
-                    {"data.message.text": None, **media("1234567890987654321", "audio/mpeg")}
-                ),
+                "audio", **{"data.message.text": None, **media("1234567890987654321", "audio/mpeg")}
             )
         ],
     ),
@@ -177,13 +168,11 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
         [
             wa_msg(
                 "document",
-                **dict[str, Any](
-                    {
-                        "data.message.text": "caption",
-                        **media("1234567890987654321", "application/pdf"),
-                        "data.message.media.filename": "filename.pdf",
-                    }
-                ),
+                **{
+                    "data.message.text": "caption",
+                    **media("1234567890987654321", "application/pdf"),
+                    "data.message.media.filename": "filename.pdf",
+                },
             )
         ],
     ),
@@ -194,16 +183,14 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
         [
             wa_msg(
                 "location",
-                **dict[str, Any](
-                    {
-                        "data.message.location": {
-                            "latitude": 12.25089,
-                            "longitude": 43.90539,
-                            "name": None,
-                            "address": None,
-                        }
+                **{
+                    "data.message.location": {
+                        "latitude": 12.25089,
+                        "longitude": 43.90539,
+                        "name": None,
+                        "address": None,
                     }
-                ),
+                },
             )
         ],
     ),
@@ -213,16 +200,14 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
         [
             wa_msg(
                 "location",
-                **dict[str, Any](
-                    {
-                        "data.message.location": {
-                            "latitude": 37.4611978,
-                            "longitude": -122.2164385,
-                            "name": "Facebook HQ",
-                            "address": "1 Hacker Way, Menlo Park, CA 94025",
-                        }
+                **{
+                    "data.message.location": {
+                        "latitude": 37.4611978,
+                        "longitude": -122.2164385,
+                        "name": "Facebook HQ",
+                        "address": "1 Hacker Way, Menlo Park, CA 94025",
                     }
-                ),
+                },
             )
         ],
     ),
@@ -232,12 +217,10 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
         [
             wa_msg(
                 "contacts",
-                **dict[str, Any](
-                    {
-                        "data.message.text": None,
-                        "data.raw.contacts.0.name.formatted_name": "Chandler Bing",
-                    }
-                ),
+                **{
+                    "data.message.text": None,
+                    "data.raw.contacts.0.name.formatted_name": "Chandler Bing",
+                },
             )
         ],
     ),
@@ -247,14 +230,12 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
         [
             wa_msg(
                 "reply",
-                **dict[str, Any](
-                    {
-                        "time": "2025-06-15T22:05:36Z",
-                        "data.message.id": "wamid.HBgLMTY1MDM4Nzk0MzkVAgASGBQzQTZBQzg0MzQ4QjRCM0NGNkVGOAA=",  # noqa: E501
-                        "data.message.reply": {"id": "cancel-button", "title": "Cancel"},
-                        "data.message.reply_to": "wamid.HBgLMTY1MDM4Nzk0MzkVAgARGBI3MEM2RUJFNkI0RENGQTVDRjUA",  # noqa: E501
-                    }
-                ),
+                **{
+                    "time": "2025-06-15T22:05:36Z",
+                    "data.message.id": "wamid.HBgLMTY1MDM4Nzk0MzkVAgASGBQzQTZBQzg0MzQ4QjRCM0NGNkVGOAA=",  # noqa: E501
+                    "data.message.reply": {"id": "cancel-button", "title": "Cancel"},
+                    "data.message.reply_to": "wamid.HBgLMTY1MDM4Nzk0MzkVAgARGBI3MEM2RUJFNkI0RENGQTVDRjUA",  # noqa: E501
+                },
             )
         ],
     ),
@@ -264,16 +245,14 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
         [
             wa_msg(
                 "reply",
-                **dict[str, Any](
-                    {
-                        "time": "2025-06-13T22:42:55Z",
-                        "data.message.id": WA_SENT,
-                        "data.message.reply": {
-                            "id": "priority_express",
-                            "title": "Priority Mail Express",
-                        },
-                    }
-                ),
+                **{
+                    "time": "2025-06-13T22:42:55Z",
+                    "data.message.id": WA_SENT,
+                    "data.message.reply": {
+                        "id": "priority_express",
+                        "title": "Priority Mail Express",
+                    },
+                },
             )
         ],
     ),
@@ -283,12 +262,10 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
         [
             wa_msg(
                 "reply",
-                **dict[str, Any](
-                    {
-                        "data.message.reply": {"id": "callback_data", "title": "Yes, confirm"},
-                        "data.message.reply_to": "wamid.template==",
-                    }
-                ),
+                **{
+                    "data.message.reply": {"id": "callback_data", "title": "Yes, confirm"},
+                    "data.message.reply_to": "wamid.template==",
+                },
             )
         ],
     ),
@@ -298,14 +275,7 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
         [
             wa_msg(
                 "reaction",
-                **dict[str, Any](
-                    {
-                        "data.message.reaction": {
-                            "message_id": "wamid.yzxyzx=",
-                            "emoji": "\U0001f62e",
-                        }
-                    }
-                ),
+                **{"data.message.reaction": {"message_id": "wamid.yzxyzx=", "emoji": "\U0001f62e"}},
             )
         ],
     ),
@@ -315,9 +285,7 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
         [
             wa_msg(
                 "reaction",
-                **dict[str, Any](
-                    {"data.message.reaction": {"message_id": "wamid.yzxyzx=", "emoji": ""}}
-                ),
+                **{"data.message.reaction": {"message_id": "wamid.yzxyzx=", "emoji": ""}},
             )
         ],
     ),
@@ -327,9 +295,7 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
         [
             wa_msg(
                 "reaction",
-                **dict[str, Any](
-                    {"data.message.reaction": {"message_id": "wamid.yzxyzx=", "emoji": ""}}
-                ),
+                **{"data.message.reaction": {"message_id": "wamid.yzxyzx=", "emoji": ""}},
             )
         ],
     ),
@@ -339,12 +305,10 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
         [
             wa_msg(
                 "order",
-                **dict[str, Any](
-                    {
-                        "data.message.text": "Two please",
-                        "data.raw.order.product_items.0.product_retailer_id": "HAMBURGER",
-                    }
-                ),
+                **{
+                    "data.message.text": "Two please",
+                    "data.raw.order.product_items.0.product_retailer_id": "HAMBURGER",
+                },
             )
         ],
     ),
@@ -354,36 +318,28 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
         [
             wa_msg(
                 "unsupported",
-                **dict[str, Any](
-                    {
-                        "time": "2025-02-12T00:43:44Z",
-                        "data.contact.name": None,
-                        "data.message.text": "User Sheena Nelson changed from 16505551234 to 12195555358",  # noqa: E501
-                    }
-                ),
+                **{
+                    "time": "2025-02-12T00:43:44Z",
+                    "data.contact.name": None,
+                    "data.message.text": "User Sheena Nelson changed from 16505551234 to 12195555358",  # noqa: E501
+                },
             )
         ],
     ),
-    (
-        "whatsapp",
-        "unsupported.json",
-        [wa_msg("unsupported", **dict[str, Any]({"data.raw.errors.0.code": 131051}))],
-    ),
+    ("whatsapp", "unsupported.json", [wa_msg("unsupported", **{"data.raw.errors.0.code": 131051})]),
     (
         "whatsapp",
         "edit.json",
         [
             wa_msg(
                 "image",
-                **dict[str, Any](
-                    {
-                        "type": "message.edited",
-                        "data.message.id": "wamid.ORIGINAL=",
-                        "data.message.text": "Updated image caption",
-                        "data.message.reply_to": "wamid.QUOTED=",
-                        **media("111", "image/jpeg"),
-                    }
-                ),
+                **{
+                    "type": "message.edited",
+                    "data.message.id": "wamid.ORIGINAL=",
+                    "data.message.text": "Updated image caption",
+                    "data.message.reply_to": "wamid.QUOTED=",
+                    **media("111", "image/jpeg"),
+                },
             )
         ],
     ),
@@ -403,25 +359,16 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
     (
         "whatsapp",
         "reply_context.json",
-        [wa_msg("text", **dict[str, Any]({"data.message.reply_to": "wamid.OUR_MESSAGE="}))],
+        [wa_msg("text", **{"data.message.reply_to": "wamid.OUR_MESSAGE="})],
     ),
-    (
-        "whatsapp",
-        "frequently_forwarded.json",
-        [wa_msg("text", **dict[str, Any]({"data.message.forwarded": True}))],
-    ),
+    ("whatsapp", "frequently_forwarded.json", [wa_msg("text", **{"data.message.forwarded": True})]),
     (
         "whatsapp",
         "referral.json",
         [
             wa_msg(
                 "text",
-                **dict[str, Any](
-                    {
-                        "data.message.text": "Hi, I saw your ad",
-                        "data.raw.referral.source_type": "ad",
-                    }
-                ),
+                **{"data.message.text": "Hi, I saw your ad", "data.raw.referral.source_type": "ad"},
             )
         ],
     ),
@@ -445,14 +392,7 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
     (
         "whatsapp",
         "bsuid_with_phone.json",
-        [
-            wa_msg(
-                "text",
-                **dict[str, Any](
-                    {"data.contact.username": "sheena", "data.message.text": "hello again"}
-                ),
-            )
-        ],
+        [wa_msg("text", **{"data.contact.username": "sheena", "data.message.text": "hello again"})],
     ),
     (
         "whatsapp",
@@ -461,9 +401,7 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
             wa_status(
                 "sent",
                 "2025-06-15T23:27:53Z",
-                **dict[str, Any](
-                    {"data.contact.id": "16505551234", "data.raw.pricing.pricing_model": "PMP"}
-                ),
+                **{"data.contact.id": "16505551234", "data.raw.pricing.pricing_model": "PMP"},
             )
         ],
     ),
@@ -474,7 +412,7 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
             wa_msg(
                 "text",
                 subject="whatsapp:106540352242922:Y2FwaV9ncm91cDoxNTU1MDc4Mzg4MToxMjAzNjMzOTEzNDQ5NzY4NjA=",
-                **dict[str, Any]({"data.message.text": "Hello group"}),
+                **{"data.message.text": "Hello group"},
             )
         ],
     ),
@@ -488,11 +426,7 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
     (
         "whatsapp",
         "status_played.json",
-        [
-            wa_status(
-                "read", "2025-06-15T23:28:15Z", **dict[str, Any]({"data.raw.status": "played"})
-            )
-        ],
+        [wa_status("read", "2025-06-15T23:28:15Z", **{"data.raw.status": "played"})],
     ),
     (
         "whatsapp",
@@ -609,20 +543,13 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
             )
         ],
     ),
-    (
-        "messenger",
-        "reply_to.json",
-        [ms_msg("text", **dict[str, Any]({"data.message.reply_to": "m_OUR_EARLIER"}))],
-    ),
+    ("messenger", "reply_to.json", [ms_msg("text", **{"data.message.reply_to": "m_OUR_EARLIER"})]),
     (
         "messenger",
         "attachment_image.json",
         [
             ms_msg(
-                "image",
-                **dict[str, Any](
-                    {"data.message.media.url": "https://scontent.xx.fbcdn.net/v/image.bin"}
-                ),
+                "image", **{"data.message.media.url": "https://scontent.xx.fbcdn.net/v/image.bin"}
             )
         ],
     ),
@@ -631,10 +558,7 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
         "attachment_video.json",
         [
             ms_msg(
-                "video",
-                **dict[str, Any](
-                    {"data.message.media.url": "https://scontent.xx.fbcdn.net/v/video.bin"}
-                ),
+                "video", **{"data.message.media.url": "https://scontent.xx.fbcdn.net/v/video.bin"}
             )
         ],
     ),
@@ -643,10 +567,7 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
         "attachment_audio.json",
         [
             ms_msg(
-                "audio",
-                **dict[str, Any](
-                    {"data.message.media.url": "https://scontent.xx.fbcdn.net/v/audio.bin"}
-                ),
+                "audio", **{"data.message.media.url": "https://scontent.xx.fbcdn.net/v/audio.bin"}
             )
         ],
     ),
@@ -655,10 +576,7 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
         "attachment_file.json",
         [
             ms_msg(
-                "document",
-                **dict[str, Any](
-                    {"data.message.media.url": "https://scontent.xx.fbcdn.net/v/file.bin"}
-                ),
+                "document", **{"data.message.media.url": "https://scontent.xx.fbcdn.net/v/file.bin"}
             )
         ],
     ),
@@ -667,10 +585,7 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
         "attachment_sticker.json",
         [
             ms_msg(
-                "sticker",
-                **dict[str, Any](
-                    {"data.message.media.url": "https://scontent.xx.fbcdn.net/v/like.png"}
-                ),
+                "sticker", **{"data.message.media.url": "https://scontent.xx.fbcdn.net/v/like.png"}
             )
         ],
     ),
@@ -699,12 +614,10 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
         [
             ms_msg(
                 "unsupported",
-                **dict[str, Any](
-                    {
-                        "data.message.text": "https://example.com",
-                        "data.raw.message.attachments.0.type": "fallback",
-                    }
-                ),
+                **{
+                    "data.message.text": "https://example.com",
+                    "data.raw.message.attachments.0.type": "fallback",
+                },
             )
         ],
     ),
@@ -714,12 +627,10 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
         [
             ms_msg(
                 "image",
-                **dict[str, Any](
-                    {
-                        "data.message.media.url": "https://scontent.xx.fbcdn.net/v/1.jpg",
-                        "data.raw.message.attachments.1.payload.url": "https://scontent.xx.fbcdn.net/v/2.jpg",
-                    }
-                ),
+                **{
+                    "data.message.media.url": "https://scontent.xx.fbcdn.net/v/1.jpg",
+                    "data.raw.message.attachments.1.payload.url": "https://scontent.xx.fbcdn.net/v/2.jpg",
+                },
             )
         ],
     ),
@@ -891,13 +802,11 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
                 IG,
                 IG_TIME,
                 IG_MID,
-                **dict[str, Any](
-                    {
-                        "data.platform": "instagram",
-                        "data.account_id": "17841400000000000",
-                        "data.message.text": "Is this still available?",
-                    }
-                ),
+                **{
+                    "data.platform": "instagram",
+                    "data.account_id": "17841400000000000",
+                    "data.message.text": "Is this still available?",
+                },
             )
         ],
     ),
@@ -910,11 +819,9 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
                 IG,
                 IG_TIME,
                 IG_MID,
-                **dict[str, Any](
-                    {
-                        "data.message.media.url": "https://lookaside.fbsbx.com/ig_messaging_cdn/?asset_id=1"
-                    }
-                ),
+                **{
+                    "data.message.media.url": "https://lookaside.fbsbx.com/ig_messaging_cdn/?asset_id=1"
+                },
             )
         ],
     ),
@@ -927,13 +834,11 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
                 IG,
                 IG_TIME,
                 IG_MID,
-                **dict[str, Any](
-                    {
-                        "data.message.text": "Build a workspace",
-                        "data.message.media.url": "https://lookaside.fbsbx.com/ig_messaging_cdn/?asset_id=2",
-                        "data.raw.message.attachments.1.type": "ig_post",
-                    }
-                ),
+                **{
+                    "data.message.text": "Build a workspace",
+                    "data.message.media.url": "https://lookaside.fbsbx.com/ig_messaging_cdn/?asset_id=2",
+                    "data.raw.message.attachments.1.type": "ig_post",
+                },
             )
         ],
     ),
@@ -946,12 +851,10 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
                 IG,
                 IG_TIME,
                 IG_MID,
-                **dict[str, Any](
-                    {
-                        "data.message.media.url": "https://lookaside.fbsbx.com/ig_messaging_cdn/?asset_id=3",
-                        "data.raw.message.attachments.0.type": "story_mention",
-                    }
-                ),
+                **{
+                    "data.message.media.url": "https://lookaside.fbsbx.com/ig_messaging_cdn/?asset_id=3",
+                    "data.raw.message.attachments.0.type": "story_mention",
+                },
             )
         ],
     ),
@@ -964,12 +867,7 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
                 IG,
                 IG_TIME,
                 IG_MID,
-                **dict[str, Any](
-                    {
-                        "data.message.text": "Love this!",
-                        "data.message.reply_to": "17900000000000001",
-                    }
-                ),
+                **{"data.message.text": "Love this!", "data.message.reply_to": "17900000000000001"},
             )
         ],
     ),
@@ -982,7 +880,7 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
                 IG,
                 IG_TIME,
                 IG_MID,
-                **dict[str, Any]({"data.message.reply": {"id": "CONFIRM_YES", "title": "Yes"}}),
+                **{"data.message.reply": {"id": "CONFIRM_YES", "title": "Yes"}},
             )
         ],
     ),
@@ -1007,9 +905,7 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
                 IG,
                 IG_TIME,
                 "aWdfPOSTBACK",
-                **dict[str, Any](
-                    {"data.message.reply": {"id": "HUMAN", "title": "Talk to a human"}}
-                ),
+                **{"data.message.reply": {"id": "HUMAN", "title": "Talk to a human"}},
             )
         ],
     ),
@@ -1047,9 +943,7 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
                 IG,
                 IG_TIME,
                 "aWdfECHO",
-                **dict[str, Any](
-                    {"data.message.echo": True, "data.contact.id": "1234567890123456"}
-                ),
+                **{"data.message.echo": True, "data.contact.id": "1234567890123456"},
             )
         ],
     ),
@@ -1071,11 +965,7 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
         "changes_messages.json",
         [
             ms_msg(
-                "text",
-                IG,
-                "2025-10-24T06:28:14Z",
-                IG_MID,
-                **dict[str, Any]({"data.message.text": "via changes"}),
+                "text", IG, "2025-10-24T06:28:14Z", IG_MID, **{"data.message.text": "via changes"}
             )
         ],
     ),
@@ -1120,7 +1010,7 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
             tg_msg(
                 "text",
                 "telegram:7000000001:-1001234567890",
-                **dict[str, Any]({"data.contact.id": "1760450482", "data.message.text": "Hi all"}),
+                **{"data.contact.id": "1760450482", "data.message.text": "Hi all"},
             )
         ],
     ),
@@ -1131,13 +1021,11 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
             tg_msg(
                 "text",
                 time="2021-05-21T06:55:24Z",
-                **dict[str, Any](
-                    {
-                        "type": "message.edited",
-                        "data.message.id": "591",
-                        "data.message.text": "Hello!",
-                    }
-                ),
+                **{
+                    "type": "message.edited",
+                    "data.message.id": "591",
+                    "data.message.text": "Hello!",
+                },
             )
         ],
     ),
@@ -1149,16 +1037,14 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
                 "text",
                 "telegram:7000000001:-1009876543210",
                 "2021-05-21T06:16:40Z",
-                **dict[str, Any](
-                    {
-                        "data.contact": {
-                            "id": "-1009876543210",
-                            "name": "News",
-                            "phone": None,
-                            "username": "newschannel",
-                        }
+                **{
+                    "data.contact": {
+                        "id": "-1009876543210",
+                        "name": "News",
+                        "phone": None,
+                        "username": "newschannel",
                     }
-                ),
+                },
             )
         ],
     ),
@@ -1170,23 +1056,14 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
                 "text",
                 "telegram:7000000001:-1009876543210",
                 "2021-05-21T06:18:20Z",
-                **dict[str, Any](
-                    {"type": "message.edited", "data.message.text": "Breaking (fixed)"}
-                ),
+                **{"type": "message.edited", "data.message.text": "Breaking (fixed)"},
             )
         ],
     ),
     (
         "telegram",
         "photo.json",
-        [
-            tg_msg(
-                "image",
-                **dict[str, Any](
-                    {"data.message.text": "Look at this", **media("AgACAgQAAxk-large")}
-                ),
-            )
-        ],
+        [tg_msg("image", **{"data.message.text": "Look at this", **media("AgACAgQAAxk-large")})],
     ),
     (
         "telegram",
@@ -1195,9 +1072,7 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
             tg_msg(
                 "video",
                 **media(
-                    "BAACAgQ-video",
-                    "video/mp4",
-                    **dict[str, Any]({"data.message.media.filename": "clip.mp4"}),
+                    "BAACAgQ-video", "video/mp4", **{"data.message.media.filename": "clip.mp4"}
                 ),
             )
         ],
@@ -1212,13 +1087,11 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
         [
             tg_msg(
                 "document",
-                **dict[str, Any](
-                    {
-                        "data.message.text": "Invoice",
-                        **media("BQACAgQ-doc", "application/pdf"),
-                        "data.message.media.filename": "invoice.pdf",
-                    }
-                ),
+                **{
+                    "data.message.text": "Invoice",
+                    **media("BQACAgQ-doc", "application/pdf"),
+                    "data.message.media.filename": "invoice.pdf",
+                },
             )
         ],
     ),
@@ -1264,21 +1137,12 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
     (
         "telegram",
         "contact.json",
-        [
-            tg_msg(
-                "contacts",
-                **dict[str, Any]({"data.raw.message.contact.phone_number": "+393331234567"}),
-            )
-        ],
+        [tg_msg("contacts", **{"data.raw.message.contact.phone_number": "+393331234567"})],
     ),
     (
         "telegram",
         "reply_to.json",
-        [
-            tg_msg(
-                "text", **dict[str, Any]({"data.message.id": "600", "data.message.reply_to": "598"})
-            )
-        ],
+        [tg_msg("text", **{"data.message.id": "600", "data.message.reply_to": "598"})],
     ),
     (
         "telegram",
@@ -1347,7 +1211,7 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
     (
         "telegram",
         "poll_message.json",
-        [tg_msg("unsupported", **dict[str, Any]({"data.raw.message.poll.question": "Lunch?"}))],
+        [tg_msg("unsupported", **{"data.raw.message.poll.question": "Lunch?"})],
     ),
     (
         "telegram",
@@ -1475,7 +1339,7 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
     (
         "twilio",
         "whatsapp_contacts.txt",
-        [received(subject=TWA, **dict[str, Any]({"data.message.kind": "contacts"}))],
+        [received(subject=TWA, **{"data.message.kind": "contacts"})],
     ),
     (
         "twilio",
@@ -1486,20 +1350,14 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
             {"type": "unsupported", "time": "2025-01-01T00:01:00Z"},
         ],
     ),
-    (
-        "twilio",
-        "status_queued.txt",
-        [tw_status("sent", **dict[str, Any]({"data.raw.MessageStatus": "queued"}))],
-    ),
+    ("twilio", "status_queued.txt", [tw_status("sent", **{"data.raw.MessageStatus": "queued"})]),
     (
         "twilio",
         "status_sent.txt",
         [
             tw_status(
                 "sent",
-                **dict[str, Any](
-                    {"data.status.recipient_id": "+15558675310", "data.account_id": "+15017122661"}
-                ),
+                **{"data.status.recipient_id": "+15558675310", "data.account_id": "+15017122661"},
             )
         ],
     ),
@@ -1528,11 +1386,7 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
             )
         ],
     ),
-    (
-        "twilio",
-        "status_failed.txt",
-        [tw_status("failed", **dict[str, Any]({"data.status.error.code": "30008"}))],
-    ),
+    ("twilio", "status_failed.txt", [tw_status("failed", **{"data.status.error.code": "30008"})]),
     (
         "twilio",
         "status_partially_delivered.txt",
@@ -1546,15 +1400,13 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
             tw_status(
                 "failed",
                 TWA,
-                **dict[str, Any](
-                    {
-                        "data.status.error": {
-                            "code": "63016",
-                            "title": "Outside messaging window",
-                            "detail": None,
-                        }
+                **{
+                    "data.status.error": {
+                        "code": "63016",
+                        "title": "Outside messaging window",
+                        "detail": None,
                     }
-                ),
+                },
             )
         ],
     ),
@@ -1565,31 +1417,23 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
         [
             wa_msg(
                 "unsupported",
-                **dict[str, Any](
-                    {
-                        "data.message.text": "Sent",
-                        "data.message.reply_to": "wamid.FLOW_MESSAGE=",
-                        "data.raw.interactive.type": "nfm_reply",
-                    }
-                ),
+                **{
+                    "data.message.text": "Sent",
+                    "data.message.reply_to": "wamid.FLOW_MESSAGE=",
+                    "data.raw.interactive.type": "nfm_reply",
+                },
             )
         ],
     ),
     (
         "messenger",
         "standby.json",
-        [
-            ms_msg(
-                "text",
-                mid="m_STANDBY",
-                **dict[str, Any]({"data.message.text": "seen by the secondary app"}),
-            )
-        ],
+        [ms_msg("text", mid="m_STANDBY", **{"data.message.text": "seen by the secondary app"})],
     ),
     (
         "telegram",
         "business_message.json",
-        [tg_msg("text", **dict[str, Any]({"data.message.text": "Hi from a business chat"}))],
+        [tg_msg("text", **{"data.message.text": "Hi from a business chat"})],
     ),
     (
         "telegram",
