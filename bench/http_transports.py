@@ -152,10 +152,12 @@ async def bench_stack(stack: str, base_url: str, seconds: float) -> list[Row]:
                 rows.append(await measure(stack, via_sender, concurrency, seconds))
             continue
         transport = AiohttpTransport(limits=LIMITS) if stack == "httpx+aiohttp" else None
-        async with httpx.AsyncClient(limits=LIMITS, transport=transport, timeout=10.0) as client:
+        async with httpx.AsyncClient(
+            limits=LIMITS, transport=transport, timeout=10.0
+        ) as httpx_client:
 
             async def with_httpx() -> None:
-                response = await client.post(url, content=BODY, headers=HEADERS)
+                response = await httpx_client.post(url, content=BODY, headers=HEADERS)
                 assert response.status_code == 200
 
             rows.append(await measure(stack, with_httpx, concurrency, seconds))

@@ -359,7 +359,7 @@ async def pacing(settings: Settings, rate: int, seconds: float) -> None:
 
 async def main_async(args: argparse.Namespace, db_url: str, broker: EmbeddedBroker) -> None:
     settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
         database_url=SecretStr(db_url),
         database_pool_size=10,
         kafka_bootstrap_servers=broker.bootstrap_servers,

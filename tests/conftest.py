@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import typing
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -56,7 +57,7 @@ def make_broker(data_dir: Path) -> Broker:
     return EmbeddedBroker()
 
 
-def broker_settings(broker: Broker) -> dict[str, object]:
+def broker_settings(broker: Broker) -> dict[str, typing.Any]:
     """Producer and topic settings for ``broker``: production's where the broker allows them."""
     if isinstance(broker, KafkaCluster):
         return {

@@ -58,7 +58,7 @@ async def test_a_node_serves_idempotent_producers_and_keeps_data_across_a_restar
     assert await _round_trip(cluster.bootstrap_servers, "probe", b"one") == [b"one"]
     cluster.kill_node(1)
     assert node.pid is None
-    cluster.start_node(1)
+    cluster.start_node(1)  # type: ignore[unreachable]
     assert await _round_trip(cluster.bootstrap_servers, "probe", b"two") == [b"one", b"two"]
 
     pid = node.pid

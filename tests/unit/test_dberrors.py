@@ -20,7 +20,7 @@ from infra.dberrors import (
 
 def wrapped_by_sqlalchemy(error: Exception) -> sa_exc.DBAPIError:
     """``error`` as SQLAlchemy's asyncpg dialect raises it (adapted, then ``DBAPIError``)."""
-    adapted = AsyncAdapt_asyncpg_dbapi.Error(str(error), error)
+    adapted = AsyncAdapt_asyncpg_dbapi.Error(str(error), error)  # type: ignore[no-untyped-call]
     try:
         try:
             raise adapted from error

@@ -77,7 +77,7 @@ class TopicReader:
         return self.consumer
 
     async def until(
-        self, done: Callable[[list[dict[str, Any]]], bool], limit: float = 30.0
+        self, done: Callable[[list[dict[str, Any]]], object], limit: float = 30.0
     ) -> list[dict[str, Any]]:
         consumer = await self._start()
         async with asyncio.timeout(limit):

@@ -75,7 +75,7 @@ async def test_batches_sharing_conversations_in_opposite_orders_both_commit(
     conversations in opposite orders wait for each other instead of deadlocking."""
     from dataclasses import dataclass
 
-    from conversations.consumer import handle_batch
+    from conversations.consumer import Handler, handle_batch
     from conversations.inbound import apply_inbound
 
     @dataclass
@@ -87,7 +87,7 @@ async def test_batches_sharing_conversations_in_opposite_orders_both_commit(
 
     channel = await harness.create_channel("telegram")
     topic = harness.settings.topic("inbound.v1")
-    handlers = {topic: apply_inbound}
+    handlers: dict[str, Handler] = {topic: apply_inbound}
 
     def record(chat: int, message_id: str) -> Record:
         event = _event(channel, message_id, "hi")

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway import fastpath
+from gateway import fastpath, intake
 from infra.settings import Settings
 from tests.integration.gateway.conftest import (
     META_VERIFY,
@@ -32,7 +32,7 @@ pytestmark = pytest.mark.integration
 def served(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Paths the fast path handed to ``receive_webhook``."""
     paths: list[str] = []
-    real = fastpath.receive_webhook
+    real = intake.receive_webhook
 
     async def spy(gateway: Any, platform: str, channel_id: str, *args: Any) -> Any:
         paths.append(f"/webhooks/{platform}/{channel_id}")

@@ -440,7 +440,7 @@ async def test_cancel_retry_detail_and_dead_letters(
         row = await session.get(OutboxMessage, uuid.UUID(to_kill))
         assert row is not None
         assert row.retry_base == 2, "the retry schedule restarts after a redrive"
-        ids = (await session.scalars(select(OutboxEvent.value))).all()
+        ids = (await session.scalars(select(OutboxEvent.value))).all()  # type: ignore[assignment]
     assert len({orjson.loads(v)["id"] for v in ids}) == len(ids), "every transition has its own id"
     assert (await api.client.post(f"/v1/messages/{to_kill}/retry", headers=auth)).status_code == 409
     assert (await api.client.get("/v1/dead-letters", headers=auth)).json()["items"] == []

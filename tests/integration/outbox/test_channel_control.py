@@ -179,7 +179,7 @@ async def test_refused_credentials_suspend_at_the_first_failure_and_new_ones_res
     backlog = await enqueue(api.resources, channel_id, ["15550003"] * 4, tag="b")
 
     async def suspended() -> bool:
-        return (await channel(api, channel_id))["sending"] == "suspended"
+        return bool((await channel(api, channel_id))["sending"] == "suspended")
 
     async with running(api.resources):
         await eventually(suspended)
@@ -213,7 +213,7 @@ async def test_refused_credentials_suspend_at_the_first_failure_and_new_ones_res
         await all_done(api.resources, backlog)
 
         async def resumed_event() -> bool:
-            return [e["type"] for e in await channel_events(api)][-1] == "channel.resumed"
+            return bool([e["type"] for e in await channel_events(api)][-1] == "channel.resumed")
 
         await eventually(resumed_event)
     assert {m.state for m in (await states(api.resources, backlog)).values()} == {"sent"}
@@ -235,7 +235,7 @@ async def test_resume_lifts_a_suspension_with_channel_resumed(
     backlog = await enqueue(api.resources, channel_id, ["15550004"] * 2, tag="r")
 
     async def suspended() -> bool:
-        return (await channel(api, channel_id))["sending"] == "suspended"
+        return bool((await channel(api, channel_id))["sending"] == "suspended")
 
     async with running(api.resources):
         await eventually(suspended)
@@ -362,7 +362,7 @@ async def test_the_circuit_opens_on_repeated_5xx_and_the_backlog_is_not_burned(
         return sum(1 for r in fake.requests if r.status == 503)
 
     async def circuit_is(state: str) -> bool:
-        return (await channel(api, channel_id))["circuit"] == state
+        return bool((await channel(api, channel_id))["circuit"] == state)
 
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))

@@ -134,7 +134,7 @@ async def wait_rows(sessionmaker: async_sessionmaker[AsyncSession], count: int) 
     async with asyncio.timeout(30):
         while True:
             async with sessionmaker() as session:
-                if await session.scalar(select(func.count()).select_from(OutboxMessage)) >= count:
+                if await session.scalar(select(func.count()).select_from(OutboxMessage)) >= count:  # type: ignore[operator]
                     return
             await asyncio.sleep(0.05)
 
@@ -388,7 +388,7 @@ async def test_a_data_error_at_insert_is_dead_lettered_not_retried(
     def parse_without_length_checks(value: bytes | None) -> Any:
         if value is not None and long_id.encode() in value:  # as if the contract let it through
             parsed = real_parse(value.replace(long_id.encode(), b"short"))
-            return parsed.model_copy(update={"id": long_id})
+            return parsed.model_copy(update={"id": long_id})  # type: ignore[union-attr]
         return real_parse(value)
 
     monkeypatch.setattr(commands_module, "parse_command", parse_without_length_checks)

@@ -363,7 +363,7 @@ async def test_receipts_that_arrive_before_the_send_is_recorded_are_applied_once
             ]
     assert [rows[i].platform_message_id for i in ids] == wamids
     assert rows[ids[2]].last_error is not None
-    assert rows[ids[2]].last_error["code"] == "131026"
+    assert rows[ids[2]].last_error["code"] == "131026"  # type: ignore[index]
     assert rows[ids[2]].finished_at is not None
     by_message = {i: [e["type"] for e in events if e["data"]["message_id"] == str(i)] for i in ids}
     assert by_message == {

@@ -7,7 +7,7 @@ import base64
 import json
 import urllib.parse
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -834,7 +834,7 @@ async def test_default_httpx_transport_sends_the_same_bytes(server: FakePlatform
     [
         ("whatsapp", "+393331234567", Fault.credentials_refused("whatsapp"), "190"),
         ("messenger", "1234", Fault.credentials_refused("messenger"), "190"),
-        ("instagram", "1234", Fault.credentials_refused("instagram"), "190"),
+        ("instagram", "1234", Fault.credentials_refused(cast(Any, "instagram")), "190"),
         ("telegram", "42", Fault.credentials_refused("telegram"), "401"),
         ("twilio", "+15551230000", Fault.credentials_refused("twilio"), "20003"),
         ("twilio", "+15551230000", Fault(status=401, body={"message": "no"}), "http_401"),

@@ -4,6 +4,7 @@ keywords, conversation naming and forward-only states. Time is passed in."""
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
 
 import pytest
 
@@ -53,7 +54,11 @@ def test_a_holiday_is_closed_all_day_even_on_an_open_weekday() -> None:
 def test_acknowledgement_text_by_hours() -> None:
     monday_10 = datetime(2026, 12, 7, 9, 0, tzinfo=UTC)
     sunday = datetime(2026, 12, 13, 9, 0, tzinfo=UTC)
-    common = {"last_auto_reply_at": None, "opted_out": False, "replied_in_episode": False}
+    common: dict[str, Any] = {
+        "last_auto_reply_at": None,
+        "opted_out": False,
+        "replied_in_episode": False,
+    }
     assert rules.auto_reply_text(ROME, at=monday_10, **common) == "Thanks, we answer shortly"
     assert rules.auto_reply_text(ROME, at=sunday, **common) == "We are closed; we answer tomorrow"
 

@@ -14,7 +14,7 @@ from gateway.models import ArchivedWebhook, DedupEntry, SpooledEvent
 def test_every_bounded_column_is_known() -> None:
     """A new bounded column must be fitted too: this lists the ones that are."""
     bounded = {
-        (table.name, column.name)
+        (table.name, column.name)  # type: ignore[attr-defined]
         for table in (ArchivedWebhook.__table__, SpooledEvent.__table__, DedupEntry.__table__)
         for column in table.columns
         if isinstance(column.type, String) and column.type.length is not None

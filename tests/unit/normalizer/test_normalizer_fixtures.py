@@ -64,7 +64,9 @@ def wa_status(state: str, time: str, **extra: Any) -> dict[str, Any]:
     }
 
 
-def ms_msg(kind: str, conv: str = MS, time: str = MS_TIME, mid: str = MS_MID, **extra: Any):
+def ms_msg(
+    kind: str, conv: str = MS, time: str = MS_TIME, mid: str = MS_MID, **extra: Any
+) -> dict[str, Any]:
     return {
         "type": "message.received",
         "subject": conv,
@@ -520,19 +522,26 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
         [
             ms_msg(
                 "text",
-                **{
-                    "data.account_id": "112233445566778",
-                    "data.contact.id": "6101234567890123",
-                    "data.message.text": "hello, world!",
-                    "data.message.echo": False,
-                },
+                **dict[str, Any](
+                    {
+                        "data.account_id": "112233445566778",
+                        "data.contact.id": "6101234567890123",
+                        "data.message.text": "hello, world!",
+                        "data.message.echo": False,
+                    }
+                ),
             )
         ],
     ),
     (
         "messenger",
         "quick_reply.json",
-        [ms_msg("reply", **{"data.message.reply": {"id": "COLOR_RED", "title": "Red"}})],
+        [
+            ms_msg(
+                "reply",
+                **dict[str, Any]({"data.message.reply": {"id": "COLOR_RED", "title": "Red"}}),
+            )
+        ],
     ),
     ("messenger", "reply_to.json", [ms_msg("text", **{"data.message.reply_to": "m_OUR_EARLIER"})]),
     (
@@ -586,14 +595,16 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
         [
             ms_msg(
                 "location",
-                **{
-                    "data.message.location": {
-                        "latitude": 45.4642,
-                        "longitude": 9.19,
-                        "name": "Pinned Location",
-                        "address": None,
+                **dict[str, Any](
+                    {
+                        "data.message.location": {
+                            "latitude": 45.4642,
+                            "longitude": 9.19,
+                            "name": "Pinned Location",
+                            "address": None,
+                        }
                     }
-                },
+                ),
             )
         ],
     ),
@@ -631,11 +642,13 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
                 "text",
                 time="2016-03-12T06:29:57.627Z",
                 mid="mid.1457764197618:41d102a3e1ae206a38",
-                **{
-                    "data.message.echo": True,
-                    "data.contact.id": "6101234567890123",
-                    "data.account_id": "112233445566778",
-                },
+                **dict[str, Any](
+                    {
+                        "data.message.echo": True,
+                        "data.contact.id": "6101234567890123",
+                        "data.account_id": "112233445566778",
+                    }
+                ),
             )
         ],
     ),
@@ -646,7 +659,9 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
             ms_msg(
                 "reply",
                 mid="m_POSTBACK",
-                **{"data.message.reply": {"id": "GET_STARTED", "title": "Get Started"}},
+                **dict[str, Any](
+                    {"data.message.reply": {"id": "GET_STARTED", "title": "Get Started"}}
+                ),
             )
         ],
     ),
@@ -973,16 +988,18 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
         [
             tg_msg(
                 "text",
-                **{
-                    "data.message.id": "591",
-                    "data.message.text": "Hello!",
-                    "data.contact": {
-                        "id": "1760450482",
-                        "name": "Martin Man",
-                        "phone": None,
-                        "username": "martinman",
-                    },
-                },
+                **dict[str, Any](
+                    {
+                        "data.message.id": "591",
+                        "data.message.text": "Hello!",
+                        "data.contact": {
+                            "id": "1760450482",
+                            "name": "Martin Man",
+                            "phone": None,
+                            "username": "martinman",
+                        },
+                    }
+                ),
             )
         ],
     ),
@@ -1085,14 +1102,16 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
         [
             tg_msg(
                 "location",
-                **{
-                    "data.message.location": {
-                        "latitude": 45.464211,
-                        "longitude": 9.191383,
-                        "name": None,
-                        "address": None,
+                **dict[str, Any](
+                    {
+                        "data.message.location": {
+                            "latitude": 45.464211,
+                            "longitude": 9.191383,
+                            "name": None,
+                            "address": None,
+                        }
                     }
-                },
+                ),
             )
         ],
     ),
@@ -1102,14 +1121,16 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
         [
             tg_msg(
                 "location",
-                **{
-                    "data.message.location": {
-                        "latitude": 45.464211,
-                        "longitude": 9.191383,
-                        "name": "Duomo di Milano",
-                        "address": "Piazza del Duomo, Milano",
+                **dict[str, Any](
+                    {
+                        "data.message.location": {
+                            "latitude": 45.464211,
+                            "longitude": 9.191383,
+                            "name": "Duomo di Milano",
+                            "address": "Piazza del Duomo, Milano",
+                        }
                     }
-                },
+                ),
             )
         ],
     ),
@@ -1123,7 +1144,11 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
         "reply_to.json",
         [tg_msg("text", **{"data.message.id": "600", "data.message.reply_to": "598"})],
     ),
-    ("telegram", "forwarded.json", [tg_msg("text", **{"data.message.forwarded": True})]),
+    (
+        "telegram",
+        "forwarded.json",
+        [tg_msg("text", **dict[str, Any]({"data.message.forwarded": True}))],
+    ),
     (
         "telegram",
         "callback_query.json",
@@ -1131,12 +1156,14 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
             tg_msg(
                 "reply",
                 time=RECEIVED,
-                **{
-                    "data.message.id": "4382bfdwdsb323b2d9",
-                    "data.message.reply": {"id": "order:confirm:42", "title": "Confirm"},
-                    "data.message.reply_to": "598",
-                    "data.contact.id": "1760450482",
-                },
+                **dict[str, Any](
+                    {
+                        "data.message.id": "4382bfdwdsb323b2d9",
+                        "data.message.reply": {"id": "order:confirm:42", "title": "Confirm"},
+                        "data.message.reply_to": "598",
+                        "data.contact.id": "1760450482",
+                    }
+                ),
             )
         ],
     ),
@@ -1164,7 +1191,9 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
             tg_msg(
                 "reaction",
                 time="2021-05-21T06:38:20Z",
-                **{"data.message.reaction": {"message_id": "598", "emoji": "\U0001f44d"}},
+                **dict[str, Any](
+                    {"data.message.reaction": {"message_id": "598", "emoji": "\U0001f44d"}}
+                ),
             )
         ],
     ),
@@ -1175,7 +1204,7 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
             tg_msg(
                 "reaction",
                 time="2021-05-21T06:40:00Z",
-                **{"data.message.reaction": {"message_id": "598", "emoji": ""}},
+                **dict[str, Any]({"data.message.reaction": {"message_id": "598", "emoji": ""}}),
             )
         ],
     ),
@@ -1335,7 +1364,12 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
     (
         "twilio",
         "status_delivered.txt",
-        [tw_status("delivered", **{"data.status.error": None, "time": "2025-11-22T12:00:00Z"})],
+        [
+            tw_status(
+                "delivered",
+                **dict[str, Any]({"data.status.error": None, "time": "2025-11-22T12:00:00Z"}),
+            )
+        ],
     ),
     (
         "twilio",
@@ -1343,10 +1377,12 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
         [
             tw_status(
                 "failed",
-                **{
-                    "data.status.error": {"code": "30003", "title": None, "detail": None},
-                    "time": "2025-11-22T12:01:00Z",
-                },
+                **dict[str, Any](
+                    {
+                        "data.status.error": {"code": "30003", "title": None, "detail": None},
+                        "time": "2025-11-22T12:01:00Z",
+                    }
+                ),
             )
         ],
     ),
@@ -1428,7 +1464,12 @@ CASES: list[tuple[str, str, list[dict[str, Any]]]] = [
     (
         "twilio",
         "status_canceled.txt",
-        [tw_status("failed", **{"data.status.error": None, "data.raw.MessageStatus": "canceled"})],
+        [
+            tw_status(
+                "failed",
+                **dict[str, Any]({"data.status.error": None, "data.raw.MessageStatus": "canceled"}),
+            )
+        ],
     ),
 ]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncpg
+import asyncpg  # type: ignore[import-untyped]
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from outbox.dberrors import data_error, record_fault

@@ -49,7 +49,7 @@ def writer(
 
 
 async def test_outcomes_are_written_in_batches_then_leave_the_in_flight_count() -> None:
-    in_flight, woken = InFlight(), []
+    in_flight, woken = InFlight(), list[int]()
     w = writer(in_flight, FakeClock(), woken)
     batches: list[list[Outcome]] = []
 
@@ -72,7 +72,7 @@ async def test_outcomes_are_written_in_batches_then_leave_the_in_flight_count() 
 
 
 async def test_a_database_error_is_retried_until_the_write_succeeds() -> None:
-    in_flight, woken = InFlight(), []
+    in_flight, woken = InFlight(), list[int]()
     w = writer(in_flight, FakeClock(), woken)
     tries = 0
 
@@ -94,7 +94,7 @@ async def test_a_database_error_is_retried_until_the_write_succeeds() -> None:
 
 async def test_while_stopping_a_database_that_stays_down_is_given_up_after_the_deadline() -> None:
     clock = FakeClock()
-    in_flight, woken = InFlight(), []
+    in_flight, woken = InFlight(), list[int]()
     w = writer(in_flight, clock, woken, outbox_shutdown_deadline=3.0)
     w.stopping = True
     tries = 0

@@ -149,7 +149,7 @@ def test_messenger_audio_and_video_get_the_media_budget_too() -> None:
         content={"kind": "media", "media": {"kind": "video", "url": "https://x/v.mp4"}},
     )
     keys = [
-        limit.key[0]
+        limit.key[0]  # type: ignore[index]
         for limit in paced_limits(message, Rate(300), margin=0, whatsapp_pair_interval=None)
     ]
     assert keys == ["channel", "channel-av"]
