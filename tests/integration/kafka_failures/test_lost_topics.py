@@ -121,8 +121,8 @@ async def test_relay_recreates_the_topics_of_a_wiped_kafka_node(
 async def spool_then_restart_without_topics(
     ingress: Ingress,
     sessionmaker: async_sessionmaker[AsyncSession],
-    stop: Callable[[], None],
-    start: Callable[[], None],
+    stop: Callable[[], object],
+    start: Callable[[], object],
     *,
     settle: bool = True,
 ) -> None:
