@@ -6,8 +6,8 @@ matches (``keys.contact_key``), or a new one named as the normalizer would name 
 timeline entry whose state moves forward only.
 
 A reply is the first ``message.sent`` of a message that is not automatic
-(``metadata.switchboard.automatic``) and not a typing indicator, read mark or reaction (read
-from ``data.content_kind`` when the outbox provides it). It answers the open episode.
+(``metadata.switchboard.automatic``) and not a typing indicator, read mark, button answer or
+reaction (``data.content_kind`` of the outbox's lifecycle events). It answers the open episode.
 A ``message.failed`` with an opt-out error code opts the recipient out.
 """
 
@@ -30,7 +30,7 @@ from conversations.service import Party, locked_conversation, set_opt_out
 from conversations.states import RANK, advance
 from infra.settings import Settings
 
-NOT_REPLIES = frozenset({"typing", "mark_read", "reaction"})
+NOT_REPLIES = frozenset({"typing", "mark_read", "reaction", "callback_answer"})
 
 
 def _str(value: Any) -> str | None:

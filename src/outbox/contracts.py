@@ -350,6 +350,11 @@ class LifecycleEventData(_Contract):
     attempt: Annotated[int, Field(ge=0)]
     error: LifecycleError | None = None
     metadata: dict[str, JsonValue] = Field(default_factory=dict)
+    content_kind: str | None = Field(
+        default=None,
+        description="The command's content.kind (text, template, typing, mark_read, …): lets a "
+        "consumer tell a reply from a typing indicator or read mark",
+    )
 
 
 ChannelEventType = Literal["channel.suspended", "channel.resumed"]

@@ -84,6 +84,7 @@ def build_event(
         attempt=message.attempts,
         error=error,
         metadata=message.message_metadata or {},
+        content_kind=_content_kind(message.content),
     )
     return cloudevents.encode(
         event_id=str(uuid.uuid4()),
@@ -93,6 +94,11 @@ def build_event(
         subject=message.conversation_key,
         data=data.model_dump(mode="json"),
     )
+
+
+def _content_kind(content: object) -> str | None:
+    kind = content.get("kind") if isinstance(content, dict) else None
+    return kind if isinstance(kind, str) else None
 
 
 def emit(
