@@ -40,7 +40,11 @@ async def test_the_relay_reports_the_spool_depth(ingress: Ingress) -> None:
         for i in range(4)
     ]
     async with gateway.pool.acquire() as holder, holder.transaction():
-        assert await repo.try_relay_lock(holder)  # another replica's relay: nothing drains
+        # Play another replica's relay, so nothing drains. The background relay takes the same
+        # lock for each of its rounds: wait for it to be free rather than assume it is.
+        async with asyncio.timeout(30):
+            while not await repo.try_relay_lock(holder):  # noqa: ASYNC110 - a lock another task holds
+                await asyncio.sleep(0.01)
         async with gateway.pool.acquire() as conn:
             await repo.spool(conn, rows)
         assert await relay.sample_spool_depth(gateway) == 4
