@@ -37,7 +37,7 @@ class PauseRequest(BaseModel):
 @router.post(
     "/{channel_id}/pause",
     summary="Pause sending (webhooks are still accepted)",
-    responses=error_responses(*AUTHENTICATED, 404),
+    responses=error_responses(*AUTHENTICATED, 400, 404),
 )
 async def pause_channel(
     channel_id: uuid.UUID,
@@ -59,7 +59,7 @@ async def pause_channel(
 @router.post(
     "/{channel_id}/resume",
     summary="Resume sending (lifts a pause or a suspension)",
-    responses=error_responses(*AUTHENTICATED, 404),
+    responses=error_responses(*AUTHENTICATED, 400, 404),
 )
 async def resume_channel(
     channel_id: uuid.UUID, _: RequireAdmin, session: DbSession, resources: AppResources

@@ -18,7 +18,7 @@ from apikeys.dependencies import RequireRead, RequireSend
 from infra.errors import AUTHENTICATED, error_responses
 from infra.logging import get_logger
 from infra.resources import AppResources, DbSession
-from infra.schema_types import Instant
+from infra.schema_types import Instant, Text
 from outbox import intake
 from outbox.contracts import SendCommand
 from outbox.errors import InvalidCommand
@@ -177,7 +177,7 @@ class RedriveRequest(BaseModel):
         default=["dead", "failed"], min_length=1, description="Terminal states to redrive"
     )
     channel_id: uuid.UUID | None = None
-    error_code: str | None = Field(
+    error_code: Text | None = Field(
         default=None,
         min_length=1,
         max_length=100,
@@ -199,7 +199,7 @@ class RedriveResult(BaseModel):
     "/messages/retry",
     response_model=RedriveResult,
     summary="Redrive dead and failed messages in bulk, by filter",
-    responses=error_responses(*AUTHENTICATED),
+    responses=error_responses(*AUTHENTICATED, 400),
 )
 async def retry_messages(
     body: RedriveRequest, resources: AppResources, _: RequireSend
