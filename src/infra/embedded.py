@@ -62,7 +62,33 @@ def _terminate(proc: subprocess.Popen[Any], sig: int, timeout: float) -> None:
         proc.wait(5)
 
 
-class EmbeddedBroker:
+class _ChildServer:
+    """A server run as a child process that dies with us: its pid, its exit code, a bounded
+    stop, and ``with`` support (``start`` and ``stop`` come from the server)."""
+
+    _proc: subprocess.Popen[bytes] | None = None
+
+    def stop(self, timeout: float = 5.0) -> None:
+        raise NotImplementedError
+
+    def _stop(self, sig: int, timeout: float) -> None:
+        if self._proc is not None:
+            _terminate(self._proc, sig, timeout)
+            self._proc = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def exit_code(self) -> int | None:
+        """None while the server runs (or was never started); its exit code once it died."""
+        return self._proc.poll() if self._proc is not None else None
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
+class EmbeddedBroker(_ChildServer):
     """The Tansu Kafka-protocol broker with memory storage on a free loopback port."""
 
     def __init__(self, port: int = 0, log_path: Path | None = None) -> None:
@@ -107,23 +133,10 @@ class EmbeddedBroker:
         )
 
     def stop(self, timeout: float = 5.0) -> None:
-        if self._proc is not None:
-            _terminate(self._proc, signal.SIGTERM, timeout)
-            self._proc = None
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
-
-    def exit_code(self) -> int | None:
-        """None while the broker runs (or was never started); its exit code once it died."""
-        return self._proc.poll() if self._proc is not None else None
+        self._stop(signal.SIGTERM, timeout)
 
     def __enter__(self) -> EmbeddedBroker:
         return self.start()
-
-    def __exit__(self, *_: object) -> None:
-        self.stop()
 
 
 class EmbeddedPostgresRunning(RuntimeError):
@@ -163,7 +176,7 @@ def live_postmaster_pid(pgdata: Path) -> int | None:
     return pid
 
 
-class EmbeddedPostgres:
+class EmbeddedPostgres(_ChildServer):
     """A PostgreSQL server on a free loopback port with its data under ``data_dir``.
 
     As root, PostgreSQL refuses to run, so the server runs as the unprivileged user
@@ -332,23 +345,10 @@ class EmbeddedPostgres:
 
     def stop(self, timeout: float = 8.0) -> None:
         """SIGINT is PostgreSQL's 'fast shutdown': roll back sessions, checkpoint, exit."""
-        if self._proc is not None:
-            _terminate(self._proc, signal.SIGINT, timeout)
-            self._proc = None
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
-
-    def exit_code(self) -> int | None:
-        """None while the server runs (or was never started); its exit code once it died."""
-        return self._proc.poll() if self._proc is not None else None
+        self._stop(signal.SIGINT, timeout)
 
     def __enter__(self) -> EmbeddedPostgres:
         return self.start()
-
-    def __exit__(self, *_: object) -> None:
-        self.stop()
 
 
 def _pg_bin_dir() -> Path:
