@@ -135,7 +135,7 @@ def test_lifecycle_event_data_shape() -> None:
     )
     assert data.error is not None
     assert data.error.retryable is False
-    assert set(data.model_dump()) == {
+    design_fields = {
         "message_id",
         "command_id",
         "channel_id",
@@ -146,5 +146,8 @@ def test_lifecycle_event_data_shape() -> None:
         "error",
         "metadata",
     }
+    # design §6 fields, plus content_kind: an additive field documented in docs/contracts.md
+    assert set(data.model_dump()) == design_fields | {"content_kind"}
+    assert data.content_kind is None
     with pytest.raises(ValidationError):
         LifecycleEventData.model_validate({**data.model_dump(), "attempt": -1})
