@@ -7,7 +7,6 @@ dependency's teardown, which runs after the response is sent).
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Annotated, Literal
 
 import structlog
@@ -104,7 +103,7 @@ async def send_message(
 
 
 @router.get(
-    "/messages/{message_id}",
+    "/messages/{message_id:uuid}",
     response_model=MessageDetail,
     summary="A message",
     responses=error_responses(*AUTHENTICATED, 404),
@@ -149,7 +148,7 @@ async def list_messages(
 
 
 @router.post(
-    "/messages/{message_id}/cancel",
+    "/messages/{message_id:uuid}/cancel",
     response_model=MessageRead,
     summary="Cancel a message not yet sent",
     responses=error_responses(
@@ -183,8 +182,8 @@ class RedriveRequest(BaseModel):
         max_length=100,
         description="The message's `last_error.code` (`190`, `http_503`, `expired`, …)",
     )
-    finished_after: datetime | None = Field(default=None, description="Inclusive")
-    finished_before: datetime | None = Field(default=None, description="Exclusive")
+    finished_after: Instant | None = Field(default=None, description="Inclusive")
+    finished_before: Instant | None = Field(default=None, description="Exclusive")
     limit: int = Field(
         default=1000, ge=1, le=10_000, description="At most this many; repeat while `more`"
     )
@@ -222,7 +221,7 @@ async def retry_messages(
 
 
 @router.post(
-    "/messages/{message_id}/retry",
+    "/messages/{message_id:uuid}/retry",
     response_model=MessageRead,
     summary="Redrive a dead or failed message",
     responses=error_responses(

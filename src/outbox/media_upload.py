@@ -105,11 +105,13 @@ def router(http: MediaHttp) -> APIRouter:
         openapi_extra={"requestBody": _BODY},
         responses=error_responses(
             *AUTHENTICATED,
+            400,
             404,
             411,
             413,
             502,
             descriptions={
+                400: "Not a well-formed multipart body of at most 4 fields and 1 file",
                 404: "Unknown channel",
                 413: f"Larger than {MEDIA_MAX_BYTES} bytes",
                 422: "No upload API on this platform (send by url), or refused file",

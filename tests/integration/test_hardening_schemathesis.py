@@ -58,11 +58,6 @@ async def test_schemathesis_all_checks_pass(full_app: RunningApp, tmp_path: Path
         "--no-shrink",
         "--generation-database",
         "none",
-        # Known open defect (issue note, stop 7): the upload route answers 500 to some generated
-        # multipart bodies; /v1/messages/retry also matches /v1/messages/{message_id}, so its 405
-        # Allow header advertises GET. Both excluded until fixed.
-        "--exclude-path-regex",
-        "(/media|/messages/retry)$",
         "--phases",
         "examples,coverage,fuzzing",
         "--request-timeout",

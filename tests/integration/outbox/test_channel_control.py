@@ -338,6 +338,16 @@ async def test_failed_messages_are_redriven_one_by_one_and_in_bulk_by_filter(
     assert only_dead.json()["count"] == 0
     invalid = await api.client.post("/v1/messages/retry", json={"states": ["sent"]}, headers=auth)
     assert invalid.status_code == 422
+    unix_time = await api.client.post(
+        "/v1/messages/retry", json={"finished_before": 0}, headers=auth
+    )
+    assert unix_time.status_code == 422, "a number is not an RFC 3339 date-time"
+    # The bulk route is not read as /v1/messages/{message_id}: only UUIDs are message ids.
+    wrong_method = await api.client.put("/v1/messages/retry", headers=auth)
+    assert wrong_method.status_code == 405
+    assert wrong_method.headers["allow"] == "POST"
+    assert (await api.client.get("/v1/messages/retry", headers=auth)).status_code == 405
+    assert (await api.client.get("/v1/messages/not-a-uuid", headers=auth)).status_code == 404
     async with api.resources.sessionmaker() as session:
         queued_events = await session.scalar(
             select(func.count()).select_from(OutboxEvent).where(OutboxEvent.key.like(f"{first}:%"))
