@@ -63,6 +63,7 @@ def broker_settings(broker: Broker) -> dict[str, typing.Any]:
         return {
             "kafka_bootstrap_servers": broker.bootstrap_servers,
             "kafka_enable_idempotence": True,
+            "kafka_transactions": True,
             "kafka_replication_factor": broker.replication_factor,
             "kafka_min_insync_replicas": broker.min_insync_replicas,
         }

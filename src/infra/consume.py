@@ -21,10 +21,16 @@ the partitions this process holds (highwater minus position once a poll's record
 so a rewound partition counts its unfinished records; Prometheus sums the replicas). A partition
 whose highwater is not known yet (nothing fetched) counts 0.
 
+Where a handler produces records (a dead letter), a ``BatchOutput`` gives it the producer and
+commits the loop's offsets: ``PlainOutput`` (a shared producer, each send acknowledged on its
+own, then ``consumer.commit``: a crash in between sends again on redelivery) or
+``TransactionalOutput`` (the batch's sends and its offsets commit in one Kafka transaction; a
+failure aborts both and restarts the consumer, which fetches again from the committed offsets).
+
 Log events carry ``consumer=<name>``: ``kafka.consumer_started``,
 ``kafka.consumer_start_abandoned``, ``kafka.consumer_failed``, ``kafka.consumer_stop_timed_out``,
-``kafka.consumer_stop_failed``, ``kafka.commit_failed``; ``per_record`` logs
-``kafka.record_failed``.
+``kafka.consumer_stop_failed``, ``kafka.commit_failed``, ``kafka.transaction_aborted``;
+``per_record`` logs ``kafka.record_failed``.
 """
 
 from __future__ import annotations
@@ -33,9 +39,9 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any, Protocol, TypeAlias
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from prometheus_client import Gauge
 
@@ -44,10 +50,14 @@ from infra.aio import abandon, first_of
 from infra.logging import get_logger
 
 __all__ = [
+    "BatchOutput",
     "Commit",
     "ConsumeLoop",
     "PartitionHandler",
+    "PlainOutput",
     "Record",
+    "TransactionFailed",
+    "TransactionalOutput",
     "commit_offsets",
     "consumer_options",
     "per_record",
@@ -76,6 +86,139 @@ Commit = Callable[[AIOKafkaConsumer, dict[TopicPartition, int]], Awaitable[None]
 async def commit_offsets(consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
     """The plain commit: ``consumer.commit(offsets)``."""
     await consumer.commit(offsets)
+
+
+class BatchOutput(Protocol):
+    """What a consume loop's handlers produce through, and how its offsets are committed."""
+
+    async def producer(self) -> AIOKafkaProducer:
+        """The producer for a record a handler publishes (started; in the batch's transaction
+        for a transactional output)."""
+        ...
+
+    async def commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
+        """Commit the batch: ``{partition: next offset}`` (a ``Commit``)."""
+        ...
+
+    async def close(self) -> None:
+        """Release what the output owns (not a shared producer)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class PlainOutput:
+    """Sends through a shared producer, offsets by ``consumer.commit``: at-least-once, a crash
+    between a handler's acknowledged send and the commit sends the record again."""
+
+    shared: AIOKafkaProducer
+
+    async def producer(self) -> AIOKafkaProducer:
+        return self.shared
+
+    async def commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
+        await consumer.commit(offsets)
+
+    async def close(self) -> None:
+        return None
+
+
+class TransactionFailed(Exception):
+    """A batch's transaction did not commit: its sends are aborted and its offsets not
+    committed. Not a ``KafkaError`` on purpose: ``ConsumeLoop`` only logs a failed plain
+    commit (the next one covers it), but an aborted batch must be consumed again, so the loop
+    restarts its consumer, which fetches again from the committed offsets."""
+
+
+class TransactionalOutput:
+    """Sends and offsets of a batch in one Kafka transaction (a transactional producer of its
+    own, ``send_offsets_to_transaction`` to ``group_id``): a read_committed reader sees a
+    batch's records exactly when its offsets are committed.
+
+    The transaction begins with the batch's first send (or at the commit of a batch that sent
+    nothing). Every offset of the group goes through a transaction, never ``consumer.commit``:
+    one commit path keeps the committed offsets in batch order (a plain commit and a pending
+    transactional one of the same partition would race at the coordinator). Any failure (a
+    send refused, a commit timed out, the producer fenced by a newer one with the same
+    transactional id) aborts the transaction as far as the broker can still be told, drops the
+    producer (the next one fences it and aborts whatever it left open) and raises
+    ``TransactionFailed``.
+
+    aiokafka sends transactional offsets without the consumer's generation (no KIP-447), so a
+    consumer that lost its partitions in a rebalance it has not seen yet can still commit: the
+    records it produced may then appear twice. Consumers deduplicate by CloudEvents id.
+    """
+
+    def __init__(
+        self,
+        *,
+        make_producer: Callable[[], AIOKafkaProducer],
+        group_id: str,
+        name: str,
+        timeout: float,
+    ) -> None:
+        self._make_producer = make_producer
+        self._group_id = group_id
+        self._name = name
+        self._timeout = timeout
+        self._producer: AIOKafkaProducer | None = None
+        self._in_transaction = False
+        self._lock = asyncio.Lock()  # partitions are handled concurrently: one begin
+
+    async def producer(self) -> AIOKafkaProducer:
+        async with self._lock:
+            return await self._begin()
+
+    async def commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
+        async with self._lock:
+            try:
+                producer = await self._begin()
+                async with asyncio.timeout(self._timeout):
+                    await producer.send_offsets_to_transaction(offsets, self._group_id)
+                    await producer.commit_transaction()
+                self._in_transaction = False
+            except Exception as exc:
+                log.warning(
+                    "kafka.transaction_aborted", consumer=self._name, error=type(exc).__name__
+                )
+                await self._drop()
+                raise TransactionFailed(type(exc).__name__) from exc
+
+    async def close(self) -> None:
+        async with self._lock:
+            await self._drop()
+
+    async def _begin(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            producer = self._make_producer()
+            try:
+                async with asyncio.timeout(self._timeout):
+                    await producer.start()
+            except BaseException:
+                await self._stop(producer)
+                raise
+            self._producer = producer
+        if not self._in_transaction:
+            async with asyncio.timeout(self._timeout):
+                await self._producer.begin_transaction()
+            self._in_transaction = True
+        return self._producer
+
+    async def _drop(self) -> None:
+        """Abort the open transaction (if the broker answers in time) and stop the producer."""
+        producer, self._producer = self._producer, None
+        in_transaction, self._in_transaction = self._in_transaction, False
+        if producer is None:
+            return
+        if in_transaction:
+            with contextlib.suppress(Exception):  # fenced, broker away: the next producer aborts
+                async with asyncio.timeout(self._timeout):
+                    await producer.abort_transaction()
+        await self._stop(producer)
+
+    async def _stop(self, producer: AIOKafkaProducer) -> None:
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(self._timeout):
+                await producer.stop()
 
 
 def consumer_options(*, batch_size: int, session_timeout_ms: int) -> dict[str, object]:

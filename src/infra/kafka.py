@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import os
+import socket
 from collections.abc import Iterable
 from typing import Any
 
@@ -79,16 +82,34 @@ class Producer(AIOKafkaProducer):  # type: ignore[misc]
                 sender.exception()  # retrieved: a request failed by the close is expected
 
 
-def create_producer(settings: Settings) -> Producer:
+def create_producer(settings: Settings, *, transactional_id: str | None = None) -> Producer:
+    """The producer with Switchboard's defaults; a ``transactional_id`` makes it transactional
+    (which implies idempotence)."""
     return Producer(
         stop_timeout=settings.kafka_stop_timeout_seconds,
         bootstrap_servers=settings.kafka_bootstrap_servers,
         client_id=settings.kafka_client_id,
         acks="all",
-        enable_idempotence=settings.kafka_enable_idempotence,
+        enable_idempotence=settings.kafka_enable_idempotence or transactional_id is not None,
         linger_ms=settings.kafka_linger_ms,
         max_batch_size=settings.kafka_max_batch_size,
         request_timeout_ms=settings.kafka_request_timeout_ms,
+        transactional_id=transactional_id,
+    )
+
+
+_TRANSACTIONAL_IDS = itertools.count()
+
+
+def transactional_id(settings: Settings, group_id: str) -> str:
+    """A transactional id for one consumer of ``group_id`` in this process: the client id,
+    the group, the host and the process, and a counter (two consumers of one group in one
+    process must not fence each other). A producer re-created by the same consumer keeps it,
+    so the new one fences the old and aborts its open transaction at once; a transaction left
+    open by a process that died is aborted by the broker after ``transaction_timeout_ms``."""
+    return (
+        f"{settings.kafka_client_id}.{group_id}.{socket.gethostname()}.{os.getpid()}"
+        f".{next(_TRANSACTIONAL_IDS)}"
     )
 
 

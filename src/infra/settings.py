@@ -86,6 +86,12 @@ class Settings(BaseSettings):
         description="Stopping: records the broker has not acknowledged by then are given up "
         "(their owners keep them: the spool, the outbox rows)",
     )
+    kafka_transactions: bool = Field(
+        default=False,
+        description="The command consumer publishes dead letters and commits its offsets in one "
+        "Kafka transaction (docs/kafka.md, 'Delivery guarantees'); off for brokers without "
+        "transactions (the embedded one, some managed clusters)",
+    )
 
     # Outbox intake
     outbox_api_runs_consumers: bool = Field(

@@ -6,7 +6,10 @@ send command, or a bare send command JSON object (no ``specversion``). The comma
 ``kafka_consumer_group``): commands of one conversation share a key, hence a partition, and a
 partition's records are handled in offset order, so their acceptance order is their send order.
 Each record is stored in its own transaction (or dead-lettered) before its offset is committed;
-a redelivery is a replay (intake is idempotent on the command id). Outcomes:
+a redelivery is a replay (intake is idempotent on the command id). With
+``kafka_transactions`` on, dead letters and the batch's offsets are committed in one Kafka
+transaction (``infra.consume.TransactionalOutput``): a crash between a dead letter and its
+offset commit no longer publishes it twice. Outcomes:
 
 * stored as ``queued`` with a ``message.queued`` event;
 * stored as ``failed`` with a ``message.failed`` event and ``last_error`` when the channel is
@@ -31,14 +34,16 @@ from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
 
 from infra.consume import (
+    BatchOutput,
     Commit,
     ConsumeLoop,
+    PlainOutput,
     Record,
-    commit_offsets,
+    TransactionalOutput,
     consumer_options,
     per_record,
 )
-from infra.kafka import create_consumer
+from infra.kafka import create_consumer, create_producer, transactional_id
 from infra.logging import get_logger
 from infra.resources import Resources
 from outbox import intake
@@ -52,6 +57,7 @@ from outbox.templates import run_template_sync
 
 __all__ = [
     "COMMANDS_CONSUMER",
+    "command_output",
     "handle_command",
     "parse_command",
     "run_command_consumer",
@@ -98,8 +104,11 @@ def parse_command(value: bytes | None) -> SendCommand | DeadLetter:
         return DeadLetter("invalid_command", _validation_summary(exc))
 
 
-async def handle_command(resources: Resources, record: Record) -> None:
-    """Store one command record (or dead-letter it); raises only on infrastructure failures."""
+async def handle_command(
+    resources: Resources, record: Record, *, output: BatchOutput | None = None
+) -> None:
+    """Store one command record (or dead-letter it through ``output``'s producer, by default
+    the shared one); raises only on infrastructure failures."""
     parsed = parse_command(record.value)
     if isinstance(parsed, SendCommand):
         try:
@@ -126,8 +135,9 @@ async def handle_command(resources: Resources, record: Record) -> None:
             return
     else:
         letter = parsed
+    producer = await output.producer() if output is not None else resources.producer
     await publish_dead_letter(
-        resources.producer,
+        producer,
         resources.settings.topic("deadletter.v1"),
         record,
         letter,
@@ -142,27 +152,55 @@ async def handle_command(resources: Resources, record: Record) -> None:
     )
 
 
+def command_output(resources: Resources) -> BatchOutput:
+    """How the command consumer publishes dead letters and commits offsets: in one Kafka
+    transaction when ``kafka_transactions`` is on, else through the shared producer."""
+    settings = resources.settings
+    if not settings.kafka_transactions:
+        return PlainOutput(resources.producer)
+    group = settings.kafka_consumer_group
+    txn_id = transactional_id(settings, group)
+    return TransactionalOutput(
+        make_producer=lambda: create_producer(settings, transactional_id=txn_id),
+        group_id=group,
+        name=COMMANDS_CONSUMER,
+        timeout=2 * settings.kafka_request_timeout_ms / 1000,
+    )
+
+
 async def run_command_consumer(
-    resources: Resources, stop: asyncio.Event, *, commit: Commit = commit_offsets
+    resources: Resources,
+    stop: asyncio.Event,
+    *,
+    output: BatchOutput | None = None,
+    commit: Commit | None = None,
 ) -> None:
     """Consume ``outbound.commands.v1`` until ``stop`` is set (then finish the batch, commit).
-    ``commit`` commits the offsets of stored (or dead-lettered) records."""
+    ``output`` (default ``command_output``) publishes dead letters and commits the offsets of
+    stored (or dead-lettered) records; ``commit``, if given, commits instead of it."""
     settings = resources.settings
-    await ConsumeLoop(
-        name=COMMANDS_CONSUMER,
-        make_consumer=lambda: create_consumer(
-            settings,
-            settings.topic("outbound.commands.v1"),
-            group_id=settings.kafka_consumer_group,
-            **consumer_options(
-                batch_size=settings.outbox_consumer_batch_size,
-                session_timeout_ms=settings.outbox_consumer_session_timeout_ms,
+    output = output if output is not None else command_output(resources)
+    try:
+        await ConsumeLoop(
+            name=COMMANDS_CONSUMER,
+            make_consumer=lambda: create_consumer(
+                settings,
+                settings.topic("outbound.commands.v1"),
+                group_id=settings.kafka_consumer_group,
+                **consumer_options(
+                    batch_size=settings.outbox_consumer_batch_size,
+                    session_timeout_ms=settings.outbox_consumer_session_timeout_ms,
+                ),
             ),
-        ),
-        handle=per_record(partial(handle_command, resources), group=settings.kafka_consumer_group),
-        commit=commit,
-        batch_size=settings.outbox_consumer_batch_size,
-    ).run(stop)
+            handle=per_record(
+                partial(handle_command, resources, output=output),
+                group=settings.kafka_consumer_group,
+            ),
+            commit=commit if commit is not None else output.commit,
+            batch_size=settings.outbox_consumer_batch_size,
+        ).run(stop)
+    finally:
+        await output.close()
 
 
 async def run_intake(resources: Resources, stop: asyncio.Event) -> None:

@@ -134,7 +134,9 @@ async def publish_dead_letter(
     producer: AIOKafkaProducer, topic: str, record: Record, letter: DeadLetter, *, consumer: str
 ) -> None:
     """Publish the dead letter of ``record`` to ``topic`` and wait for the broker's ack (the
-    caller commits the record's offset only after it). A record Kafka refuses as too large is
+    caller commits the record's offset only after it; with a transactional ``producer`` the
+    record becomes visible to read_committed readers only with that commit, in the same
+    transaction). A record Kafka refuses as too large is
     published again smaller (``_DEADLETTER_SHAPES``); if even the smallest is refused, the
     error is raised."""
     for attempt, shape in enumerate(_DEADLETTER_SHAPES):

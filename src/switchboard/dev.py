@@ -150,6 +150,7 @@ def _run_dev(settings: Settings, root: Path, broker_kind: str, brokers: int) -> 
         broker = KafkaCluster(root / f"kafka-{brokers}", brokers)
         kafka_settings: dict[str, object] = {
             "kafka_enable_idempotence": True,
+            "kafka_transactions": True,
             "kafka_replication_factor": broker.replication_factor,
             "kafka_min_insync_replicas": broker.min_insync_replicas,
         }

@@ -416,6 +416,10 @@ async def test_a_poison_record_too_large_to_embed_is_dead_lettered_truncated(
 ) -> None:
     """A ~900 KB non-UTF-8 value used to become a ~1.2 MB dead letter (base64), over the
     producer's limit: dead-lettering failed forever and the partition was stuck."""
+    # the broker's refusal below is injected into the shared producer: no transactional one
+    resources = dataclasses.replace(
+        resources, settings=resources.settings.model_copy(update={"kafka_transactions": False})
+    )
     tg = await add_channel(resources, "telegram", "123456")
     key = f"{tg}:777"
     big = b"\xff" + bytes(range(256)) * 3600
