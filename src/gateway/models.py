@@ -4,7 +4,8 @@ The hot path does not use the ORM (it talks to PostgreSQL through its own asyncp
 ``gateway.repository``); these classes are the schema of record and serve the replay/admin code.
 
 * ``gateway_dedup``: one row per canonical event id accepted, kept for the dedup window.
-* ``gateway_spool``: events that could not be published yet, relayed in ``seq`` order.
+* ``gateway_spool``: events that could not be published yet, relayed in ``seq`` order (with
+  their webhook's ``traceparent``).
 * ``gateway_archive``: raw webhook bodies and the headers needed to re-verify them.
 """
 
@@ -54,6 +55,9 @@ class SpooledEvent(Base):
     value: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), nullable=False
+    )
+    traceparent: Mapped[str | None] = mapped_column(
+        String(55), doc="The webhook's W3C trace context, sent as the relayed record's header"
     )
 
 

@@ -31,7 +31,7 @@ class Record:
     key: bytes
     value: bytes
     traceparent: str | None = None
-    """Sent as the record's ``traceparent`` header (the webhook's trace; not spooled)."""
+    """Sent as the record's ``traceparent`` header (the webhook's trace; spooled with the event)."""
 
 
 class Publisher:

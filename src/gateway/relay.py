@@ -2,7 +2,8 @@
 
 Relay
 -----
-Publishes ``gateway_spool`` rows in ``seq`` order (the order they were accepted), in batches
+Publishes ``gateway_spool`` rows in ``seq`` order (the order they were accepted), each with
+its webhook's ``traceparent`` header as the direct publish would have sent it, in batches
 of ``gateway_relay_batch_size``, and deletes them in the same transaction once the broker has
 acknowledged every record of the batch, and only if the broker has the batch's topics with
 partitions both before the publish (missing ones are re-created, as at start-up) and after
@@ -70,7 +71,12 @@ async def relay_once(gateway: Gateway) -> int:
         topics = sorted({r["topic"] for r in rows})
         await _check_topics(gateway, topics, create=True)
         results = await gateway.publish(
-            [Record(r["topic"], r["conversation_id"].encode(), bytes(r["value"])) for r in rows]
+            [
+                Record(
+                    r["topic"], r["conversation_id"].encode(), bytes(r["value"]), r["traceparent"]
+                )
+                for r in rows
+            ]
         )
         if not all(results):
             raise BrokerUnacknowledged

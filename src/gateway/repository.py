@@ -58,10 +58,10 @@ SELECT
 """
 
 _SPOOL = """
-INSERT INTO gateway_spool (event_id, platform, topic, conversation_id, value)
-SELECT e, p, t, c, v
-FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[])
-     WITH ORDINALITY AS x(e, p, t, c, v, n)
+INSERT INTO gateway_spool (event_id, platform, topic, conversation_id, value, traceparent)
+SELECT e, p, t, c, v, tp
+FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::text[])
+     WITH ORDINALITY AS x(e, p, t, c, v, tp, n)
 ORDER BY n
 """
 
@@ -137,6 +137,8 @@ class SpoolRow:
     topic: str
     conversation_id: str
     value: bytes
+    traceparent: str | None = None
+    """A valid W3C ``traceparent`` (55 characters, from ``infra.telemetry``) or None."""
 
 
 async def claim_batch(
@@ -187,6 +189,7 @@ async def spool(conn: asyncpg.Connection, rows: Sequence[SpoolRow]) -> None:
         [r.topic for r in rows],
         [r.conversation_id for r in rows],
         [r.value for r in rows],
+        [r.traceparent for r in rows],
     )
 
 
@@ -198,7 +201,7 @@ async def try_relay_lock(conn: asyncpg.Connection) -> bool:
 async def oldest_spooled(conn: asyncpg.Connection, limit: int) -> list[asyncpg.Record]:
     return list(
         await conn.fetch(
-            "SELECT seq, platform, topic, conversation_id, value FROM gateway_spool "
+            "SELECT seq, platform, topic, conversation_id, value, traceparent FROM gateway_spool "
             "ORDER BY seq LIMIT $1",
             limit,
         )

@@ -261,7 +261,14 @@ class Gateway:
                         await repo.spool_durably(
                             conn,
                             [
-                                repo.SpoolRow(e.id, p, self.topic, e.subject, r.value)
+                                repo.SpoolRow(
+                                    e.id,
+                                    p,
+                                    self.topic,
+                                    e.subject,
+                                    r.value,
+                                    webhooks[owners[e.id]].traceparent,
+                                )
                                 for p, e in plan.spool
                                 for r in (self.record(e),)
                             ],

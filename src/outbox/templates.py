@@ -15,20 +15,17 @@ webhook: the webhook carries no components to check parameters against; the next
 
 Intake (``check_send``): when the channel's registry is synced for its current WABA id, a
 template send is refused (``template_invalid``) if its name and language are unknown, its
-status is not ``APPROVED``, or its parameters do not match the template's placeholders (header
-and body: as many ``{{n}}`` or the same named ``{{name}}`` parameters; a media header needs one
-parameter; a dynamic URL button needs its ``button`` component). Otherwise (no WABA id,
-never synced, WABA id changed since) sends pass unchecked.
+status is not ``APPROVED``, or its ``components`` do not fit the template's header, body and
+buttons (``outbox.template_check``). Otherwise (no WABA id, never synced, WABA id changed
+since) sends pass unchecked.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -45,6 +42,13 @@ from outbox.contracts import SendCommand
 from outbox.errors import TemplateInvalid
 from outbox.models import MessageTemplate, TemplateSync
 from outbox.platforms._graph import GRAPH_API_VERSION, GRAPH_BASE_URL
+from outbox.template_check import (
+    Placeholders,
+    button_problems,
+    parameter_problems,
+    placeholders,
+    problems,
+)
 
 __all__ = [
     "STATUS_UPDATE_FIELD",
@@ -53,6 +57,7 @@ __all__ = [
     "button_problems",
     "check_send",
     "fetch_templates",
+    "parameter_problems",
     "placeholders",
     "run_template_sync",
     "sync_once",
@@ -65,107 +70,9 @@ _SYNC_LOCK: Final = 0x5B_7470_6C73  # pg advisory lock id of the template sync (
 _MAX_PAGES: Final = 200
 _PAGE_LIMIT: Final = 100
 _FIELDS: Final = "name,language,status,category,components"
-_PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z0-9_]+)\s*\}\}")
-_MEDIA_HEADERS: Final = frozenset({"IMAGE", "VIDEO", "DOCUMENT", "LOCATION"})
 
 
-# ---- placeholders and the intake check --------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Placeholders:
-    """What one component (``header`` or ``body``) of a template expects."""
-
-    count: int
-    names: frozenset[str]
-    """Named parameters (``{{first_name}}``); empty for positional ``{{1}}``."""
-
-
-def placeholders(components: Iterable[Any]) -> dict[str, Placeholders]:
-    """Expected parameters per component type (lower case) of a template's Graph components."""
-    out: dict[str, Placeholders] = {}
-    for component in components:
-        if not isinstance(component, dict):
-            continue
-        kind = str(component.get("type", "")).lower()
-        if kind not in ("header", "body"):
-            continue
-        fmt = str(component.get("format", "TEXT")).upper()
-        if kind == "header" and fmt in _MEDIA_HEADERS:
-            out[kind] = Placeholders(1, frozenset())
-            continue
-        found = _PLACEHOLDER.findall(str(component.get("text") or ""))
-        named = frozenset(p for p in found if not p.isdigit())
-        count = len(set(found))
-        if count:
-            out[kind] = Placeholders(count, named)
-    return out
-
-
-def _given(components: Iterable[Any]) -> dict[str, list[Any]]:
-    given: dict[str, list[Any]] = {}
-    for component in components:
-        if isinstance(component, dict):
-            kind = str(component.get("type", "")).lower()
-            params = component.get("parameters")
-            if kind in ("header", "body"):
-                given[kind] = list(params) if isinstance(params, list) else []
-    return given
-
-
-def parameter_problems(expected: dict[str, Placeholders], components: Iterable[Any]) -> list[str]:
-    """What is wrong with the command's header/body parameters (counts and names only)."""
-    given = _given(components)
-    problems = []
-    for kind in ("header", "body"):
-        want = expected.get(kind)
-        got = given.get(kind, [])
-        if want is None:
-            if got:
-                problems.append(f"the {kind} takes no parameters, got {len(got)}")
-            continue
-        if len(got) != want.count:
-            problems.append(f"the {kind} expects {want.count} parameter(s), got {len(got)}")
-        elif want.names:
-            names = {p.get("parameter_name") for p in got if isinstance(p, dict)}
-            missing = sorted(want.names - names)
-            if missing:
-                problems.append(f"the {kind} needs the named parameters {', '.join(missing)}")
-    return problems
-
-
-def _dynamic_url_buttons(components: Iterable[Any]) -> set[int]:
-    dynamic: set[int] = set()
-    for component in components:
-        if isinstance(component, dict) and str(component.get("type", "")).upper() == "BUTTONS":
-            buttons = component.get("buttons")
-            for index, button in enumerate(buttons if isinstance(buttons, list) else []):
-                if (
-                    isinstance(button, dict)
-                    and str(button.get("type", "")).upper() == "URL"
-                    and _PLACEHOLDER.search(str(button.get("url") or ""))
-                ):
-                    dynamic.add(index)
-    return dynamic
-
-
-def button_problems(template: Iterable[Any], components: Iterable[Any]) -> list[str]:
-    """URL buttons: each dynamic URL (``.../{{1}}``) needs a ``button`` component of
-    ``sub_type`` url at its index, and a url parameter for a static button is refused."""
-    dynamic = _dynamic_url_buttons(template)
-    given: set[int] = set()
-    for component in components:
-        if not isinstance(component, dict) or str(component.get("type", "")).lower() != "button":
-            continue
-        if str(component.get("sub_type", "")).lower() != "url":
-            continue
-        try:
-            given.add(int(str(component.get("index"))))
-        except ValueError:
-            return ["a url button component needs a numeric index"]
-    problems = [f"the URL button at index {i} needs its parameter" for i in sorted(dynamic - given)]
-    problems += [f"the button at index {i} has no dynamic URL" for i in sorted(given - dynamic)]
-    return problems
+# ---- the intake check ---------------------------------------------------------------------
 
 
 async def check_send(session: AsyncSession, channel: Channel, command: SendCommand) -> None:
@@ -186,10 +93,9 @@ async def check_send(session: AsyncSession, channel: Channel, command: SendComma
             f"template {template.name!r} is {known.status}: only APPROVED templates can be sent",
             details={"status": known.status},
         )
-    problems = parameter_problems(placeholders(known.components), template.components)
-    problems += button_problems(known.components, template.components)
-    if problems:
-        raise TemplateInvalid(f"template {template.name!r}: " + "; ".join(problems))
+    wrong = problems(known.components, template.components)
+    if wrong:
+        raise TemplateInvalid(f"template {template.name!r}: " + "; ".join(wrong))
 
 
 # ---- webhooks -----------------------------------------------------------------------------------

@@ -16,17 +16,20 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 import normalizer
-from infra import kafka
+from gateway import repository as repo
+from infra import kafka, telemetry
 from infra.embedded import EmbeddedBroker
 from infra.settings import Settings
 from tests.integration.gateway.conftest import (
     ACCOUNTS,
     Ingress,
     has,
+    meta_headers,
     read_topic,
     running_ingress,
     whatsapp_payload,
 )
+from tests.tracing import TRACE, TRACEPARENT, recording_spans
 
 pytestmark = pytest.mark.integration
 
@@ -116,15 +119,25 @@ async def test_broker_outage_spools_then_relays_once_in_order(
         return not gateway.publisher.unresolved_sends
 
     await until(settled)
-    own_broker.start()
-    await kafka.ensure_topics(ingress.app.settings)  # the embedded broker keeps topics in memory
-    gateway.publisher.broker_up()  # the backoff is over: new webhooks try the broker again
+    lock = {"key": repo.RELAY_LOCK_KEY}
+    async with sessionmaker() as relay_lock:
+        # Hold the relay's advisory lock while the broker comes back: a relay round that
+        # drained the spool before A4 and B2 arrive would let them be published directly
+        # (a flake, about one run in three, before).
+        await relay_lock.execute(text("SELECT pg_advisory_lock(:key)"), lock)
+        own_broker.start()
+        await kafka.ensure_topics(
+            ingress.app.settings
+        )  # the embedded broker keeps topics in memory
+        gateway.publisher.broker_up()  # the backoff is over: new webhooks try the broker again
 
-    # Conversations with spooled events keep going through the spool (order), others do not.
-    spooled_before = spooled_total()
-    assert (await ingress.post_meta("whatsapp", msg["A4"])).status_code == 200
-    assert (await ingress.post_meta("whatsapp", msg["B2"])).status_code == 200
-    assert spooled_total() - spooled_before == 2
+        # Conversations with spooled events keep going through the spool (order), others not.
+        spooled_before = spooled_total()
+        assert (await ingress.post_meta("whatsapp", msg["A4"])).status_code == 200
+        assert (await ingress.post_meta("whatsapp", msg["B2"])).status_code == 200
+        assert spooled_total() - spooled_before == 2
+        await relay_lock.execute(text("SELECT pg_advisory_unlock(:key)"), lock)
+    gateway.spool_written.set()  # wake the relay (its poll interval is an hour here)
 
     async def drained() -> bool:
         return bool(await scalar(sessionmaker, "SELECT count(*) FROM gateway_spool") == 0)
@@ -236,3 +249,76 @@ async def test_starts_without_the_broker_spools_then_relays_once_it_answers(
         records = await read_topic(app.settings, has(event_id(ingress, body)))
         assert [r["event"]["id"] for r in records] == [event_id(ingress, body)]
         assert (await app.client.get("/readyz")).status_code == 200
+
+
+async def test_spooled_webhook_keeps_its_traceparent_through_the_relay(
+    outage_ingress: Ingress,
+    own_broker: EmbeddedBroker,
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    """Issue 11 item 2: a signed webhook with a ``traceparent`` answered from the spool (broker
+    down) yields a record carrying its trace id once the relay publishes it, as the direct
+    publish does (``test_traces``): the client's context unchanged with tracing off, the
+    ``webhook.commit`` span's (same trace) with tracing on; no ``traceparent``, no header."""
+    ingress = outage_ingress
+    await ingress.create_channel("whatsapp")
+    gateway = ingress.gateway
+    bodies = {
+        name: whatsapp_payload((f"wamid.TS{name}", peer, name))
+        for name, peer in [("off", "100"), ("none", "200"), ("on", "300")]
+    }
+
+    async def post(name: str, traceparent: str | None) -> None:
+        headers = meta_headers(bodies[name])
+        if traceparent is not None:
+            headers["traceparent"] = traceparent
+        path = ingress.path("whatsapp")
+        response = await ingress.client.post(path, content=bodies[name], headers=headers)
+        assert response.status_code == 200, response.text
+
+    own_broker.stop()
+    await post("off", TRACEPARENT)
+    await post("none", None)
+    with recording_spans() as exporter:
+        await post("on", TRACEPARENT)
+        commit_spans = {
+            f"{s.context.span_id:016x}"
+            for s in exporter.get_finished_spans()
+            if s.name == "webhook.commit"
+        }
+    async with sessionmaker() as session:
+        stored = (
+            await session.execute(text("SELECT traceparent FROM gateway_spool ORDER BY seq"))
+        ).scalars()
+        spooled = list(stored)
+    assert len(spooled) == 3, "all three answered from the spool"
+    assert spooled[:2] == [TRACEPARENT, None]
+
+    async def settled() -> bool:
+        return not gateway.publisher.unresolved_sends
+
+    await until(settled)
+    own_broker.start()
+    await kafka.ensure_topics(ingress.app.settings)
+    gateway.spool_written.set()  # wake the relay (its poll interval is an hour here)
+
+    async def drained() -> bool:
+        return bool(await scalar(sessionmaker, "SELECT count(*) FROM gateway_spool") == 0)
+
+    await until(drained, limit_s=30)
+    ids = {name: event_id(ingress, body) for name, body in bodies.items()}
+    records = await read_topic(ingress.app.settings, has(*ids.values()))
+    carried = {
+        name: [
+            telemetry.parse(r["headers"].get("traceparent"))
+            for r in records
+            if r["event"]["id"] == ids[name]
+        ]
+        for name in ids
+    }
+    assert carried["off"] == [TRACEPARENT]
+    assert carried["none"] == [None]
+    [on] = carried["on"]
+    assert telemetry.trace_id(on) == TRACE
+    assert on is not None
+    assert on[36:52] in commit_spans, "the webhook.commit span's context, as when published"

@@ -344,3 +344,82 @@ async def test_telegram_auto_answer_can_be_switched_off(stack: Stack) -> None:
         rows = list(await session.scalars(select(OutboxMessage)))
     assert rows == []
     assert not [r for r in stack.fake.requests if r.path.endswith("/answerCallbackQuery")]
+
+
+PROMO = {
+    **_template("spring_promo"),
+    "category": "MARKETING",
+    "components": [
+        {"type": "HEADER", "format": "IMAGE", "example": {"header_handle": ["4::aW"]}},
+        {"type": "BODY", "text": "Hi {{1}}, use the code below"},
+        {
+            "type": "BUTTONS",
+            "buttons": [
+                {"type": "QUICK_REPLY", "text": "Stop promotions"},
+                {"type": "COPY_CODE", "example": "SPRING25"},
+                {"type": "URL", "text": "Shop", "url": "https://shop.example/{{1}}"},
+            ],
+        },
+    ],
+}
+
+
+async def test_header_and_button_parameters_are_checked_at_intake(stack: Stack) -> None:
+    """Issue 12 item 5: a media header needs one parameter of its media type, a copy-code and
+    a dynamic URL button need theirs, a quick reply takes a payload; a send that fits goes out
+    as given."""
+    stack.fake.templates.set(WABA, [PROMO])
+    channel_id = await _channel(stack, business_account_id=WABA)
+    assert await _sync(stack) == 1
+    image = {"type": "image", "image": {"link": "https://cdn.example/Ada.png"}}
+    fitting: list[dict[str, Any]] = [
+        {"type": "header", "parameters": [image]},
+        {"type": "body", "parameters": [_text("Ada")]},
+        {
+            "type": "button",
+            "sub_type": "quick_reply",
+            "index": "0",
+            "parameters": [{"type": "payload", "payload": "Ada-stop"}],
+        },
+        {
+            "type": "button",
+            "sub_type": "copy_code",
+            "index": 1,
+            "parameters": [{"type": "coupon_code", "coupon_code": "Ada25"}],
+        },
+        {"type": "button", "sub_type": "url", "index": "2", "parameters": [_text("Ada")]},
+    ]
+
+    def send(components: list[dict[str, Any]]) -> dict[str, Any]:
+        body = _body(channel_id, "spring_promo")
+        body["content"]["template"]["components"] = components
+        return body
+
+    refusals = {
+        "the header (IMAGE) needs one image parameter, got 0": fitting[1:],
+        "the header (IMAGE) needs one image parameter, got text": [
+            {"type": "header", "parameters": [_text("Ada")]},
+            *fitting[1:],
+        ],
+        "the COPY_CODE button at index 1 needs its parameter": [*fitting[:3], fitting[4]],
+        "the button at index 0 (QUICK_REPLY) needs one payload parameter, got text": [
+            *fitting[:2],
+            {**fitting[2], "parameters": [_text("Ada")]},
+            *fitting[3:],
+        ],
+        "the template has no button at index 3": [*fitting, {**fitting[4], "index": "3"}],
+    }
+    for wrong, components in refusals.items():
+        reply = await _send(stack, send(components))
+        assert reply.status_code == 422, reply.text
+        error = reply.json()["error"]
+        assert error["code"] == "template_invalid"
+        assert error["message"] == f"template 'spring_promo': {wrong}"
+        assert "Ada" not in reply.text
+
+    reply = await _send(stack, send(fitting))
+    assert reply.status_code == 202, reply.text
+    await stack.until_state(uuid.UUID(reply.json()["id"]), "sent")
+    [sent] = [r.json for r in stack.fake.requests if r.path.endswith("/messages")]
+    assert sent["template"]["name"] == "spring_promo"
+    assert sent["template"]["components"] == fitting

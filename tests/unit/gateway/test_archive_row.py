@@ -25,6 +25,7 @@ def test_every_bounded_column_is_known() -> None:
         ("gateway_archive", "content_type"),  # fitted: the request's header
         ("gateway_spool", "platform"),  # a key of the verifier registry
         ("gateway_spool", "topic"),  # the gateway's own inbound topic
+        ("gateway_spool", "traceparent"),  # telemetry.outgoing(): version 00, 55 characters
     }
 
 
