@@ -47,8 +47,11 @@ from outbox.platforms.base import (
 )
 from outbox.platforms.http import HttpClient, HttpExchange, post
 from outbox.platforms.scrub import scrub
+from outbox.ratelimit import Rate
 
 TELEGRAM_BASE_URL = "https://api.telegram.org"
+TELEGRAM_PRIVATE_CHAT = Rate(1, 1.0)  # "avoid sending more than one message per second"
+TELEGRAM_GROUP_CHAT = Rate(20, 60.0)  # "not more than 20 messages per minute to the same group"
 MAX_TEXT = 4096
 MAX_CAPTION = 1024
 MAX_CALLBACK_DATA = 64
@@ -107,6 +110,14 @@ def _message_id(value: str, what: str) -> int:
 
 class TelegramSender:
     platform = "telegram"
+    channel_rate = Rate(30)
+    """30 msg/s per bot for bulk sends (docs/platforms.md §4.5, Bot FAQ)."""
+    audio_video_rate: Rate | None = None
+
+    def recipient_rate(self, recipient: str, *, configured_pair: Rate | None = None) -> Rate | None:
+        """Groups have negative ids; channels may be addressed as ``@username``."""
+        group = recipient.startswith(("-", "@"))
+        return TELEGRAM_GROUP_CHAT if group else TELEGRAM_PRIVATE_CHAT
 
     def validate(self, command: SendCommand, *, account_id: str | None = None) -> None:
         self._build(command)
