@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 import orjson
 
 from infra.base_url import active_policy
+from normalizer.models import MessageEvent
 from outbox.contracts import SendCommand
 from outbox.platforms.scrub import scrub
 from outbox.ratelimit import Rate
@@ -155,6 +156,10 @@ class Sender(Protocol):
         """The per-conversation pace, or None where the platform documents none.
         ``configured_pair`` is the operator's pair pace for a platform that documents no
         figure (WhatsApp)."""
+
+    def automatic_answer(self, event: MessageEvent) -> SendCommand | None:
+        """The command the platform requires in answer to an inbound message, or None (Telegram:
+        a button press must be answered, or the user's client shows a spinner)."""
 
     def validate(self, command: SendCommand, *, account_id: str | None = None) -> None:
         """Raise ``UnsupportedContent`` if this platform cannot express ``command``.

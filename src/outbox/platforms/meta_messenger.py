@@ -33,6 +33,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
+from normalizer.models import MessageEvent
 from outbox.contracts import SendCommand
 from outbox.platforms._graph import graph_send
 from outbox.platforms.base import ChannelConfig, ErrorRule, SendResult, UnsupportedContent
@@ -100,6 +101,9 @@ class MetaMessengerSender:
 
     def recipient_rate(self, recipient: str, *, configured_pair: Rate | None = None) -> Rate | None:
         """Meta documents no per-recipient pace."""
+        return None
+
+    def automatic_answer(self, event: MessageEvent) -> SendCommand | None:
         return None
 
     def __init__(self, platform: Literal["messenger", "instagram"]) -> None:

@@ -30,7 +30,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from outbox.contracts import SendCommand
+from normalizer.models import MessageEvent
+from outbox.contracts import CallbackAnswer, Content, SendCommand
 from outbox.platforms.base import (
     ChannelConfig,
     ErrorRule,
@@ -118,6 +119,29 @@ class TelegramSender:
         """Groups have negative ids; channels may be addressed as ``@username``."""
         group = recipient.startswith(("-", "@"))
         return TELEGRAM_GROUP_CHAT if group else TELEGRAM_PRIVATE_CHAT
+
+    def automatic_answer(self, event: MessageEvent) -> SendCommand | None:
+        """A button press (``callback_query``) is answered with ``answerCallbackQuery``, once
+        per event (the command id is derived from the event id)."""
+        data = event.data
+        raw = data.raw
+        if event.type != "message.received":
+            return None
+        if not isinstance(raw, dict) or not isinstance(raw.get("callback_query"), dict):
+            return None
+        query_id = data.message.id
+        chat = data.conversation_id.rpartition(":")[2]
+        if not query_id or not chat or chat == "-" or len(query_id) > 300:
+            return None
+        return SendCommand(
+            id=f"auto:answer:{event.id}",
+            channel_id=data.channel_id,
+            to=chat,
+            content=Content(
+                kind="callback_answer",
+                callback_answer=CallbackAnswer(callback_query_id=query_id),
+            ),
+        )
 
     def validate(self, command: SendCommand, *, account_id: str | None = None) -> None:
         self._build(command)

@@ -41,6 +41,7 @@ from collections.abc import Mapping
 import orjson
 
 from channels.addressing import TWILIO_WHATSAPP_PREFIX, is_whatsapp_address
+from normalizer.models import MessageEvent
 from outbox.contracts import SendCommand, Template
 from outbox.platforms.base import (
     ChannelConfig,
@@ -126,6 +127,9 @@ class TwilioSender:
 
     def recipient_rate(self, recipient: str, *, configured_pair: Rate | None = None) -> Rate | None:
         return TWILIO_PAIR
+
+    def automatic_answer(self, event: MessageEvent) -> SendCommand | None:
+        return None
 
     def validate(self, command: SendCommand, *, account_id: str | None = None) -> None:
         self._form(command, sender=account_id or "")

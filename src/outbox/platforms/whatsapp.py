@@ -25,6 +25,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from normalizer.models import MessageEvent
 from outbox.contracts import Media, SendCommand
 from outbox.platforms._graph import graph_send
 from outbox.platforms.base import ChannelConfig, ErrorRule, SendResult, UnsupportedContent
@@ -119,6 +120,9 @@ class WhatsAppSender:
         unverified), so pair pacing is off unless configured; a 131056 answer penalizes the
         recipient key instead."""
         return configured_pair
+
+    def automatic_answer(self, event: MessageEvent) -> SendCommand | None:
+        return None
 
     def validate(self, command: SendCommand, *, account_id: str | None = None) -> None:
         self._build(command)

@@ -4,10 +4,13 @@ per-conversation pace, which platforms resolve media and which can upload."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from normalizer import normalize
+from normalizer.models import MessageEvent
 from outbox.delivery import limits_for, recipient_rate
 from outbox.media import RESOLVERS, MediaNotFound
 from outbox.media_upload import UPLOADERS
@@ -15,6 +18,7 @@ from outbox.platforms import AUDIO_VIDEO_RATES, CHANNEL_RATES, SENDERS
 from outbox.platforms.telegram import TELEGRAM_GROUP_CHAT, TELEGRAM_PRIVATE_CHAT
 from outbox.platforms.twilio import TWILIO_PAIR
 from outbox.ratelimit import Rate
+from outbox.receipts import callback_answers
 
 
 def test_channel_rates_are_the_documented_figures() -> None:
@@ -89,3 +93,35 @@ def test_resolvers_refuse_malformed_ids_before_any_request(platform: str, media_
     client: Any = None  # a request would fail on None: the id is refused first
     with pytest.raises(MediaNotFound):
         asyncio.run(RESOLVERS[platform](client, None, (), {}, media_id))
+
+
+def _telegram_events(body: bytes) -> list[MessageEvent]:
+    events = normalize("telegram", body, channel_id=CHANNEL, account_id="12345")
+    return [e for e in events if isinstance(e, MessageEvent)]
+
+
+CHANNEL = "0b5c8a1e-4a52-4c52-9d2a-2f3c4b5a6d7e"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "payloads" / "telegram"
+
+
+def test_telegram_answers_a_button_press_and_nothing_else() -> None:
+    [press] = _telegram_events((FIXTURES / "callback_query.json").read_bytes())
+    command = SENDERS["telegram"].automatic_answer(press)
+    assert command is not None
+    assert command.id == f"auto:answer:{press.id}"
+    assert command.channel_id == CHANNEL
+    assert command.to == press.data.conversation_id.rpartition(":")[2]
+    assert command.content.kind == "callback_answer"
+    assert command.content.callback_answer is not None
+    assert command.content.callback_answer.callback_query_id == press.data.message.id
+    assert callback_answers([press]) == [command]
+    for platform in ("whatsapp", "messenger", "instagram", "twilio"):
+        assert SENDERS[platform].automatic_answer(press) is None
+
+
+def test_telegram_does_not_answer_a_plain_message() -> None:
+    text = sorted(p for p in FIXTURES.glob("*.json") if "text" in p.name)[0]
+    events = _telegram_events(text.read_bytes())
+    assert events
+    assert [SENDERS["telegram"].automatic_answer(e) for e in events] == [None] * len(events)
+    assert callback_answers(events) == []
