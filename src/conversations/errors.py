@@ -1,12 +1,18 @@
-"""Errors of the conversations API (rendered by the shared handler)."""
+"""Errors of the conversations API (rendered by the shared handler); ``ChannelNotFound`` is
+the one every API raises for a channel in its path (``channels.errors``)."""
 
 from __future__ import annotations
 
+from channels.errors import ChannelNotFound
 from infra.errors import BadRequest, NotFound, Unprocessable
 
-
-class ChannelNotFound(NotFound):
-    code = "channel_not_found"
+__all__ = [
+    "AutoReplyNotFound",
+    "ChannelNotFound",
+    "ConversationNotFound",
+    "InvalidContact",
+    "InvalidCursor",
+]
 
 
 class ConversationNotFound(NotFound):

@@ -8,24 +8,15 @@ Messenger/Instagram PSID/IGSID, the Telegram ``chat.id``, the Twilio ``From`` ad
 reduced to a *contact key* per channel, so an outbound message finds the conversation its
 recipient's messages opened. WhatsApp phone numbers compare by digits (``+39 333 1234567`` is
 the ``wa_id`` ``393331234567``), as the outbox's window key does; other peers (and WhatsApp
-business-scoped user ids) compare as they are.
+business-scoped user ids) compare as they are. The per-platform rules are
+``channels.addressing``, shared with the outbox.
 """
 
 from __future__ import annotations
 
-TWILIO_WHATSAPP = "whatsapp:"
+from channels.addressing import addressing, contact_key
 
-
-_PHONE_CHARS = frozenset("+0123456789 -().")
-
-
-def contact_key(platform: str, peer: str) -> str:
-    """WhatsApp phone numbers by their digits; anything else (a business-scoped user id, other
-    platforms' ids) as it is."""
-    if platform == "whatsapp" and set(peer) <= _PHONE_CHARS:
-        digits = "".join(ch for ch in peer if ch.isdigit())
-        return digits or peer
-    return peer
+__all__ = ["contact_key", "inbound_peer", "outbound_conversation_id"]
 
 
 def inbound_peer(platform: str, account_id: str | None, conversation_id: str) -> str | None:
@@ -41,14 +32,5 @@ def inbound_peer(platform: str, account_id: str | None, conversation_id: str) ->
 
 def outbound_conversation_id(platform: str, account_id: str, to: str) -> str:
     """The id a conversation with ``to`` would get from the normalizer, for a recipient that
-    never wrote to us (a proactive send). Twilio WhatsApp webhooks name our number
-    ``whatsapp:+1555…`` while channels usually store ``+1555…``."""
-    if platform == "whatsapp":
-        return f"whatsapp:{account_id}:{contact_key(platform, to)}"
-    if (
-        platform == "twilio"
-        and to.startswith(TWILIO_WHATSAPP)
-        and not account_id.startswith(TWILIO_WHATSAPP)
-    ):
-        account_id = TWILIO_WHATSAPP + account_id
-    return f"{platform}:{account_id}:{to}"
+    never wrote to us (a proactive send); the per-platform rule is ``channels.addressing``."""
+    return addressing(platform).conversation_id(platform, account_id, to)

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from apikeys.dependencies import RequireAdmin, RequireRead
+from channels.errors import ChannelNotFound
 from channels.models import Channel
 from infra.errors import AUTHENTICATED, NotFound, error_responses
 from infra.resources import DbSession
@@ -36,10 +37,6 @@ class FrequencyCapSettings(BaseModel):
 
     max_messages: int = Field(ge=1, le=10_000)
     period_seconds: int = Field(ge=1, le=MAX_PERIOD_SECONDS)
-
-
-class ChannelNotFound(NotFound):
-    code = "channel_not_found"
 
 
 class FrequencyCapNotFound(NotFound):

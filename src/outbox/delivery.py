@@ -16,8 +16,9 @@ from typing import Any, cast
 
 from outbox.contracts import LifecycleError, LifecycleEventType, SendCommand
 from outbox.models import OutboxMessage
+from outbox.platforms import AUDIO_VIDEO_RATES, CHANNEL_RATES, SENDERS
 from outbox.platforms.base import EXCERPT_LIMIT, SendResult
-from outbox.ratelimit import CHANNEL_RATES, Limit, Rate, limits_for
+from outbox.ratelimit import Limit, Rate, channel_key, recipient_key
 from outbox.retry import RetryPolicy
 
 __all__ = [
@@ -205,6 +206,37 @@ def channel_rate(platform: str, per_second: float | None) -> Rate:
         count = math.floor(per_second)
         return Rate(count, count / per_second)
     return Rate(1, 1.0 / per_second)
+
+
+def recipient_rate(
+    platform: str, recipient: str, *, whatsapp_pair: Rate | None = None
+) -> Rate | None:
+    """The per-conversation pace (``Sender.recipient_rate``), or None where the platform
+    documents none; ``whatsapp_pair`` is the configured pace where no figure is documented."""
+    sender = SENDERS.get(platform)
+    if sender is None:
+        return None
+    return sender.recipient_rate(recipient, configured_pair=whatsapp_pair)
+
+
+def limits_for(
+    platform: str,
+    channel_id: str,
+    recipient: str,
+    *,
+    channel_rate: Rate | None = None,
+    media_kind: str | None = None,
+    whatsapp_pair: Rate | None = None,
+) -> tuple[Limit, ...]:
+    """Every limit one send must pass, the shared channel limit first (see ``Pacer.acquire``)."""
+    limits = [Limit(channel_key(channel_id), channel_rate or CHANNEL_RATES[platform])]
+    av_rate = AUDIO_VIDEO_RATES.get(platform)
+    if av_rate is not None and media_kind in ("audio", "video"):
+        limits.append(Limit(("channel-av", channel_id), av_rate))
+    pair = recipient_rate(platform, recipient, whatsapp_pair=whatsapp_pair)
+    if pair is not None:
+        limits.append(Limit(recipient_key(channel_id, recipient), pair))
+    return tuple(limits)
 
 
 def paced_limits(

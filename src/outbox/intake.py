@@ -34,6 +34,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from channels.addressing import addressing
 from channels.models import Channel
 from infra import telemetry
 from infra.errors import BadRequest
@@ -53,7 +54,6 @@ from outbox.errors import (
 )
 from outbox.models import ConversationWindow, OutboxAttempt, OutboxMessage
 from outbox.platforms import SENDERS, UnsupportedContent
-from outbox.platforms.twilio import is_whatsapp_address
 
 __all__ = [
     "WHATSAPP_WINDOW",
@@ -97,10 +97,9 @@ def conversation_key(channel_id: uuid.UUID | str, to: str) -> str:
 
 def window_key(channel_id: uuid.UUID | str, platform: str, peer: str) -> str:
     """Key of ``ConversationWindow``. WhatsApp peers are compared by digits only, so the
-    inbound ``wa_id`` (``393331234567``) matches an outbound ``to`` of ``+39 333 1234567``."""
-    if platform == "whatsapp":
-        peer = "".join(ch for ch in peer if ch.isdigit()) or peer
-    return f"{channel_id}:{peer}"
+    inbound ``wa_id`` (``393331234567``) matches an outbound ``to`` of ``+39 333 1234567``
+    (``channels.addressing``)."""
+    return f"{channel_id}:{addressing(platform).window_peer(peer)}"
 
 
 def needs_window(platform: str, command: SendCommand, account_id: str = "") -> bool:
@@ -108,9 +107,7 @@ def needs_window(platform: str, command: SendCommand, account_id: str = "") -> b
     sender ``account_id``) need the 24-hour window; templates do not."""
     if command.content.kind == "template":
         return False
-    if platform == "twilio":
-        return is_whatsapp_address(command.to) or is_whatsapp_address(account_id)
-    return platform == "whatsapp"
+    return addressing(platform).needs_window(command.to, account_id)
 
 
 async def resolve_channel(session: AsyncSession, command: SendCommand) -> Channel:

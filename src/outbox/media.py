@@ -35,10 +35,11 @@ import base64
 import binascii
 import re
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Final
+from types import MappingProxyType
+from typing import Any, Final, Protocol
 from urllib.parse import quote, urljoin, urlsplit
 
 import aiohttp
@@ -64,11 +65,13 @@ from outbox.platforms.twilio import TWILIO_BASE_URL
 
 __all__ = [
     "MEDIA_MAX_BYTES",
+    "RESOLVERS",
     "MediaExpired",
     "MediaHttp",
     "MediaNotFound",
     "MediaTooLarge",
     "PlatformError",
+    "Resolver",
     "router",
 ]
 
@@ -236,21 +239,31 @@ async def _body(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
 # --------------------------------------------------------------------------- platforms
 
 
+class Resolver(Protocol):
+    """Turns one platform's ``media_id`` into the first ``Fetch`` of its download.
+
+    ``base`` is the channel's ``api_base_url`` (None: the real platform), ``own`` its host, the
+    only host besides the platform's that may receive credentials."""
+
+    def __call__(
+        self,
+        client: aiohttp.ClientSession,
+        base: str | None,
+        own: tuple[str, ...],
+        creds: Mapping[str, str],
+        media_id: str,
+    ) -> Coroutine[Any, Any, Fetch]: ...
+
+
 async def _resolve(
     client: aiohttp.ClientSession, channel: ChannelWithSecrets, media_id: str
 ) -> Fetch:
-    creds = channel.credentials
+    resolver = RESOLVERS.get(channel.platform)
+    if resolver is None:
+        raise MediaNotFound(f"platform {channel.platform!r} has no media download")
     base = channel.api_base_url.rstrip("/") if channel.api_base_url else None
     own = (urlsplit(base).hostname or "",) if base else ()
-    if channel.platform == "whatsapp":
-        return await _whatsapp(client, base, own, creds.get("access_token", ""), media_id)
-    if channel.platform == "telegram":
-        return await _telegram(client, base, own, creds.get("bot_token", ""), media_id)
-    if channel.platform == "twilio":
-        return _twilio(base, own, creds, media_id)
-    if channel.platform in ("messenger", "instagram"):
-        return _meta(own, media_id)
-    raise MediaNotFound(f"platform {channel.platform!r} has no media download")
+    return await resolver(client, base, own, channel.credentials, media_id)
 
 
 async def _json(client: aiohttp.ClientSession, method: str, url: str, **kw: Any) -> tuple[int, Any]:
@@ -263,15 +276,20 @@ async def _json(client: aiohttp.ClientSession, method: str, url: str, **kw: Any)
 
 
 async def _whatsapp(
-    client: aiohttp.ClientSession, base: str | None, own: tuple[str, ...], token: str, mid: str
+    client: aiohttp.ClientSession,
+    base: str | None,
+    own: tuple[str, ...],
+    creds: Mapping[str, str],
+    media_id: str,
 ) -> Fetch:
-    if not _WA_ID.match(mid):
+    token = creds.get("access_token", "")
+    if not _WA_ID.match(media_id):
         raise MediaNotFound("not a WhatsApp media id")
     if not token:
         raise PlatformError("the channel has no access_token")
     auth = {"Authorization": f"Bearer {token}"}
     status, body = await _json(
-        client, "GET", f"{base or GRAPH_BASE_URL}/{GRAPH_API_VERSION}/{mid}", headers=auth
+        client, "GET", f"{base or GRAPH_BASE_URL}/{GRAPH_API_VERSION}/{media_id}", headers=auth
     )
     if status == 200 and isinstance(body, dict) and isinstance(body.get("url"), str):
         mime = body.get("mime_type")
@@ -289,14 +307,20 @@ async def _whatsapp(
 
 
 async def _telegram(
-    client: aiohttp.ClientSession, base: str | None, own: tuple[str, ...], token: str, fid: str
+    client: aiohttp.ClientSession,
+    base: str | None,
+    own: tuple[str, ...],
+    creds: Mapping[str, str],
+    media_id: str,
 ) -> Fetch:
-    if not _TG_ID.match(fid):
+    token = creds.get("bot_token", "")
+    if not _TG_ID.match(media_id):
         raise MediaNotFound("not a Telegram file_id")
     if not token:
         raise PlatformError("the channel has no bot_token")
     root = base or TELEGRAM_BASE_URL
-    status, body = await _json(client, "POST", f"{root}/bot{token}/getFile", json={"file_id": fid})
+    url = f"{root}/bot{token}/getFile"
+    status, body = await _json(client, "POST", url, json={"file_id": media_id})
     result = body.get("result") if isinstance(body, dict) else None
     path = result.get("file_path") if isinstance(result, dict) else None
     if status == 200 and isinstance(path, str) and path and ".." not in path.split("/"):
@@ -310,8 +334,12 @@ async def _telegram(
     raise PlatformError(f"Telegram answered {status} to getFile")
 
 
-def _twilio(
-    base: str | None, own: tuple[str, ...], creds: Mapping[str, str], media_id: str
+async def _twilio(
+    client: aiohttp.ClientSession,
+    base: str | None,
+    own: tuple[str, ...],
+    creds: Mapping[str, str],
+    media_id: str,
 ) -> Fetch:
     match = _TW_ID.match(media_id)
     if match is None:
@@ -325,7 +353,13 @@ def _twilio(
     return Fetch(url, {"Authorization": f"Basic {basic}"}, (*own, "api.twilio.com"))
 
 
-def _meta(own: tuple[str, ...], media_id: str) -> Fetch:
+async def _meta(
+    client: aiohttp.ClientSession,
+    base: str | None,
+    own: tuple[str, ...],
+    creds: Mapping[str, str],
+    media_id: str,
+) -> Fetch:
     if not media_id.startswith("u.") or len(media_id) > 8192:
         raise MediaNotFound("not a Messenger/Instagram media id (u.<base64url of the URL>)")
     encoded = media_id[2:]
@@ -339,6 +373,19 @@ def _meta(own: tuple[str, ...], media_id: str) -> Fetch:
     if not (allowed or (host in own and parts.scheme in ("http", "https"))):
         raise MediaNotFound("only Meta CDN attachment URLs are fetched")
     return Fetch(url, {}, ())
+
+
+RESOLVERS: Mapping[str, Resolver] = MappingProxyType(
+    {
+        "whatsapp": _whatsapp,
+        "messenger": _meta,
+        "instagram": _meta,
+        "telegram": _telegram,
+        "twilio": _twilio,
+    }
+)
+"""How each platform's ``media_id`` is resolved (the table in the module docstring), keyed by
+``normalizer.platforms.Platform`` and covered exactly by it (``test_platform_registries``)."""
 
 
 def _allowed(host: str, trusted: tuple[str, ...]) -> bool:

@@ -24,7 +24,11 @@ with its scrubbed message; failing or unreachable is 502 ``platform_error``.
 from __future__ import annotations
 
 import uuid
-from typing import Any, Final
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import partial
+from types import MappingProxyType
+from typing import Any, Final, Protocol
 
 import aiohttp
 import orjson
@@ -47,7 +51,14 @@ from outbox.media import (
 from outbox.platforms._graph import GRAPH_API_VERSION, GRAPH_BASE_URL
 from outbox.platforms.scrub import scrub
 
-__all__ = ["MediaRejected", "UploadNotSupported", "UploadedMedia", "router"]
+__all__ = [
+    "UPLOADERS",
+    "MediaRejected",
+    "UploadNotSupported",
+    "UploadedMedia",
+    "Uploader",
+    "router",
+]
 
 log = get_logger(__name__)
 
@@ -133,7 +144,8 @@ def router(http: MediaHttp) -> APIRouter:
         await session.close()
         if channel is None:
             raise MediaNotFound("channel not found")
-        if channel.platform not in ("whatsapp", "messenger", "instagram"):
+        uploader = UPLOADERS.get(channel.platform)
+        if uploader is None:
             raise UploadNotSupported(
                 f"{channel.platform} has no media upload API: "
                 "send the media by url (content.media.url)"
@@ -161,7 +173,7 @@ def router(http: MediaHttp) -> APIRouter:
                 raise PlatformError("the media proxy is not running in this process")
             await upload.seek(0)
             try:
-                media_id = await _upload(client, channel, upload, kind, mime)
+                media_id = await _upload(client, channel, uploader, upload, kind, mime)
             except (aiohttp.ClientError, TimeoutError):
                 raise PlatformError("the platform could not be reached") from None
         finally:
@@ -181,9 +193,73 @@ def _kind(mime: str) -> str:
     return major if major in ("image", "video", "audio") else "document"
 
 
+@dataclass(frozen=True, slots=True)
+class UploadRequest:
+    """One platform's upload call: where, the multipart form, and the answer's id field."""
+
+    url: str
+    data: aiohttp.FormData
+    answer_key: str
+
+
+class Uploader(Protocol):
+    """Builds one platform's upload request (``base``: the Graph API root to use)."""
+
+    def __call__(
+        self, channel: ChannelWithSecrets, upload: UploadFile, kind: str, mime: str, base: str
+    ) -> UploadRequest: ...
+
+
+def _whatsapp(
+    channel: ChannelWithSecrets, upload: UploadFile, kind: str, mime: str, base: str
+) -> UploadRequest:
+    data = aiohttp.FormData()
+    data.add_field("messaging_product", "whatsapp")
+    data.add_field("type", mime)
+    data.add_field("file", upload.file, filename=upload.filename or "upload", content_type=mime)
+    return UploadRequest(f"{base}/{GRAPH_API_VERSION}/{channel.account_id}/media", data, "id")
+
+
+def _attachment(
+    channel: ChannelWithSecrets,
+    upload: UploadFile,
+    kind: str,
+    mime: str,
+    base: str,
+    *,
+    extra: Mapping[str, str],
+) -> UploadRequest:
+    attachment_type = _META_TYPES.get(kind)
+    if attachment_type is None:
+        raise Unprocessable(f"{channel.platform} cannot send {kind} attachments")
+    data = aiohttp.FormData()
+    for name, value in extra.items():
+        data.add_field(name, value)
+    message = {"attachment": {"type": attachment_type, "payload": {"is_reusable": True}}}
+    data.add_field("message", orjson.dumps(message).decode())
+    data.add_field("filedata", upload.file, filename=upload.filename or "upload", content_type=mime)
+    url = f"{base}/{GRAPH_API_VERSION}/me/message_attachments"
+    return UploadRequest(url, data, "attachment_id")
+
+
+UPLOADERS: Mapping[str, Uploader | None] = MappingProxyType(
+    {
+        "whatsapp": _whatsapp,
+        "messenger": partial(_attachment, extra={}),
+        "instagram": partial(_attachment, extra={"platform": "instagram"}),
+        "telegram": None,
+        "twilio": None,
+    }
+)
+"""Each platform's upload, keyed by ``normalizer.platforms.Platform`` and covered exactly by it
+(``test_platform_registries``); None: the platform has no upload API (422
+``upload_not_supported``)."""
+
+
 async def _upload(
     client: aiohttp.ClientSession,
     channel: ChannelWithSecrets,
+    uploader: Uploader,
     upload: UploadFile,
     kind: str,
     mime: str,
@@ -192,25 +268,8 @@ async def _upload(
     if not token:
         raise PlatformError("the channel has no access_token")
     base = (channel.api_base_url or GRAPH_BASE_URL).rstrip("/")
-    data = aiohttp.FormData()
-    filename = upload.filename or "upload"
-    if channel.platform == "whatsapp":
-        url = f"{base}/{GRAPH_API_VERSION}/{channel.account_id}/media"
-        data.add_field("messaging_product", "whatsapp")
-        data.add_field("type", mime)
-        data.add_field("file", upload.file, filename=filename, content_type=mime)
-        answer_key = "id"
-    else:
-        attachment_type = _META_TYPES.get(kind)
-        if attachment_type is None:
-            raise Unprocessable(f"{channel.platform} cannot send {kind} attachments")
-        url = f"{base}/{GRAPH_API_VERSION}/me/message_attachments"
-        message = {"attachment": {"type": attachment_type, "payload": {"is_reusable": True}}}
-        if channel.platform == "instagram":
-            data.add_field("platform", "instagram")
-        data.add_field("message", orjson.dumps(message).decode())
-        data.add_field("filedata", upload.file, filename=filename, content_type=mime)
-        answer_key = "attachment_id"
+    request = uploader(channel, upload, kind, mime, base)
+    url, data, answer_key = request.url, request.data, request.answer_key
     headers = {"Authorization": f"Bearer {token}"}
     async with client.post(url, data=data, headers=headers, allow_redirects=False) as reply:
         body = await reply.content.read(64 * 1024)

@@ -22,8 +22,7 @@ conversation.
 ``conv_opt_outs`` belongs to the conversation layer (``conversations.models.OptOut``): the two
 packages never import each other, so this module reads that table through its own read-only
 Core ``table()`` (no model, not in the outbox's metadata, never written here). Its contact key
-is ``contact_key`` below, kept identical to ``conversations.keys.contact_key`` (a unit test
-compares them).
+is ``channels.addressing.contact_key``, the one rule both layers use.
 """
 
 from __future__ import annotations
@@ -36,11 +35,11 @@ from typing import Any
 from sqlalchemy import Uuid, column, exists, select, table, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from channels.addressing import addressing, contact_key
 from channels.models import Channel
 from outbox.contracts import SIGNAL_KINDS, Lane, SendCommand
 from outbox.errors import FrequencyCapped, OptedOut
 from outbox.models import ConversationWindow, FrequencyCap
-from outbox.platforms.twilio import is_whatsapp_address
 
 __all__ = [
     "REPLY_WINDOW",
@@ -66,17 +65,6 @@ _OPT_OUTS = table(
 )
 """The conversation layer's opt-out table, read only (see the module docstring)."""
 
-_PHONE_CHARS = frozenset("+0123456789 -().")
-
-
-def contact_key(platform: str, peer: str) -> str:
-    """The conversation layer's contact key: WhatsApp phone numbers by their digits, anything
-    else as it is (identical to ``conversations.keys.contact_key``)."""
-    if platform == "whatsapp" and set(peer) <= _PHONE_CHARS:
-        digits = "".join(ch for ch in peer if ch.isdigit())
-        return digits or peer
-    return peer
-
 
 def is_automatic(metadata: dict[str, Any]) -> bool:
     marker = metadata.get("switchboard")
@@ -84,9 +72,7 @@ def is_automatic(metadata: dict[str, Any]) -> bool:
 
 
 def is_sms(platform: str, to: str, account_id: str) -> bool:
-    return (
-        platform == "twilio" and not is_whatsapp_address(to) and not is_whatsapp_address(account_id)
-    )
+    return addressing(platform).is_sms(to, account_id)
 
 
 @dataclass(frozen=True, slots=True)

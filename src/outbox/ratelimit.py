@@ -34,6 +34,10 @@ window guard still holds across the change.
 Time comes from an injected monotonic clock, so tests drive it exactly. The pacer is
 single-process; across replicas the worker guarantees one owner per channel (lease), which is
 what makes a per-process limiter a global one.
+
+The pacer knows no platform: each platform's rates are on its sender
+(``outbox.platforms.Sender.channel_rate`` and friends), and ``outbox.delivery.limits_for``
+turns them into the limits of one send.
 """
 
 from __future__ import annotations
@@ -42,18 +46,15 @@ import asyncio
 import math
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
-from types import MappingProxyType
 
 __all__ = [
-    "AUDIO_VIDEO_RATES",
-    "CHANNEL_RATES",
     "Limit",
     "Pacer",
     "Rate",
-    "limits_for",
-    "recipient_rate",
+    "channel_key",
+    "recipient_key",
 ]
 
 Clock = Callable[[], float]
@@ -82,78 +83,12 @@ class Limit:
     rate: Rate
 
 
-# Platform defaults, overridable per channel (docs/platforms.md):
-# - whatsapp 80 mps per number by default, up to 1,000 (§1.5, Meta "Throughput" page);
-#   note Meta counts inbound messages in the same budget, 130429 then slows us down.
-# - telegram 30 msg/s per bot for bulk sends (§4.5, Bot FAQ).
-# - messenger / instagram 300 calls/s per Page / IG account for text, links, reactions and
-#   stickers; 10 calls/s for audio or video (§2.5, §3.4, Messenger rate-limiting page). We take
-#   the platform figures as they are; a throttle answer backs the channel off.
-# - twilio 1 segment/s for a US long code (§5.6, error 21611); raise it per channel for short
-#   codes, toll-free or Messaging Services.
-CHANNEL_RATES: Mapping[str, Rate] = MappingProxyType(
-    {
-        "whatsapp": Rate(80),
-        "telegram": Rate(30),
-        "messenger": Rate(300),
-        "instagram": Rate(300),
-        "twilio": Rate(1),
-    }
-)
-AUDIO_VIDEO_RATES: Mapping[str, Rate] = MappingProxyType(
-    {"messenger": Rate(10), "instagram": Rate(10)}
-)
-
-TELEGRAM_PRIVATE_CHAT = Rate(1, 1.0)  # "avoid sending more than one message per second"
-TELEGRAM_GROUP_CHAT = Rate(20, 60.0)  # "not more than 20 messages per minute to the same group"
-TWILIO_PAIR = Rate(1, 1.0)  # 14107: >30 replies in 30 s between two numbers is blocked
-
-
-def recipient_rate(
-    platform: str, recipient: str, *, whatsapp_pair: Rate | None = None
-) -> Rate | None:
-    """The per-conversation pace, or None where the platform documents none.
-
-    Telegram groups have negative ids; channels may be addressed as ``@username``. WhatsApp's
-    pair limit (131056) has no official figure (a third-party "1 per 6 s" is unverified), so
-    pair pacing is off unless configured; a 131056 answer penalizes the recipient key instead.
-    """
-    if platform == "telegram":
-        group = recipient.startswith(("-", "@"))  # negative ids and @channel usernames
-        return TELEGRAM_GROUP_CHAT if group else TELEGRAM_PRIVATE_CHAT
-    if platform == "twilio":
-        return TWILIO_PAIR
-    if platform == "whatsapp":
-        return whatsapp_pair
-    return None
-
-
 def channel_key(channel_id: str) -> Hashable:
     return ("channel", channel_id)
 
 
 def recipient_key(channel_id: str, recipient: str) -> Hashable:
     return ("recipient", channel_id, recipient)
-
-
-def limits_for(
-    platform: str,
-    channel_id: str,
-    recipient: str,
-    *,
-    channel_rate: Rate | None = None,
-    media_kind: str | None = None,
-    whatsapp_pair: Rate | None = None,
-) -> tuple[Limit, ...]:
-    """Every limit one send must pass, the shared channel limit first (see ``Pacer.acquire``)."""
-    limits = [Limit(channel_key(channel_id), channel_rate or CHANNEL_RATES[platform])]
-    av_rate = AUDIO_VIDEO_RATES.get(platform)
-    if av_rate is not None and media_kind in ("audio", "video"):
-        limits.append(Limit(("channel-av", channel_id), av_rate))
-    pair = recipient_rate(platform, recipient, whatsapp_pair=whatsapp_pair)
-    if pair is not None:
-        limits.append(Limit(recipient_key(channel_id, recipient), pair))
-    return tuple(limits)
 
 
 class _Ring:

@@ -67,8 +67,6 @@ from infra.settings import Settings
 from normalizer.models import MessageEvent, StatusEvent
 from outbox import events, intake
 from outbox.contracts import (
-    CallbackAnswer,
-    Content,
     LifecycleError,
     LifecycleEventType,
     SendCommand,
@@ -82,6 +80,7 @@ from outbox.models import (
     OutboxMessage,
     PendingReceipt,
 )
+from outbox.platforms import SENDERS
 
 __all__ = [
     "BILLABLE",
@@ -363,30 +362,14 @@ def _advance(
 
 
 def callback_answers(received: Iterable[MessageEvent]) -> list[SendCommand]:
-    """The ``callback_answer`` commands for the Telegram button presses among ``received``."""
+    """The commands the platforms require in answer to ``received`` (Telegram button presses:
+    ``Sender.automatic_answer``)."""
     commands = []
     for event in received:
-        data = event.data
-        raw = data.raw
-        if data.platform != "telegram" or event.type != "message.received":
-            continue
-        if not isinstance(raw, dict) or not isinstance(raw.get("callback_query"), dict):
-            continue
-        query_id = data.message.id
-        chat = data.conversation_id.rpartition(":")[2]
-        if not query_id or not chat or chat == "-" or len(query_id) > 300:
-            continue
-        commands.append(
-            SendCommand(
-                id=f"auto:answer:{event.id}",
-                channel_id=data.channel_id,
-                to=chat,
-                content=Content(
-                    kind="callback_answer",
-                    callback_answer=CallbackAnswer(callback_query_id=query_id),
-                ),
-            )
-        )
+        sender = SENDERS.get(event.data.platform)
+        command = None if sender is None else sender.automatic_answer(event)
+        if command is not None:
+            commands.append(command)
     return commands
 
 

@@ -11,14 +11,16 @@ from typing import Any, get_args
 import pytest
 from sqlalchemy import CheckConstraint
 
+from channels.addressing import ADDRESSING
 from channels.models import Channel
 from channels.schemas import CREDENTIAL_MODELS, ChannelCreate
 from fake_platforms.server import Platform as FakePlatform
 from gateway.verifiers import REGISTRY
 from normalizer import NORMALIZED_PLATFORMS
 from normalizer.platforms import PLATFORMS, Platform
-from outbox.platforms import SENDERS
-from outbox.ratelimit import CHANNEL_RATES
+from outbox.media import RESOLVERS
+from outbox.media_upload import UPLOADERS
+from outbox.platforms import CHANNEL_RATES, SENDERS, Sender
 
 EXPECTED = set(PLATFORMS)
 
@@ -60,6 +62,9 @@ def test_platform_type_and_tuple_agree() -> None:
         ("channel create schemas", _create_schema_platforms),
         ("channel credential models", lambda: set(CREDENTIAL_MODELS)),
         ("default send rates", lambda: set(CHANNEL_RATES)),
+        ("peer addressing rules", lambda: set(ADDRESSING)),
+        ("media download resolvers", lambda: set(RESOLVERS)),
+        ("media uploaders (None: no upload API)", lambda: set(UPLOADERS)),
         ("channels check constraint", _check_constraint_platforms),
     ],
 )
@@ -77,3 +82,10 @@ def test_fake_platforms_cover_every_platform() -> None:
 def test_sender_platform_attribute_matches_its_key() -> None:
     for platform, sender in SENDERS.items():
         assert sender.platform == platform
+
+
+def test_every_sender_implements_the_whole_protocol() -> None:
+    """``Sender`` carries each platform's pace too: a new sender without it fails here."""
+    for platform, sender in SENDERS.items():
+        assert isinstance(sender, Sender), platform
+        assert CHANNEL_RATES[platform] is sender.channel_rate

@@ -15,8 +15,11 @@ from outbox.platforms.meta_messenger import MetaMessengerSender
 from outbox.platforms.telegram import TelegramSender
 from outbox.platforms.twilio import TwilioSender
 from outbox.platforms.whatsapp import WhatsAppSender
+from outbox.ratelimit import Rate
 
 __all__ = [
+    "AUDIO_VIDEO_RATES",
+    "CHANNEL_RATES",
     "SENDERS",
     "ChannelConfig",
     "SendResult",
@@ -34,3 +37,12 @@ _SENDERS: tuple[Sender, ...] = (
 )
 
 SENDERS: Mapping[str, Sender] = MappingProxyType({s.platform: s for s in _SENDERS})
+
+CHANNEL_RATES: Mapping[str, Rate] = MappingProxyType(
+    {p: s.channel_rate for p, s in SENDERS.items()}
+)
+"""Each platform's default send rate per channel (``Sender.channel_rate``)."""
+AUDIO_VIDEO_RATES: Mapping[str, Rate] = MappingProxyType(
+    {p: s.audio_video_rate for p, s in SENDERS.items() if s.audio_video_rate is not None}
+)
+"""The platforms with a separate audio/video budget per channel (``Sender.audio_video_rate``)."""

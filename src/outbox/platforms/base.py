@@ -24,8 +24,10 @@ from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 import orjson
 
 from infra.base_url import active_policy
+from normalizer.models import MessageEvent
 from outbox.contracts import SendCommand
 from outbox.platforms.scrub import scrub
+from outbox.ratelimit import Rate
 
 if TYPE_CHECKING:
     from outbox.platforms.http import HttpClient, HttpExchange
@@ -139,7 +141,25 @@ class ErrorRule:
 
 @runtime_checkable
 class Sender(Protocol):
+    """One platform's delivery adapter: its content rules, its send, and its pace.
+
+    ``channel_rate`` is the platform's documented send rate per channel (a channel may override
+    it with ``send_rate_per_second``); ``audio_video_rate`` a separate per-channel budget for
+    audio and video sends, where the platform has one.
+    """
+
     platform: str
+    channel_rate: Rate
+    audio_video_rate: Rate | None
+
+    def recipient_rate(self, recipient: str, *, configured_pair: Rate | None = None) -> Rate | None:
+        """The per-conversation pace, or None where the platform documents none.
+        ``configured_pair`` is the operator's pair pace for a platform that documents no
+        figure (WhatsApp)."""
+
+    def automatic_answer(self, event: MessageEvent) -> SendCommand | None:
+        """The command the platform requires in answer to an inbound message, or None (Telegram:
+        a button press must be answered, or the user's client shows a spinner)."""
 
     def validate(self, command: SendCommand, *, account_id: str | None = None) -> None:
         """Raise ``UnsupportedContent`` if this platform cannot express ``command``.

@@ -33,10 +33,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
+from normalizer.models import MessageEvent
 from outbox.contracts import SendCommand
 from outbox.platforms._graph import graph_send
 from outbox.platforms.base import ChannelConfig, ErrorRule, SendResult, UnsupportedContent
 from outbox.platforms.http import HttpClient
+from outbox.ratelimit import Rate
 
 MAX_TEXT = 2000
 """Messenger text, in characters."""
@@ -90,6 +92,19 @@ ERRORS: Mapping[int, ErrorRule] = {
 
 class MetaMessengerSender:
     """One class for both products; ``platform`` is ``"messenger"`` or ``"instagram"``."""
+
+    channel_rate = Rate(300)
+    """300 calls/s per Page / IG account for text, links, reactions and stickers (docs/platforms.md
+    §2.5, §3.4, Messenger rate-limiting page); a throttle answer backs the channel off."""
+    audio_video_rate: Rate | None = Rate(10)
+    """10 calls/s for audio or video, a budget of its own next to the channel's."""
+
+    def recipient_rate(self, recipient: str, *, configured_pair: Rate | None = None) -> Rate | None:
+        """Meta documents no per-recipient pace."""
+        return None
+
+    def automatic_answer(self, event: MessageEvent) -> SendCommand | None:
+        return None
 
     def __init__(self, platform: Literal["messenger", "instagram"]) -> None:
         self.platform: str = platform

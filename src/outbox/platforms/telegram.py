@@ -30,7 +30,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from outbox.contracts import SendCommand
+from normalizer.models import MessageEvent
+from outbox.contracts import CallbackAnswer, Content, SendCommand
 from outbox.platforms.base import (
     ChannelConfig,
     ErrorRule,
@@ -47,8 +48,11 @@ from outbox.platforms.base import (
 )
 from outbox.platforms.http import HttpClient, HttpExchange, post
 from outbox.platforms.scrub import scrub
+from outbox.ratelimit import Rate
 
 TELEGRAM_BASE_URL = "https://api.telegram.org"
+TELEGRAM_PRIVATE_CHAT = Rate(1, 1.0)  # "avoid sending more than one message per second"
+TELEGRAM_GROUP_CHAT = Rate(20, 60.0)  # "not more than 20 messages per minute to the same group"
 MAX_TEXT = 4096
 MAX_CAPTION = 1024
 MAX_CALLBACK_DATA = 64
@@ -107,6 +111,37 @@ def _message_id(value: str, what: str) -> int:
 
 class TelegramSender:
     platform = "telegram"
+    channel_rate = Rate(30)
+    """30 msg/s per bot for bulk sends (docs/platforms.md §4.5, Bot FAQ)."""
+    audio_video_rate: Rate | None = None
+
+    def recipient_rate(self, recipient: str, *, configured_pair: Rate | None = None) -> Rate | None:
+        """Groups have negative ids; channels may be addressed as ``@username``."""
+        group = recipient.startswith(("-", "@"))
+        return TELEGRAM_GROUP_CHAT if group else TELEGRAM_PRIVATE_CHAT
+
+    def automatic_answer(self, event: MessageEvent) -> SendCommand | None:
+        """A button press (``callback_query``) is answered with ``answerCallbackQuery``, once
+        per event (the command id is derived from the event id)."""
+        data = event.data
+        raw = data.raw
+        if event.type != "message.received":
+            return None
+        if not isinstance(raw, dict) or not isinstance(raw.get("callback_query"), dict):
+            return None
+        query_id = data.message.id
+        chat = data.conversation_id.rpartition(":")[2]
+        if not query_id or not chat or chat == "-" or len(query_id) > 300:
+            return None
+        return SendCommand(
+            id=f"auto:answer:{event.id}",
+            channel_id=data.channel_id,
+            to=chat,
+            content=Content(
+                kind="callback_answer",
+                callback_answer=CallbackAnswer(callback_query_id=query_id),
+            ),
+        )
 
     def validate(self, command: SendCommand, *, account_id: str | None = None) -> None:
         self._build(command)

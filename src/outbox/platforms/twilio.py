@@ -40,6 +40,8 @@ from collections.abc import Mapping
 
 import orjson
 
+from channels.addressing import TWILIO_WHATSAPP_PREFIX, is_whatsapp_address
+from normalizer.models import MessageEvent
 from outbox.contracts import SendCommand, Template
 from outbox.platforms.base import (
     ChannelConfig,
@@ -56,13 +58,15 @@ from outbox.platforms.base import (
 )
 from outbox.platforms.http import HttpClient, HttpExchange, basic_credentials, post
 from outbox.platforms.scrub import scrub
+from outbox.ratelimit import Rate
 
 TWILIO_BASE_URL = "https://api.twilio.com"
 TWILIO_MESSAGING_BASE_URL = "https://messaging.twilio.com"
 _SID = re.compile(r"^(SM|MM)[0-9a-fA-F]{32}$")
 MAX_BODY = 1600
 _CONTENT_SID = re.compile(r"^HX[0-9a-fA-F]{32}$")
-WHATSAPP_PREFIX = "whatsapp:"
+WHATSAPP_PREFIX = TWILIO_WHATSAPP_PREFIX
+TWILIO_PAIR = Rate(1, 1.0)  # 14107: >30 replies in 30 s between two numbers is blocked
 
 _CHANNEL_THROTTLE = ErrorRule(retryable=True, throttle="channel")
 _PERMANENT = ErrorRule(retryable=False)
@@ -94,11 +98,6 @@ ERRORS: Mapping[int, ErrorRule] = {
 }
 
 
-def is_whatsapp_address(address: str) -> bool:
-    """A Twilio WhatsApp address (``whatsapp:+15551234567``), as opposed to an SMS number."""
-    return address.startswith(WHATSAPP_PREFIX)
-
-
 def check_pair(sender: str, to: str) -> None:
     """Refuse a WhatsApp sender with an SMS recipient and vice versa (Twilio 21910).
 
@@ -121,6 +120,16 @@ def check_pair(sender: str, to: str) -> None:
 
 class TwilioSender:
     platform = "twilio"
+    channel_rate = Rate(1)
+    """1 segment/s for a US long code (docs/platforms.md §5.6, error 21611); raise it per
+    channel for short codes, toll-free or Messaging Services."""
+    audio_video_rate: Rate | None = None
+
+    def recipient_rate(self, recipient: str, *, configured_pair: Rate | None = None) -> Rate | None:
+        return TWILIO_PAIR
+
+    def automatic_answer(self, event: MessageEvent) -> SendCommand | None:
+        return None
 
     def validate(self, command: SendCommand, *, account_id: str | None = None) -> None:
         self._form(command, sender=account_id or "")

@@ -25,10 +25,12 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from normalizer.models import MessageEvent
 from outbox.contracts import Media, SendCommand
 from outbox.platforms._graph import graph_send
 from outbox.platforms.base import ChannelConfig, ErrorRule, SendResult, UnsupportedContent
 from outbox.platforms.http import HttpClient
+from outbox.ratelimit import Rate
 
 MAX_TEXT = 4096
 MAX_CAPTION = 1024
@@ -108,6 +110,19 @@ ERRORS: Mapping[int, ErrorRule] = {
 
 class WhatsAppSender:
     platform = "whatsapp"
+    channel_rate = Rate(80)
+    """80 mps per number by default, up to 1,000 (docs/platforms.md §1.5, Meta "Throughput");
+    Meta counts inbound messages in the same budget, 130429 then slows us down."""
+    audio_video_rate: Rate | None = None
+
+    def recipient_rate(self, recipient: str, *, configured_pair: Rate | None = None) -> Rate | None:
+        """The pair limit (131056) has no official figure (a third-party "1 per 6 s" is
+        unverified), so pair pacing is off unless configured; a 131056 answer penalizes the
+        recipient key instead."""
+        return configured_pair
+
+    def automatic_answer(self, event: MessageEvent) -> SendCommand | None:
+        return None
 
     def validate(self, command: SendCommand, *, account_id: str | None = None) -> None:
         self._build(command)

@@ -8,16 +8,10 @@ import random
 
 import pytest
 
-from outbox.ratelimit import (
-    CHANNEL_RATES,
-    TELEGRAM_GROUP_CHAT,
-    TELEGRAM_PRIVATE_CHAT,
-    Limit,
-    Pacer,
-    Rate,
-    limits_for,
-    recipient_rate,
-)
+from outbox.delivery import limits_for, recipient_rate
+from outbox.platforms import CHANNEL_RATES
+from outbox.platforms.telegram import TELEGRAM_GROUP_CHAT, TELEGRAM_PRIVATE_CHAT
+from outbox.ratelimit import Limit, Pacer, Rate
 
 
 class FakeClock:

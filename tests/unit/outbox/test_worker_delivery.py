@@ -11,8 +11,9 @@ from pydantic import ValidationError
 
 from outbox.delivery import ClaimedMessage, channel_rate, decide, paced_limits
 from outbox.events import build_event
+from outbox.platforms import CHANNEL_RATES
 from outbox.platforms.base import SendResult
-from outbox.ratelimit import CHANNEL_RATES, Rate
+from outbox.ratelimit import Rate
 from outbox.retry import RetryPolicy
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
