@@ -28,6 +28,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaTimeoutError, TopicAlreadyExistsError
 
+from infra.idempotence import SequenceGuard
 from infra.logging import get_logger
 from infra.settings import TOPICS, Settings
 
@@ -50,6 +51,17 @@ class Producer(AIOKafkaProducer):  # type: ignore[misc]
     def __init__(self, *, stop_timeout: float, **options: Any) -> None:
         super().__init__(**options)
         self.stop_timeout = stop_timeout
+        self.sequence_guard = SequenceGuard(self)
+
+    async def send(self, *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = await super().send(*args, **kwargs)
+        self.sequence_guard.watch(future)
+        return future
+
+    async def send_batch(self, *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = await super().send_batch(*args, **kwargs)
+        self.sequence_guard.watch(future)
+        return future
 
     async def stop(self) -> None:
         try:
