@@ -33,6 +33,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+# bench/ holds files named like the packages they measure (conversations.py, outbox.py): keep
+# it off the import path, and the repository root on it for bench._stack.
+if str(Path(__file__).resolve().parent) in sys.path:
+    sys.path.remove(str(Path(__file__).resolve().parent))
 if str(Path(__file__).resolve().parent.parent) not in sys.path:  # for bench._stack
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
