@@ -133,6 +133,15 @@ class CpuMeter:
     def report(self, units: float, unit: str) -> list[str]:
         return report(self.probes, self.seconds, units, unit)
 
+    def idle(self, wall: float, sleep: Callable[[float], None]) -> list[str]:
+        """Measure ``wall`` seconds with no load (``sleep`` waits them out): the background cost
+        of every process (a JVM's replica fetchers and controller, timers), which a rate that
+        is low for the machine divides over few units."""
+        self.start()
+        sleep(wall)
+        self.stop()
+        return idle_report(self.probes, self.seconds, wall)
+
 
 def accumulate(
     totals: Mapping[str, float], before: Mapping[str, float], after: Mapping[str, float]
@@ -164,4 +173,14 @@ def report(
             f"({used:7.2f} s, {share:4.1f} %)"
         )
     lines.append(f"  {'total':<{width}}  {per_thousand(total, units):7.3f} s   ({total:7.2f} s)")
+    return lines
+
+
+def idle_report(probes: Sequence[Probe], seconds: Mapping[str, float], wall: float) -> list[str]:
+    """One line per probe: CPU seconds per wall second (cores in use) with no load."""
+    width = max([len(p.name) + (2 if p.part_of else 0) for p in probes] + [5])
+    lines = [f"CPU seconds per second with no load ({wall:.0f} s):"]
+    for p in probes:
+        label = ("  " if p.part_of else "") + p.name
+        lines.append(f"  {label:<{width}}  {seconds.get(p.name, 0.0) / wall:7.3f}")
     return lines

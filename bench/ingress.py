@@ -399,6 +399,7 @@ def measure(
         offset += count
         return prefix
 
+    idle = CpuMeter(probes).idle(5.0, time.sleep)
     print(f"generating signed webhooks ({per_run} per run) ...", flush=True)
     service_url, bare_url = f"{base}{path}", f"http://127.0.0.1:{bare_port}{path}"
     quick = argparse.Namespace(**{**vars(args), "seconds": 3})
@@ -456,6 +457,7 @@ def measure(
 
     print()
     print(f"broker: {kafka.label}")
+    print("\n".join(idle))
     print(
         f"wrk: {args.threads} threads, {args.connections} connections, {args.seconds}s, "
         f"{args.runs} runs; {os.cpu_count()} CPUs shared by wrk, PostgreSQL, the broker, "

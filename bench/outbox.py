@@ -402,6 +402,8 @@ def main() -> None:
 
     logging.getLogger().setLevel(logging.WARNING)
     with database() as db, broker(args.broker, args.brokers) as kafka:
+        idle = CpuMeter([Probe("this process", own()), *db.probes, *kafka.probes])
+        print("\n".join(idle.idle(5.0, time.sleep)), flush=True)
         if args.uvloop:
             import uvloop
 

@@ -13,6 +13,7 @@ from bench._procstats import (
     CpuTimes,
     Probe,
     accumulate,
+    idle_report,
     per_thousand,
     report,
     tree,
@@ -88,3 +89,14 @@ def test_a_tree_sample_includes_a_reaped_child_and_ignores_a_vanished_root() -> 
     assert reaped > 0
     assert tree([me.pid])() >= reaped
     assert tree([child.pid])() == 0.0  # reaped: no such process any more
+
+
+def test_the_idle_report_gives_cores_in_use_per_probe() -> None:
+    clock = itertools.count(0.0, 0.5)
+    meter = CpuMeter([Probe("broker", lambda: next(clock))])
+    waited: list[float] = []
+    lines = meter.idle(2.0, waited.append)
+    assert waited == [2.0]
+    assert lines[0] == "CPU seconds per second with no load (2 s):"
+    assert lines[1].split() == ["broker", "0.250"]  # 0.5 s over 2 s
+    assert idle_report(meter.probes, {}, 1.0)[1].split() == ["broker", "0.000"]
