@@ -2,8 +2,12 @@
 
     .venv/bin/python bench/ingress.py [--seconds 10] [--runs 2] [--connections 64]
                                       [--threads 2] [--set NAME=VALUE ...]
+                                      [--broker {tansu,kafka}] [--brokers {1,3}]
 
-Starts an embedded PostgreSQL and the embedded Kafka-protocol broker, migrates, runs the real
+Starts an embedded PostgreSQL (or a fresh database on ``SWITCHBOARD_BENCH_DATABASE_URL``) and a
+broker (``--broker tansu``: the embedded Kafka-protocol broker, idempotence off; ``--broker
+kafka``: Apache Kafka with ``--brokers`` nodes, idempotence on, acks=all, replication factor
+and min ISR from the cluster; see ``bench/_stack.py``), migrates, runs the real
 service (``switchboard serve`` in a subprocess, unchanged: uvicorn + httptools on uvloop, the
 loop ``infra.entrypoint.run_async`` gives every process; webhooks are served by the
 gateway's raw ASGI fast path, ``gateway.fastpath``) and, in the same run, a bare FastAPI app
@@ -16,12 +20,25 @@ shared and noisy); prints every run, then best and median. Then the service at 7
 best peak rate: each connection waits a random think time (uniform, so connections do not
 fall into lockstep bursts) calibrated in short rounds until the achieved rate is near the
 target; p50/p99 of ``--runs`` paced runs. Targets (issue 4): ratio ≥ 0.6, p99 ≤ 50 ms at 70 %
-of peak. Also prints the load average, how many events the service deduplicated and spooled
+of peak. For the peak and the paced runs, CPU seconds per 1,000 webhooks of each process: the
+service (``switchboard serve`` and any children), PostgreSQL (the postmaster and its backends),
+the broker (each Kafka JVM too) and wrk. Also prints the load average, how many events the
+service deduplicated and spooled
 (a sanity check that the figures are not those of a broken path). Bounded in time (about
 ``(4 * runs + 3) * seconds`` plus setup); everything listens on 127.0.0.1 only.
 """
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# bench/ holds files named like the packages they measure (conversations.py, outbox.py): keep
+# it off the import path, and the repository root on it for bench._stack.
+if str(Path(__file__).resolve().parent) in sys.path:
+    sys.path.remove(str(Path(__file__).resolve().parent))
+if str(Path(__file__).resolve().parent.parent) not in sys.path:  # for bench._stack
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import argparse
 import hashlib
@@ -32,14 +49,14 @@ import re
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
-from pathlib import Path
 from typing import Any
 
 import uvicorn
+from bench._procstats import CpuMeter, Probe, reaped_children, tree
+from bench._stack import Broker, Database, add_broker_arguments, broker, database
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
@@ -278,13 +295,7 @@ def main() -> None:
         help="a service setting, e.g. gateway_batch_max_delay_seconds=0.005 (repeatable)",
     )
     parser.add_argument("--bare", type=int, default=None, help=argparse.SUPPRESS)
-    parser.add_argument(
-        "--broker",
-        choices=["tansu", "kafka"],
-        default="tansu",
-        help="tansu: embedded, idempotence off; kafka: Apache Kafka, production producer settings",
-    )
-    parser.add_argument("--brokers", type=int, choices=[1, 3], default=1, help="Kafka nodes")
+    add_broker_arguments(parser)
     args = parser.parse_args()
     if args.bare is not None:
         run_bare(args.bare)
@@ -292,189 +303,200 @@ def main() -> None:
     if shutil.which("wrk") is None:
         sys.exit("bench/ingress.py needs wrk: apt-get install -y wrk")
 
-    from sqlalchemy import text
-    from sqlalchemy.ext.asyncio import create_async_engine
-
     from infra.crypto import generate_key
-    from infra.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
-    from infra.kafka_cluster import KafkaCluster
+    from infra.embedded import free_port
 
     work = Path(tempfile.mkdtemp(prefix="sb-bench-ingress-"))
     procs: list[subprocess.Popen[bytes]] = []
-    postgres = EmbeddedPostgres(work / "pg")
-    broker: EmbeddedBroker | KafkaCluster
-    if args.broker == "kafka":
-        broker = KafkaCluster(work / "kafka", args.brokers)
-        broker_env = {
-            "SWITCHBOARD_KAFKA_ENABLE_IDEMPOTENCE": "true",
-            "SWITCHBOARD_KAFKA_REPLICATION_FACTOR": str(broker.replication_factor),
-            "SWITCHBOARD_KAFKA_MIN_INSYNC_REPLICAS": str(broker.min_insync_replicas),
-        }
-    else:
-        broker = EmbeddedBroker()
-        broker_env = {"SWITCHBOARD_KAFKA_ENABLE_IDEMPOTENCE": "false"}
-    try:
-        postgres.start()
-        broker.start()
-        postgres.create_database("bench")
-        admin_key = "sb_admin_bench_" + os.urandom(8).hex()
-        port, bare_port = free_port(), free_port()
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")},
-            "SWITCHBOARD_DATABASE_URL": postgres.url("bench"),
-            "SWITCHBOARD_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
-            **broker_env,
-            "SWITCHBOARD_KAFKA_TOPIC_PARTITIONS": "3",
-            "SWITCHBOARD_ENCRYPTION_KEYS": generate_key(),
-            "SWITCHBOARD_ADMIN_API_KEY": admin_key,
-            "SWITCHBOARD_HTTP_PORT": str(port),
-            "SWITCHBOARD_LOG_LEVEL": "WARNING",
-            **{f"SWITCHBOARD_{k.upper()}": v for k, _, v in (o.partition("=") for o in args.set)},
-        }
-        subprocess.run(
-            [sys.executable, "-m", "switchboard", "migrate"],
-            env=env,
-            check=True,
-            capture_output=True,
-        )
-        serve = [sys.executable, "-m", "switchboard", "serve"]
-        procs.append(subprocess.Popen(serve, env=env, cwd=work))
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, str(Path(__file__)), "--bare", str(bare_port)], cwd=work
-            )
-        )
-        base = f"http://127.0.0.1:{port}"
-        wait_http(f"{base}/healthz")
-        wait_http(f"http://127.0.0.1:{bare_port}/docs")
-        channel = api(
-            "POST",
-            f"{base}/v1/channels",
-            admin_key,
-            {
-                "platform": "whatsapp",
-                "name": "bench",
-                "account_id": PHONE_NUMBER_ID,
-                "credentials": {
-                    "access_token": "bench-token",
-                    "app_secret": APP_SECRET,
-                    "verify_token": "bench-verify",
-                },
+    with database() as db, broker(args.broker, args.brokers) as kafka:
+        try:
+            measure(args, work, procs, db, kafka, generate_key(), free_port(), free_port())
+        finally:
+            for proc in procs:
+                proc.terminate()
+            for proc in procs:
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def measure(
+    args: argparse.Namespace,
+    work: Path,
+    procs: list[subprocess.Popen[bytes]],
+    db: Database,
+    kafka: Broker,
+    encryption_key: str,
+    port: int,
+    bare_port: int,
+) -> None:
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    admin_key = "sb_admin_bench_" + os.urandom(8).hex()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")},
+        "SWITCHBOARD_DATABASE_URL": db.url,
+        **kafka.env(),
+        "SWITCHBOARD_KAFKA_TOPIC_PARTITIONS": "3",
+        "SWITCHBOARD_ENCRYPTION_KEYS": encryption_key,
+        "SWITCHBOARD_ADMIN_API_KEY": admin_key,
+        "SWITCHBOARD_HTTP_PORT": str(port),
+        "SWITCHBOARD_LOG_LEVEL": "WARNING",
+        **{f"SWITCHBOARD_{k.upper()}": v for k, _, v in (o.partition("=") for o in args.set)},
+    }
+    serve = [sys.executable, "-m", "switchboard", "serve"]
+    procs.append(subprocess.Popen(serve, env=env, cwd=work))
+    probes = [
+        Probe("service (switchboard serve)", tree([procs[0].pid])),
+        *db.probes,
+        *kafka.probes,
+        Probe("load generator (wrk)", reaped_children()),
+    ]
+    peak_cpu, paced_cpu = CpuMeter(probes), CpuMeter(probes)
+
+    def metered(meter: CpuMeter, *run_args: Any) -> dict[str, float]:
+        meter.start()
+        try:
+            return wrk(*run_args)
+        finally:
+            meter.stop()
+
+    procs.append(
+        subprocess.Popen([sys.executable, str(Path(__file__)), "--bare", str(bare_port)], cwd=work)
+    )
+    base = f"http://127.0.0.1:{port}"
+    wait_http(f"{base}/healthz")
+    wait_http(f"http://127.0.0.1:{bare_port}/docs")
+    channel = api(
+        "POST",
+        f"{base}/v1/channels",
+        admin_key,
+        {
+            "platform": "whatsapp",
+            "name": "bench",
+            "account_id": PHONE_NUMBER_ID,
+            "credentials": {
+                "access_token": "bench-token",
+                "app_secret": APP_SECRET,
+                "verify_token": "bench-verify",
             },
-        )
-        path = f"/webhooks/whatsapp/{channel['id']}"
-        lua = work / "ingress.lua"
-        lua.write_text(LUA)
-        # Distinct webhooks for every run against the service (a repeat would be a duplicate:
-        # no dedup insert, no archive, no Kafka send). 6k/s is above any rate reached here.
-        per_run = max(20_000, args.seconds * 6_000)
-        offset = 0
+        },
+    )
+    path = f"/webhooks/whatsapp/{channel['id']}"
+    lua = work / "ingress.lua"
+    lua.write_text(LUA)
+    # Distinct webhooks for every run against the service (a repeat would be a duplicate:
+    # no dedup insert, no archive, no Kafka send). 6k/s is above any rate reached here.
+    per_run = max(20_000, args.seconds * 6_000)
+    offset = 0
 
-        def fresh(name: str, count: int) -> str:
-            nonlocal offset
-            prefix = write_bodies(work, name, offset, count, args.threads)
-            offset += count
-            return prefix
+    def fresh(name: str, count: int) -> str:
+        nonlocal offset
+        prefix = write_bodies(work, name, offset, count, args.threads)
+        offset += count
+        return prefix
 
-        print(f"generating signed webhooks ({per_run} per run) ...", flush=True)
-        service_url, bare_url = f"{base}{path}", f"http://127.0.0.1:{bare_port}{path}"
-        quick = argparse.Namespace(**{**vars(args), "seconds": 3})
-        warm = fresh("warm", per_run // 3)
-        wrk(service_url, warm, lua, quick)  # warm-up: pools, caches, producer metadata
-        wrk(bare_url, warm, lua, quick)
-        load = [loadavg()]
-        batch_stats = [batch_totals(base)]
-        services: list[dict[str, float]] = []
-        bares: list[dict[str, float]] = []
-        for run in range(args.runs):
-            services.append(wrk(service_url, fresh(f"peak{run}", per_run), lua, args))
-            bares.append(wrk(bare_url, warm, lua, args))
-        load.append(loadavg())
-        batch_stats.append(batch_totals(base))
-        peak = max(r["rps"] for r in services)
-        target = 0.7 * peak
-        # Closed loop with think time: rate = connections / (latency + mean delay).
-        delay_ms = max(0.0, args.connections / target * 1000)
-        for round_ in range(3):
-            probe = wrk(service_url, fresh(f"cal{round_}", per_run // 3), lua, quick, delay_ms)
-            latency_ms = args.connections / probe["rps"] * 1000 - delay_ms
-            delay_ms = max(0.0, args.connections / target * 1000 - latency_ms)
-            if abs(probe["rps"] / target - 1) < 0.05:
-                break
-        batch_stats.append(batch_totals(base))
-        paced_runs: list[dict[str, float]] = []
-        for run in range(args.runs):
-            paced = wrk(service_url, fresh(f"paced{run}", per_run), lua, args, delay_ms)
-            paced_runs.append(paced)
-            # the machine drifts: re-aim the next run with this one's latency
-            latency_ms = args.connections / paced["rps"] * 1000 - delay_ms
-            delay_ms = max(0.0, args.connections / target * 1000 - latency_ms)
-        load.append(loadavg())
-        batch_stats.append(batch_totals(base))
+    idle = CpuMeter(probes).idle(5.0, time.sleep)
+    print(f"generating signed webhooks ({per_run} per run) ...", flush=True)
+    service_url, bare_url = f"{base}{path}", f"http://127.0.0.1:{bare_port}{path}"
+    quick = argparse.Namespace(**{**vars(args), "seconds": 3})
+    warm = fresh("warm", per_run // 3)
+    wrk(service_url, warm, lua, quick)  # warm-up: pools, caches, producer metadata
+    wrk(bare_url, warm, lua, quick)
+    load = [loadavg()]
+    batch_stats = [batch_totals(base)]
+    services: list[dict[str, float]] = []
+    bares: list[dict[str, float]] = []
+    for run in range(args.runs):
+        services.append(metered(peak_cpu, service_url, fresh(f"peak{run}", per_run), lua, args))
+        bares.append(wrk(bare_url, warm, lua, args))
+    load.append(loadavg())
+    batch_stats.append(batch_totals(base))
+    peak = max(r["rps"] for r in services)
+    target = 0.7 * peak
+    # Closed loop with think time: rate = connections / (latency + mean delay).
+    delay_ms = max(0.0, args.connections / target * 1000)
+    for round_ in range(3):
+        probe = wrk(service_url, fresh(f"cal{round_}", per_run // 3), lua, quick, delay_ms)
+        latency_ms = args.connections / probe["rps"] * 1000 - delay_ms
+        delay_ms = max(0.0, args.connections / target * 1000 - latency_ms)
+        if abs(probe["rps"] / target - 1) < 0.05:
+            break
+    batch_stats.append(batch_totals(base))
+    paced_runs: list[dict[str, float]] = []
+    for run in range(args.runs):
+        bodies = fresh(f"paced{run}", per_run)
+        paced = metered(paced_cpu, service_url, bodies, lua, args, delay_ms)
+        paced_runs.append(paced)
+        # the machine drifts: re-aim the next run with this one's latency
+        latency_ms = args.connections / paced["rps"] * 1000 - delay_ms
+        delay_ms = max(0.0, args.connections / target * 1000 - latency_ms)
+    load.append(loadavg())
+    batch_stats.append(batch_totals(base))
 
-        engine = create_async_engine(postgres.url("bench"))
+    engine = create_async_engine(db.url)
 
-        async def counts() -> tuple[int, int]:
-            async with engine.connect() as conn:
-                dedup = (await conn.execute(text("SELECT count(*) FROM gateway_dedup"))).scalar()
-                spool = (await conn.execute(text("SELECT count(*) FROM gateway_spool"))).scalar()
-            await engine.dispose()
-            return int(dedup or 0), int(spool or 0)
+    async def counts() -> tuple[int, int]:
+        async with engine.connect() as conn:
+            dedup = (await conn.execute(text("SELECT count(*) FROM gateway_dedup"))).scalar()
+            spool = (await conn.execute(text("SELECT count(*) FROM gateway_spool"))).scalar()
+        await engine.dispose()
+        return int(dedup or 0), int(spool or 0)
 
-        import asyncio
+    import asyncio
 
-        dedup_rows, spool_rows = asyncio.run(counts())
-        metrics = urllib.request.urlopen(f"{base}/metrics", timeout=5).read().decode()  # noqa: S310
-        spooled = sum(
-            float(m.group(1))
-            for m in re.finditer(r'outcome="spooled",platform="whatsapp"\} ([0-9.e+]+)', metrics)
-        )
+    dedup_rows, spool_rows = asyncio.run(counts())
+    metrics = urllib.request.urlopen(f"{base}/metrics", timeout=5).read().decode()  # noqa: S310
+    spooled = sum(
+        float(m.group(1))
+        for m in re.finditer(r'outcome="spooled",platform="whatsapp"\} ([0-9.e+]+)', metrics)
+    )
 
-        print()
-        print(
-            f"wrk: {args.threads} threads, {args.connections} connections, {args.seconds}s, "
-            f"{args.runs} runs; {os.cpu_count()} CPUs shared by wrk, PostgreSQL, the broker, "
-            "the server (`switchboard serve`: uvicorn + httptools on uvloop) and "
-            "whatever else runs on the machine" + (f"; settings: {args.set}" if args.set else "")
-        )
-        print("load average (1/5/15 min) before, after peaks, after paced: " + " | ".join(load))
-        for run, (service, bare) in enumerate(zip(services, bares, strict=True), start=1):
-            print(line(f"run {run}: bare FastAPI", bare))
-            print(line(f"run {run}: ingress", service))
-        print(summary("bare FastAPI (peak)", bares))
-        print(summary("ingress (peak)", services))
-        ratios = sorted(s["rps"] / b["rps"] for s, b in zip(services, bares, strict=True))
-        print(
-            f"ratio ingress/bare: best {max(ratios):.2f}, median {statistics.median(ratios):.2f}"
-            f", of best peaks {peak / max(b['rps'] for b in bares):.2f}   (target >= 0.6)"
-        )
-        for run, paced in enumerate(paced_runs, start=1):
-            print(line(f"run {run}: ingress at {paced['rps'] / peak:.0%} of peak", paced))
-        p99s = sorted(r["p99_ms"] for r in paced_runs)
-        print(
-            f"p99 at ~70% of peak: best {p99s[0]:.2f} ms, median {statistics.median(p99s):.2f} ms"
-            "   (target <= 50 ms)"
-        )
-        print(
-            f"events deduplicated (rows): {dedup_rows}; spooled during the run: {spooled:.0f}; "
-            f"left in spool: {spool_rows}"
-        )
-        print(
-            "webhooks per group-commit batch (mean): at peak "
-            f"{mean_batch(batch_stats[0], batch_stats[1]):.1f}, paced "
-            f"{mean_batch(batch_stats[2], batch_stats[3]):.1f}"
-        )
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        broker.stop()
-        postgres.stop()
-        shutil.rmtree(work, ignore_errors=True)
+    print()
+    print(f"broker: {kafka.label}")
+    print("\n".join(idle))
+    print(
+        f"wrk: {args.threads} threads, {args.connections} connections, {args.seconds}s, "
+        f"{args.runs} runs; {os.cpu_count()} CPUs shared by wrk, PostgreSQL, the broker, "
+        "the server (`switchboard serve`: uvicorn + httptools on uvloop) and "
+        "whatever else runs on the machine" + (f"; settings: {args.set}" if args.set else "")
+    )
+    print("load average (1/5/15 min) before, after peaks, after paced: " + " | ".join(load))
+    for run, (service, bare) in enumerate(zip(services, bares, strict=True), start=1):
+        print(line(f"run {run}: bare FastAPI", bare))
+        print(line(f"run {run}: ingress", service))
+    print(summary("bare FastAPI (peak)", bares))
+    print(summary("ingress (peak)", services))
+    ratios = sorted(s["rps"] / b["rps"] for s, b in zip(services, bares, strict=True))
+    print(
+        f"ratio ingress/bare: best {max(ratios):.2f}, median {statistics.median(ratios):.2f}"
+        f", of best peaks {peak / max(b['rps'] for b in bares):.2f}   (target >= 0.6)"
+    )
+    for run, paced in enumerate(paced_runs, start=1):
+        print(line(f"run {run}: ingress at {paced['rps'] / peak:.0%} of peak", paced))
+    p99s = sorted(r["p99_ms"] for r in paced_runs)
+    print(
+        f"p99 at ~70% of peak: best {p99s[0]:.2f} ms, median {statistics.median(p99s):.2f} ms"
+        "   (target <= 50 ms)"
+    )
+    print(
+        f"events deduplicated (rows): {dedup_rows}; spooled during the run: {spooled:.0f}; "
+        f"left in spool: {spool_rows}"
+    )
+    print(
+        "webhooks per group-commit batch (mean): at peak "
+        f"{mean_batch(batch_stats[0], batch_stats[1]):.1f}, paced "
+        f"{mean_batch(batch_stats[2], batch_stats[3]):.1f}"
+    )
+    print("peak runs: " + "\n".join(peak_cpu.report(sum_requests(services), "webhooks")))
+    print("paced runs: " + "\n".join(paced_cpu.report(sum_requests(paced_runs), "webhooks")))
+
+
+def sum_requests(runs: list[dict[str, float]]) -> float:
+    return sum(r["requests"] for r in runs)
 
 
 if __name__ == "__main__":

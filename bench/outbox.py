@@ -1,15 +1,21 @@
 """Outbox delivery: sends per second per core, and pacing accuracy for one channel.
 
     .venv/bin/python bench/outbox.py [--messages 20000] [--seconds 10] [--uvloop]
+                                     [--broker {tansu,kafka}] [--brokers {1,3}]
 
 Real PostgreSQL (``SWITCHBOARD_BENCH_DATABASE_URL``, a server URL: a fresh database is created
-on it and dropped after; otherwise an embedded server in a temporary directory), the embedded
-broker, and the fake platform server in a separate process, so the CPU time measured is the
-worker's alone (PostgreSQL, the broker and the fake server run in their own processes).
+on it and dropped after; otherwise an embedded server in a temporary directory), a broker
+(``--broker tansu``: the embedded one, idempotence off; ``--broker kafka``: Apache Kafka with
+``--brokers`` nodes, idempotence on, acks=all, replication factor and min ISR from the cluster;
+see ``bench/_stack.py``), and the fake platform server in a separate process, so the CPU time
+measured is the worker's alone (PostgreSQL, the broker and the fake server run in their own
+processes).
 
 (a) throughput: N queued WhatsApp messages to distinct recipients are inserted directly, then
     one ``DeliveryWorker`` (pacing off) and the lifecycle relay run until every row is sent.
-    Prints wall time, sends/s, the worker process's CPU seconds and sends per CPU-second.
+    Prints wall time, sends/s, the worker process's CPU seconds and sends per CPU-second, and
+    CPU seconds per 1,000 sends of each process: this one (worker and relay), PostgreSQL (the
+    postmaster and its backends), the broker (each Kafka JVM too) and the fake platform server.
 (b) pacing: one channel at 80 and at 1,000 msg/s (pacing on, defaults otherwise), ``seconds``
     worth of messages each; the fake server records arrival times. Prints the achieved rate
     (arrivals - 1 over first-to-last) and the most arrivals in any 1-second window.
@@ -30,6 +36,8 @@ from pathlib import Path
 # This file is named like the package it measures: keep its folder off the import path.
 if str(Path(__file__).resolve().parent) in sys.path:
     sys.path.remove(str(Path(__file__).resolve().parent))
+if str(Path(__file__).resolve().parent.parent) not in sys.path:  # for bench._stack
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import argparse
 import asyncio
@@ -49,21 +57,19 @@ from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from bench._procstats import CpuMeter, Probe, own, tree
+from bench._stack import Broker, Database, add_broker_arguments, broker, database
 from pydantic import SecretStr
 from sqlalchemy import func, insert, select, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from channels.models import Channel
 from infra.crypto import generate_key
-from infra.embedded import EmbeddedBroker, EmbeddedPostgres
 from infra.resources import Resources, open_resources
 from infra.runner import freeze_startup_heap
 from infra.settings import Settings
 from outbox.events import run_relay
 from outbox.models import OutboxMessage
 from outbox.worker import DeliveryWorker
-from switchboard import migrate
 
 
 async def _lag_monitor(lags: list[float], tick: float = 0.005) -> None:
@@ -123,8 +129,8 @@ async def _serve_recording(out: Path) -> None:
 
 
 @contextlib.contextmanager
-def fake_server(record_to: Path | None) -> Iterator[str]:
-    """The fake platforms in a child process; yields the base URL."""
+def fake_server(record_to: Path | None) -> Iterator[tuple[str, int]]:
+    """The fake platforms in a child process; yields its base URL and pid."""
     if record_to is None:
         cmd = [sys.executable, "-m", "fake_platforms", "--port", "0"]
     else:
@@ -135,43 +141,13 @@ def fake_server(record_to: Path | None) -> Iterator[str]:
         line = proc.stdout.readline().strip()
         if not line.startswith("listening: "):
             raise RuntimeError(f"fake server did not start: {line!r}")
-        yield line.removeprefix("listening: ")
+        yield line.removeprefix("listening: "), proc.pid
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=10)
 
 
-# ---- database and broker ------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def database() -> Iterator[str]:
-    configured = os.environ.get("SWITCHBOARD_BENCH_DATABASE_URL")
-    with contextlib.ExitStack() as stack:
-        if configured:
-            server = make_url(configured).set(drivername="postgresql+asyncpg")
-        else:
-            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sb-bench-")))
-            pg = stack.enter_context(EmbeddedPostgres(tmp / "pg"))  # __enter__ starts it
-            server = make_url(pg.url("postgres"))
-        name = f"switchboard_bench_{secrets.token_hex(3)}"
-        admin = server.render_as_string(hide_password=False)
-        asyncio.run(_admin(admin, f'CREATE DATABASE "{name}"'))
-        url = server.set(database=name).render_as_string(hide_password=False)
-        try:
-            migrate.upgrade(Settings(database_url=SecretStr(url)))
-            yield url
-        finally:
-            asyncio.run(_admin(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
-async def _admin(url: str, statement: str) -> None:
-    engine = create_async_engine(url, isolation_level="AUTOCOMMIT")
-    try:
-        async with engine.connect() as conn:
-            await conn.execute(text(statement))
-    finally:
-        await engine.dispose()
+# ---- the service ----------------------------------------------------------------------------
 
 
 @contextlib.asynccontextmanager
@@ -236,11 +212,15 @@ async def enqueue(res: Resources, channel_id: uuid.UUID, n: int) -> None:
 
 
 async def deliver_all(
-    res: Resources, n: int, *, relay: bool = True
+    res: Resources, n: int, *, relay: bool = True, meter: CpuMeter | None = None
 ) -> tuple[float, float, DeliveryWorker]:
-    """Run the worker and the relay until ``n`` rows are sent: (wall s, CPU s, worker)."""
+    """Run the worker and the relay until ``n`` rows are sent: (wall s, CPU s, worker).
+
+    ``meter`` (if any) runs over the same interval as the wall and CPU clocks."""
     stop, relay_stop = asyncio.Event(), asyncio.Event()
     worker = DeliveryWorker(res)
+    if meter is not None:
+        meter.start()
     wall0, cpu0 = time.perf_counter(), time.process_time()
     lags: list[float] = []
     monitor = asyncio.create_task(_lag_monitor(lags))
@@ -260,6 +240,8 @@ async def deliver_all(
     while worker.stats.sent + worker.stats.failed + worker.stats.dead < n:  # noqa: ASYNC110
         await asyncio.sleep(0.05)
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    if meter is not None:
+        meter.stop()
     stop.set()
     await task
     monitor.cancel()
@@ -280,16 +262,35 @@ async def deliver_all(
     return wall, cpu, worker
 
 
+def loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "n/a"
+
+
 def max_in_window(times: list[float], per: float = 1.0) -> int:
     ordered = sorted(times)
     return max(bisect.bisect_left(ordered, t + per) - i for i, t in enumerate(ordered))
 
 
 async def throughput(
-    settings: Settings, n: int, *, relay: bool, profile: Path | None = None
+    settings: Settings,
+    n: int,
+    *,
+    relay: bool,
+    probes: list[Probe],
+    profile: Path | None = None,
 ) -> None:
     settings = settings.model_copy(update={"outbox_pacing_enabled": False})
-    with fake_server(None) as base_url:
+    with fake_server(None) as (base_url, fake_pid):
+        meter = CpuMeter(
+            [
+                Probe("service (this process: worker + relay)", own()),
+                *probes,
+                Probe("fake platform (HTTP server)", tree([fake_pid])),
+            ]
+        )
         async with bench_resources(settings) as res:
             await reset(res)
             channel = await make_channel(res, base_url, None)
@@ -300,7 +301,7 @@ async def throughput(
 
                 profiler = cProfile.Profile()
                 profiler.enable()
-            wall, cpu, worker = await deliver_all(res, n, relay=relay)
+            wall, cpu, worker = await deliver_all(res, n, relay=relay, meter=meter)
             if profiler is not None and profile is not None:
                 profiler.disable()
                 profiler.dump_stats(profile)
@@ -312,13 +313,14 @@ async def throughput(
         f"queries, {worker.stats.write_batches} write batches)",
         flush=True,
     )
+    print("\n".join(meter.report(n, "sends")), flush=True)
 
 
 async def pacing(settings: Settings, rate: int, seconds: float) -> None:
     n = int(rate * seconds)
     with tempfile.TemporaryDirectory(prefix="sb-bench-") as tmp:
         record = Path(tmp) / "arrivals.json"
-        with fake_server(record) as base_url:
+        with fake_server(record) as (base_url, _):
             async with bench_resources(settings) as res:
                 await reset(res)
                 channel = await make_channel(res, base_url, rate)
@@ -357,13 +359,12 @@ async def pacing(settings: Settings, rate: int, seconds: float) -> None:
     )
 
 
-async def main_async(args: argparse.Namespace, db_url: str, broker: EmbeddedBroker) -> None:
+async def main_async(args: argparse.Namespace, db: Database, kafka: Broker) -> None:
     settings = Settings(
         _env_file=None,
-        database_url=SecretStr(db_url),
+        database_url=SecretStr(db.url),
         database_pool_size=10,
-        kafka_bootstrap_servers=broker.bootstrap_servers,
-        kafka_enable_idempotence=False,
+        kafka_bootstrap_servers=kafka.bootstrap_servers,
         kafka_topic_prefix=f"bench{secrets.token_hex(3)}.",
         encryption_keys=SecretStr(generate_key()),
         log_level="WARNING",
@@ -371,9 +372,13 @@ async def main_async(args: argparse.Namespace, db_url: str, broker: EmbeddedBrok
         outbox_max_in_flight=args.in_flight,
         allow_api_base_url_override=True,  # the channels send to the fake platform on loopback
     )
+    settings = settings.model_copy(update=kafka.settings)
+    print(f"broker: {kafka.label}; load average (1/5/15 min) at start: {loadavg()}", flush=True)
+    probes = [*db.probes, *kafka.probes]
     if not args.skip_throughput:
-        await throughput(settings, args.messages, relay=False, profile=args.profile)
-        await throughput(settings, args.messages, relay=True)
+        await throughput(settings, args.messages, relay=False, probes=probes, profile=args.profile)
+        await throughput(settings, args.messages, relay=True, probes=probes)
+        print(f"load average (1/5/15 min) after throughput: {loadavg()}", flush=True)
     for rate in args.rates:
         await pacing(settings, rate, args.seconds)
 
@@ -388,6 +393,7 @@ def main() -> None:
     parser.add_argument("--uvloop", action="store_true", help="run the worker on uvloop")
     parser.add_argument("--profile", type=Path, help="cProfile the throughput run into this file")
     parser.add_argument("--serve-recording", type=Path, help=argparse.SUPPRESS)
+    add_broker_arguments(parser)
     args = parser.parse_args()
     if args.serve_recording:
         asyncio.run(_serve_recording(args.serve_recording))
@@ -395,14 +401,16 @@ def main() -> None:
     import logging
 
     logging.getLogger().setLevel(logging.WARNING)
-    with database() as db_url, EmbeddedBroker() as broker:
+    with database() as db, broker(args.broker, args.brokers) as kafka:
+        idle = CpuMeter([Probe("this process", own()), *db.probes, *kafka.probes])
+        print("\n".join(idle.idle(5.0, time.sleep)), flush=True)
         if args.uvloop:
             import uvloop
 
             with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-                runner.run(main_async(args, db_url, broker))
+                runner.run(main_async(args, db, kafka))
         else:
-            asyncio.run(main_async(args, db_url, broker))
+            asyncio.run(main_async(args, db, kafka))
 
 
 if __name__ == "__main__":

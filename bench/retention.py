@@ -22,57 +22,22 @@ from pathlib import Path
 # This file is named like a module it measures: keep its folder off the import path.
 if str(Path(__file__).resolve().parent) in sys.path:
     sys.path.remove(str(Path(__file__).resolve().parent))
+if str(Path(__file__).resolve().parent.parent) not in sys.path:  # for bench._stack
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import argparse
 import asyncio
-import contextlib
-import os
-import secrets
-import tempfile
 import time
-from collections.abc import Iterator
 
+from bench._stack import database
 from pydantic import SecretStr
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
-from infra.embedded import EmbeddedPostgres
 from infra.settings import Settings
 from outbox.retention import purge_once
-from switchboard import migrate
 
 TABLES = ("outbox_messages", "outbox_attempts", "outbox_events", "outbox_pending_receipts")
-
-
-@contextlib.contextmanager
-def database() -> Iterator[str]:
-    configured = os.environ.get("SWITCHBOARD_BENCH_DATABASE_URL")
-    with contextlib.ExitStack() as stack:
-        if configured:
-            server = make_url(configured).set(drivername="postgresql+asyncpg")
-        else:
-            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sb-bench-")))
-            pg = stack.enter_context(EmbeddedPostgres(tmp / "pg"))
-            server = make_url(pg.url("postgres"))
-        name = f"switchboard_bench_{secrets.token_hex(3)}"
-        admin = server.render_as_string(hide_password=False)
-        asyncio.run(_admin(admin, f'CREATE DATABASE "{name}"'))
-        url = server.set(database=name).render_as_string(hide_password=False)
-        try:
-            migrate.upgrade(Settings(database_url=SecretStr(url)))
-            yield url
-        finally:
-            asyncio.run(_admin(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
-async def _admin(url: str, statement: str) -> None:
-    engine = create_async_engine(url, isolation_level="AUTOCOMMIT")
-    try:
-        async with engine.connect() as conn:
-            await conn.execute(text(statement))
-    finally:
-        await engine.dispose()
 
 
 # Ages: uniform over `days`; states by n % 200 (85 % delivered, 5 % read, 4 % sent, 3 % failed,
@@ -213,7 +178,8 @@ def main() -> None:
     parser.add_argument("--days", type=float, default=60.0)
     parser.add_argument("--retention-days", type=float, default=30.0)
     args = parser.parse_args()
-    with database() as url:
+    with database() as db:
+        url = db.url
         asyncio.run(main_async(args, url))
 
 
