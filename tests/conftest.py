@@ -15,14 +15,17 @@ database, so tests never share state.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
+import threading
 import typing
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
 from pydantic import SecretStr
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
@@ -138,8 +141,8 @@ def kafka_cluster_factory(tmp_path: Path) -> Iterator[Callable[[int], KafkaClust
 
 
 @pytest.fixture
-def settings(database_url: str, broker: Broker) -> Settings:
-    return Settings(
+def settings(database_url: str, broker: Broker) -> Iterator[Settings]:
+    made = Settings(
         _env_file=None,
         database_url=SecretStr(database_url),
         kafka_topic_prefix=f"t{uuid.uuid4().hex[:10]}.",
@@ -150,6 +153,34 @@ def settings(database_url: str, broker: Broker) -> Settings:
         allow_api_base_url_override=True,
         **broker_settings(broker),
     )
+    yield made
+    if isinstance(broker, KafkaCluster):
+        _drop_topics(broker.bootstrap_servers, made.kafka_topic_prefix)
+
+
+def _drop_topics(bootstrap: str, prefix: str) -> None:
+    """Deletes a test's topics from the run's Kafka cluster. Hundreds of tests times five topics
+    each would otherwise pile up thousands of partitions on one small-heap broker, which then
+    slows down and times out the tests that come last. Runs on its own thread and loop: a sync
+    fixture's teardown must not touch pytest-asyncio's loop."""
+
+    async def drop() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15_000)
+        await admin.start()
+        try:
+            mine = [t for t in await admin.list_topics() if t.startswith(prefix)]
+            if mine:
+                await admin.delete_topics(mine)
+        finally:
+            await admin.close()
+
+    def run() -> None:
+        with contextlib.suppress(Exception):  # e.g. a cluster a test stopped on purpose
+            asyncio.run(asyncio.wait_for(drop(), 30))
+
+    worker = threading.Thread(target=run, name="drop-topics")
+    worker.start()
+    worker.join(45)
 
 
 async def _truncate_all(engine: AsyncEngine) -> None:

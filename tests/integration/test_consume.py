@@ -71,7 +71,7 @@ async def run_until_committed(
             settings,
             topic,
             group_id=group,
-            **consumer_options(batch_size=50, session_timeout_ms=3000),
+            **consumer_options(batch_size=50, session_timeout_ms=6000),
         ),
         handle=handle,
         commit=commit,

@@ -39,7 +39,7 @@ async def test_lag_counts_what_is_not_finished(settings: Settings) -> None:
             settings,
             topic,
             group_id=f"g-{uuid.uuid4().hex[:8]}",
-            **consumer_options(batch_size=50, session_timeout_ms=3000),
+            **consumer_options(batch_size=50, session_timeout_ms=6000),
         ),
         handle=handle,
         commit=commit_offsets,

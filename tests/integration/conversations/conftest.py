@@ -68,7 +68,7 @@ class TopicReader:
             while not partitions:
                 partitions = consumer.partitions_for_topic(topic)
                 if not partitions:
-                    await consumer.force_metadata_update()
+                    await consumer.topics()  # refreshes the cluster metadata
                     await asyncio.sleep(0.1)
             assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
             consumer.assign(assigned)

@@ -75,6 +75,12 @@ async def test_serve_stops_within_its_deadline_while_the_broker_is_stalled(
             warm = whatsapp_payload(("wamid.Q0", "7", "published"))
             response = await client.post(path, content=warm, headers=meta_headers(warm))
             assert response.json()["new"] == 1
+            # On a loaded machine the first publish (metadata, producer id) can outlast the 1 s
+            # publish timeout and spool the warm-up too: count from here.
+            async with engine.connect() as conn:
+                before = (
+                    await conn.execute(text("SELECT count(*) FROM gateway_spool"))
+                ).scalar_one()
 
             assert own_broker.pid is not None
             os.kill(own_broker.pid, signal.SIGSTOP)
@@ -100,4 +106,4 @@ async def test_serve_stops_within_its_deadline_while_the_broker_is_stalled(
     assert "shutdown failed" not in capfd.readouterr().err
     async with engine.connect() as conn:
         spooled = (await conn.execute(text("SELECT count(*) FROM gateway_spool"))).scalar_one()
-    assert spooled == 1, "the record the broker did not acknowledge waits in the spool"
+    assert spooled == before + 1, "the record the broker did not acknowledge waits in the spool"
