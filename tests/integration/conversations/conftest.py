@@ -65,11 +65,14 @@ class TopicReader:
             )
             await consumer.start()
             partitions = None
-            while not partitions:
-                partitions = consumer.partitions_for_topic(topic)
-                if not partitions:
-                    await consumer.topics()  # refreshes the cluster metadata
-                    await asyncio.sleep(0.1)
+            async with asyncio.timeout(30):
+                while not partitions:
+                    partitions = consumer.partitions_for_topic(topic)
+                    if not partitions:
+                        # a new topic reaches the consumer's cluster view only on a refresh;
+                        # topics() fetches metadata without updating that view
+                        await consumer._client.force_metadata_update()
+                        await asyncio.sleep(0.1)
             assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
             consumer.assign(assigned)
             await consumer.seek_to_beginning(*assigned)
