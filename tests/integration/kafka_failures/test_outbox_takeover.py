@@ -214,25 +214,32 @@ async def test_a_killed_outbox_process_is_taken_over_without_loss(
                     res.producer, run_settings, channel, batch, [f"+1{n[-9:]}" for n in batch]
                 )
 
+            async def a_in_flight() -> int:
+                async with res.sessionmaker() as session:
+                    return len(
+                        list(
+                            await session.scalars(
+                                select(OutboxMessage.id).where(
+                                    OutboxMessage.state == "sending",
+                                    OutboxMessage.lease_owner == "a",
+                                )
+                            )
+                        )
+                    )
+
             async def a_is_sending() -> bool:
                 workers = Counter(w for w, _, _ in (await attempts_by_worker(res)).values())
-                return workers["a"] >= 2 * IN_FLIGHT and workers["b"] >= 1
+                busy = workers["a"] >= 2 * IN_FLIGHT and workers["b"] >= 1
+                # Channels are paced, so a process can be between two sends: kill it while it
+                # has one on the wire (a quiet machine once caught it with none).
+                return busy and await a_in_flight() >= 1
 
-            await until(a_is_sending, limit_s=90)
+            await until(a_is_sending, limit_s=90, poll_s=0.05)
             a.send_signal(signal.SIGKILL)
             await a.wait()
             killed_at = time.monotonic()
             at_kill = await attempts_by_worker(res)
-            async with res.sessionmaker() as session:
-                in_flight = len(
-                    list(
-                        await session.scalars(
-                            select(OutboxMessage.id).where(
-                                OutboxMessage.state == "sending", OutboxMessage.lease_owner == "a"
-                            )
-                        )
-                    )
-                )
+            in_flight = await a_in_flight()
             for channel, batch in after.items():
                 await produce_commands(
                     res.producer, run_settings, channel, batch, [f"+1{n[-9:]}" for n in batch]
@@ -274,7 +281,8 @@ async def test_a_killed_outbox_process_is_taken_over_without_loss(
     )
     assert not lost, lost[:5]
     assert set(per_command) == set(names)
-    assert in_flight >= 1, "the killed process had sends in flight"
+    # in_flight (reported above) is what was still on the wire after the kill; a send can
+    # complete in the milliseconds between the check and the signal, so it is not asserted.
     assert duplicates <= IN_FLIGHT, per_command.most_common(IN_FLIGHT + 1)
     assert a_channels, "the killed process owned channels"
     assert a_channels <= b_after, "the survivor sent on every channel of the killed process"
