@@ -1,7 +1,8 @@
 """Broker and database outages: spool, relay, per-conversation order, 503 only when nothing
 durable could be written. Each test runs its own embedded Tansu broker so it can stop it, on
-every run (with SWITCHBOARD_TEST_BROKER=kafka too: these outages on Apache Kafka hang the
-app's shutdown and are left to the failure tests of issue 10, items 4 and 6)."""
+every run (with SWITCHBOARD_TEST_BROKER=kafka too). The same outages on a 3-node Apache Kafka
+cluster are the failure tests under tests/integration/kafka_failures/ (all brokers down, a broker
+stopped, topics lost)."""
 
 from __future__ import annotations
 
