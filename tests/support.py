@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import httpx
 import uvicorn
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from infra.component import Component
 from infra.resources import Resources, open_resources
@@ -122,3 +123,30 @@ class StallingProxy:
         finally:
             with contextlib.suppress(OSError):
                 sink.write_eof()
+
+
+async def reader_from_start(
+    settings: Settings, topic: str, limit_s: float = 30
+) -> AIOKafkaConsumer:
+    """A started, group-less consumer on every partition of ``topic``, at the beginning (the
+    caller stops it). A topic created a moment ago reaches the consumer's cluster view only on a
+    metadata refresh (Apache Kafka; Tansu knows it at once): refresh until it is there."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        group_id=None,
+    )
+    await consumer.start()
+    try:
+        async with asyncio.timeout(limit_s):
+            while not (partitions := consumer.partitions_for_topic(topic)):
+                await consumer._client.force_metadata_update()
+                await asyncio.sleep(0.1)
+        assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(assigned)
+        await consumer.seek_to_beginning(*assigned)
+    except BaseException:
+        await consumer.stop()
+        raise
+    return consumer

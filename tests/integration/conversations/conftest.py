@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from conversations.app import component as conversations_component
@@ -30,7 +30,7 @@ from tests.integration.gateway.conftest import (
     telegram_headers,
     twilio_signature,
 )
-from tests.support import RunningApp, running_app
+from tests.support import RunningApp, reader_from_start, running_app
 
 
 async def eventually(check: Callable[[], Any], limit: float = 30.0) -> Any:
@@ -57,26 +57,7 @@ class TopicReader:
     async def _start(self) -> AIOKafkaConsumer:
         if self.consumer is None:
             topic = self.settings.topic(self.logical)
-            consumer = AIOKafkaConsumer(
-                bootstrap_servers=self.settings.kafka_bootstrap_servers,
-                enable_auto_commit=False,
-                auto_offset_reset="earliest",
-                group_id=None,
-            )
-            await consumer.start()
-            partitions = None
-            async with asyncio.timeout(30):
-                while not partitions:
-                    partitions = consumer.partitions_for_topic(topic)
-                    if not partitions:
-                        # a new topic reaches the consumer's cluster view only on a refresh;
-                        # topics() fetches metadata without updating that view
-                        await consumer._client.force_metadata_update()
-                        await asyncio.sleep(0.1)
-            assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
-            consumer.assign(assigned)
-            await consumer.seek_to_beginning(*assigned)
-            self.consumer = consumer
+            self.consumer = await reader_from_start(self.settings, topic)
         return self.consumer
 
     async def until(

@@ -18,14 +18,13 @@ from urllib.parse import urlencode
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.app import component
 from gateway.service import Gateway, GatewayHolder
 from infra.settings import Settings
 from tests.conftest import ADMIN_KEY
-from tests.support import RunningApp, running_app
+from tests.support import RunningApp, reader_from_start, running_app
 
 META_SECRET = "meta-app-secret-0123456789"
 META_VERIFY = "meta-verify-token-xyz"
@@ -260,26 +259,10 @@ async def read_topic(
     """Read ``inbound.v1`` from the beginning until ``done(records)``; records are dicts with
     ``key``, ``headers``, ``partition`` and the decoded ``event``."""
     topic = settings.topic("inbound.v1")
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        group_id=None,
-    )
-    await consumer.start()
+    consumer = await reader_from_start(settings, topic, limit_s)
     records: list[dict[str, Any]] = []
     try:
-        partitions = None
         async with asyncio.timeout(limit_s):
-            while not partitions:
-                partitions = consumer.partitions_for_topic(topic)
-                if not partitions:
-                    # new topics reach a broker's metadata a moment after creation (Kafka)
-                    await consumer._client.force_metadata_update()
-                    await asyncio.sleep(0.1)
-            assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
-            consumer.assign(assigned)
-            await consumer.seek_to_beginning(*assigned)
             while not done(records):
                 batch = await consumer.getmany(timeout_ms=200)
                 for tp in sorted(batch, key=lambda t: t.partition):

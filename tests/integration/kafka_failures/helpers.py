@@ -10,7 +10,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -18,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from infra.kafka import CE_HEADERS
 from infra.settings import Settings
 from outbox.models import OutboxEvent, OutboxMessage
+from tests.support import reader_from_start
 
 TERMINAL = frozenset({"delivered", "read", "failed", "dead", "cancelled"})
 
@@ -48,24 +48,10 @@ async def read_topic(
 ) -> list[dict[str, Any]]:
     """Read every partition of ``topic`` from the beginning until ``done(records)``; records
     are dicts with ``key``, ``partition``, ``offset`` and the decoded ``event``."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        group_id=None,
-    )
-    await consumer.start()
+    consumer = await reader_from_start(settings, topic, limit_s)
     records: list[dict[str, Any]] = []
     try:
         async with asyncio.timeout(limit_s):
-            partitions = consumer.partitions_for_topic(topic)
-            while not partitions:
-                await consumer._client.force_metadata_update()
-                partitions = consumer.partitions_for_topic(topic)
-                await asyncio.sleep(0.1)
-            assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
-            consumer.assign(assigned)
-            await consumer.seek_to_beginning(*assigned)
             while not done(records):
                 batch = await consumer.getmany(timeout_ms=300)
                 for tp in sorted(batch, key=lambda t: t.partition):
