@@ -150,3 +150,25 @@ async def reader_from_start(
         await consumer.stop()
         raise
     return consumer
+
+
+async def wait_committed(
+    settings: Settings, topic: str, group: str, limit_s: float = 30
+) -> dict[TopicPartition, int]:
+    """Until ``group``'s committed offsets reach the end of every partition of ``topic``;
+    returns those end offsets."""
+    probe = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers, group_id=group, enable_auto_commit=False
+    )
+    await probe.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in range(settings.kafka_topic_partitions)]
+        ends: dict[TopicPartition, int] = await probe.end_offsets(partitions)
+        async with asyncio.timeout(limit_s):
+            while True:
+                committed = {tp: await probe.committed(tp) for tp in partitions}
+                if all((committed[tp] or 0) >= ends[tp] for tp in partitions):
+                    return ends
+                await asyncio.sleep(0.1)
+    finally:
+        await probe.stop()

@@ -14,27 +14,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from infra import kafka
 from infra.consume import ConsumeLoop, Record, commit_offsets, consumer_options
 from infra.settings import Settings
+from tests.support import wait_committed
 
 pytestmark = pytest.mark.integration
-
-
-async def wait_committed(settings: Settings, topic: str, group: str) -> None:
-    """Until ``group``'s committed offsets reach the end of every partition of ``topic``."""
-    probe = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers, group_id=group, enable_auto_commit=False
-    )
-    await probe.start()
-    try:
-        partitions = [TopicPartition(topic, p) for p in range(settings.kafka_topic_partitions)]
-        ends = await probe.end_offsets(partitions)
-        async with asyncio.timeout(30):
-            while True:
-                committed = {tp: await probe.committed(tp) for tp in partitions}
-                if all((committed[tp] or 0) >= ends[tp] for tp in partitions):
-                    return
-                await asyncio.sleep(0.1)
-    finally:
-        await probe.stop()
 
 
 class Handler:

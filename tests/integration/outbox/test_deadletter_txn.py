@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -21,6 +21,7 @@ from infra.kafka import CE_HEADERS
 from infra.resources import Resources, open_resources
 from infra.settings import Settings
 from outbox import commands
+from tests import support
 from tests.conftest import TEST_BROKER
 
 pytestmark = [
@@ -75,27 +76,11 @@ async def read_all(settings: Settings, topic: str, *, committed_only: bool) -> l
     return out
 
 
-async def wait_committed(settings: Settings) -> None:
+async def wait_committed(settings: Settings) -> dict[TopicPartition, int]:
     """Until the command group's committed offsets reach the end of every partition."""
-    topic = settings.topic("outbound.commands.v1")
-    probe = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        group_id=settings.kafka_consumer_group,
-        enable_auto_commit=False,
+    return await support.wait_committed(
+        settings, settings.topic("outbound.commands.v1"), settings.kafka_consumer_group
     )
-    await probe.start()
-    try:
-        partitions = [TopicPartition(topic, p) for p in range(settings.kafka_topic_partitions)]
-        ends = await probe.end_offsets(partitions)
-        assert sum(ends.values()) > 0
-        async with asyncio.timeout(30):
-            while True:
-                committed = {tp: await probe.committed(tp) for tp in partitions}
-                if all((committed[tp] or 0) >= ends[tp] for tp in partitions):
-                    return
-                await asyncio.sleep(0.1)
-    finally:
-        await probe.stop()
 
 
 async def run_until_committed(
@@ -104,7 +89,8 @@ async def run_until_committed(
     stop = asyncio.Event()
     task = asyncio.create_task(commands.run_command_consumer(resources, stop, output=output))
     try:
-        await wait_committed(resources.settings)
+        ends = await wait_committed(resources.settings)
+        assert sum(ends.values()) > 0
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)

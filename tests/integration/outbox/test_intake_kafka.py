@@ -32,6 +32,7 @@ from outbox.contracts import METADATA_MAX_BYTES
 from outbox.deadletter import DEADLETTER_VALUE_MAX
 from outbox.models import OutboxEvent, OutboxMessage
 from outbox.receipts_consumer import run_receipts_consumer
+from tests import support
 from tests.support import running_app
 
 pytestmark = pytest.mark.integration
@@ -108,26 +109,11 @@ async def consume(settings: Settings, topic: str, count: int) -> list[Any]:
     return out
 
 
-async def wait_committed(settings: Settings) -> None:
+async def wait_committed(settings: Settings) -> dict[TopicPartition, int]:
     """Until the command group's committed offsets reach the end of every partition."""
-    topic = settings.topic("outbound.commands.v1")
-    probe = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        group_id=settings.kafka_consumer_group,
-        enable_auto_commit=False,
+    return await support.wait_committed(
+        settings, settings.topic("outbound.commands.v1"), settings.kafka_consumer_group
     )
-    await probe.start()
-    try:
-        partitions = [TopicPartition(topic, p) for p in range(settings.kafka_topic_partitions)]
-        ends = await probe.end_offsets(partitions)
-        async with asyncio.timeout(30):
-            while True:
-                committed = {tp: await probe.committed(tp) for tp in partitions}
-                if all((committed[tp] or 0) >= ends[tp] for tp in partitions):
-                    return
-                await asyncio.sleep(0.1)
-    finally:
-        await probe.stop()
 
 
 async def wait_rows(sessionmaker: async_sessionmaker[AsyncSession], count: int) -> None:
