@@ -347,7 +347,9 @@ async def test_failed_messages_are_redriven_one_by_one_and_in_bulk_by_filter(
     assert wrong_method.status_code == 405
     assert wrong_method.headers["allow"] == "POST"
     assert (await api.client.get("/v1/messages/retry", headers=auth)).status_code == 405
-    assert (await api.client.get("/v1/messages/not-a-uuid", headers=auth)).status_code == 404
+    not_an_id = await api.client.get("/v1/messages/not-a-uuid", headers=auth)
+    assert not_an_id.status_code == 404
+    assert not_an_id.json()["error"]["code"] == "not_found"
     async with api.resources.sessionmaker() as session:
         queued_events = await session.scalar(
             select(func.count()).select_from(OutboxEvent).where(OutboxEvent.key.like(f"{first}:%"))
