@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -25,16 +24,21 @@ from sqlalchemy import func, select
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
+# Named like a package it measures: keep this folder off the import path; bench._stack from
+# the repository root.
+if str(ROOT / "bench") in sys.path:
+    sys.path.remove(str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT))
+
+from bench import _stack  # noqa: E402
 
 from channels.models import Channel  # noqa: E402
 from conversations.models import TimelineEntry  # noqa: E402
 from conversations.worker import run_worker  # noqa: E402
 from infra.crypto import generate_key  # noqa: E402
-from infra.embedded import EmbeddedBroker, EmbeddedPostgres  # noqa: E402
 from infra.kafka import CE_HEADERS  # noqa: E402
 from infra.resources import open_resources  # noqa: E402
 from infra.settings import Settings  # noqa: E402
-from switchboard import migrate  # noqa: E402
 
 
 def event(channel_id: str, n: int, conversations: int) -> tuple[bytes, bytes]:
@@ -97,25 +101,15 @@ async def measure(settings: Settings, events: int, conversations: int) -> None:
 
 
 def main(events: int, conversations: int) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        pg = EmbeddedPostgres(Path(tmp) / "pg").start()
-        broker = EmbeddedBroker()
-        broker.start()
-        try:
-            pg.create_database("bench")
-            settings = Settings(
-                _env_file=None,
-                database_url=SecretStr(pg.url("bench")),
-                kafka_bootstrap_servers=broker.bootstrap_servers,
-                kafka_enable_idempotence=False,
-                kafka_topic_partitions=3,
-                encryption_keys=SecretStr(generate_key()),
-            )
-            migrate.upgrade(settings)
-            asyncio.run(measure(settings, events, conversations))
-        finally:
-            broker.stop()
-            pg.stop()
+    with _stack.database() as db, _stack.broker("tansu") as broker:
+        settings = Settings(
+            _env_file=None,
+            database_url=SecretStr(db.url),
+            kafka_bootstrap_servers=broker.bootstrap_servers,
+            kafka_topic_partitions=3,
+            encryption_keys=SecretStr(generate_key()),
+        ).model_copy(update=broker.settings)
+        asyncio.run(measure(settings, events, conversations))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -29,18 +28,23 @@ from sqlalchemy import insert
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
+# Named like a package it measures: keep this folder off the import path; bench._stack from
+# the repository root.
+if str(ROOT / "bench") in sys.path:
+    sys.path.remove(str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT))
+
+from bench import _stack  # noqa: E402
 
 from channels.models import Channel  # noqa: E402
 from fake_platforms.server import FakePlatformServer  # noqa: E402
 from infra.crypto import generate_key  # noqa: E402
-from infra.embedded import EmbeddedBroker, EmbeddedPostgres  # noqa: E402
 from infra.resources import Resources, open_resources  # noqa: E402
 from infra.settings import Settings  # noqa: E402
 from outbox import intake  # noqa: E402
 from outbox.contracts import SendCommand  # noqa: E402
 from outbox.models import ConversationWindow, OutboxMessage  # noqa: E402
 from outbox.worker import DeliveryWorker  # noqa: E402
-from switchboard import migrate  # noqa: E402
 
 
 async def campaign(res: Resources, channel_id: uuid.UUID, n: int) -> None:
@@ -136,25 +140,15 @@ async def measure(settings: Settings, bulk: int, rate: float, replies: int, gap:
 
 
 def main(bulk: int, rate: float, replies: int, gap: float) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        pg = EmbeddedPostgres(Path(tmp) / "pg").start()
-        broker = EmbeddedBroker()
-        broker.start()
-        try:
-            pg.create_database("bench")
-            settings = Settings(
-                _env_file=None,
-                database_url=SecretStr(pg.url("bench")),
-                kafka_bootstrap_servers=broker.bootstrap_servers,
-                kafka_enable_idempotence=False,
-                encryption_keys=SecretStr(generate_key()),
-                allow_api_base_url_override=True,  # the fake platform on 127.0.0.1
-            )
-            migrate.upgrade(settings)
-            asyncio.run(measure(settings, bulk, rate, replies, gap))
-        finally:
-            broker.stop()
-            pg.stop()
+    with _stack.database() as db, _stack.broker("tansu") as broker:
+        settings = Settings(
+            _env_file=None,
+            database_url=SecretStr(db.url),
+            kafka_bootstrap_servers=broker.bootstrap_servers,
+            allow_api_base_url_override=True,  # the fake platform on 127.0.0.1
+            encryption_keys=SecretStr(generate_key()),
+        ).model_copy(update=broker.settings)
+        asyncio.run(measure(settings, bulk, rate, replies, gap))
 
 
 if __name__ == "__main__":
