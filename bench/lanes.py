@@ -41,7 +41,7 @@ from fake_platforms.server import FakePlatformServer  # noqa: E402
 from infra.crypto import generate_key  # noqa: E402
 from infra.resources import Resources, open_resources  # noqa: E402
 from infra.settings import Settings  # noqa: E402
-from outbox import intake  # noqa: E402
+from outbox import service  # noqa: E402
 from outbox.contracts import SendCommand  # noqa: E402
 from outbox.models import ConversationWindow, OutboxMessage  # noqa: E402
 from outbox.worker import DeliveryWorker  # noqa: E402
@@ -88,7 +88,7 @@ async def reply(res: Resources, channel_id: uuid.UUID, n: int) -> tuple[str, flo
                 "content": {"kind": "text", "text": "Your order ships today"},
             }
         )
-        accepted = await intake.accept(session, res.settings, command, source="api")
+        accepted = await service.accept(session, res.settings, command, source="api")
         assert accepted.message.lane == "reply"
     return customer, time.monotonic()
 

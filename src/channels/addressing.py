@@ -12,7 +12,7 @@ below both, as one object per platform in ``ADDRESSING``, keyed by the platform 
   their digits (``+39 333 1234567`` is the ``wa_id`` ``393331234567``); anything else, including
   WhatsApp business-scoped user ids, as it is.
 * The **window peer** is how the outbox keys WhatsApp's 24-hour customer service window
-  (``outbox.intake.window_key``): WhatsApp peers by digits only, others as they are.
+  (``outbox.service.window_key``): WhatsApp peers by digits only, others as they are.
 * Twilio carries both SMS and WhatsApp: an address with the ``whatsapp:`` prefix (the recipient
   or the channel's own number) makes the conversation a WhatsApp one, with its window; any other
   Twilio conversation is SMS, where STOP stops everything.

@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from infra.component import Component
 from infra.resources import Resources
 from infra.settings import Settings
-from outbox import caps_api, control_api, media, media_upload, template_endpoints
+from outbox import caps_endpoints, control_endpoints, media, media_upload, template_endpoints
 from outbox.commands import run_intake
 from outbox.endpoints import router
 from outbox.schemas import channel_event_schema, lifecycle_event_schema, send_command_schema
@@ -49,8 +49,8 @@ def component(settings: Settings) -> Component:
             media.router(media_http),
             media_upload.router(media_http),
             template_endpoints.router,
-            control_api.router,
-            caps_api.router,
+            control_endpoints.router,
+            caps_endpoints.router,
         ],
         lifespan=lifespan,
         schemas={

@@ -6,7 +6,7 @@ send command, or a bare send command JSON object (no ``specversion``). The comma
 ``kafka_consumer_group``): commands of one conversation share a key, hence a partition, and a
 partition's records are handled in offset order, so their acceptance order is their send order.
 Each record is stored in its own transaction (or dead-lettered) before its offset is committed;
-a redelivery is a replay (intake is idempotent on the command id). With
+a redelivery is a replay (``outbox.service.accept`` is idempotent on the command id). With
 ``kafka_transactions`` on, dead letters and the batch's offsets are committed in one Kafka
 transaction (``infra.consume.TransactionalOutput``): a crash between a dead letter and its
 offset commit no longer publishes it twice. Outcomes:
@@ -43,12 +43,12 @@ from infra.consume import (
     consumer_options,
     per_record,
 )
+from infra.dberrors import data_error
 from infra.kafka import create_consumer, create_producer, transactional_id
 from infra.logging import get_logger
 from infra.resources import Resources
-from outbox import intake
+from outbox import service
 from outbox.contracts import SEND_COMMAND_TYPE, SendCommand
-from outbox.dberrors import data_error
 from outbox.deadletter import DeadLetter, publish_dead_letter
 from outbox.errors import IdempotencyConflict, UnknownChannelReference
 from outbox.events import run_relay
@@ -113,7 +113,7 @@ async def handle_command(
     if isinstance(parsed, SendCommand):
         try:
             async with resources.sessionmaker() as session, session.begin():
-                accepted = await intake.accept(session, resources.settings, parsed, source="kafka")
+                accepted = await service.accept(session, resources.settings, parsed, source="kafka")
         except IdempotencyConflict as exc:
             letter = DeadLetter("conflict", exc.message)
         except UnknownChannelReference as exc:

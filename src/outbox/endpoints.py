@@ -18,7 +18,7 @@ from infra.errors import AUTHENTICATED, error_responses
 from infra.logging import get_logger
 from infra.resources import AppResources, DbSession
 from infra.schema_types import Instant, Text
-from outbox import intake
+from outbox import repository, service
 from outbox.contracts import SendCommand
 from outbox.errors import InvalidCommand
 from outbox.schemas import (
@@ -91,7 +91,7 @@ async def send_message(
     except ValidationError as exc:
         problems = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
         raise InvalidCommand(problems or "invalid command") from None
-    accepted = await intake.accept(session, resources.settings, command, source="api")
+    accepted = await service.accept(session, resources.settings, command, source="api")
     bind(message_id=str(accepted.message.id), channel_id=str(accepted.message.channel_id))
     if not accepted.replayed:
         await session.commit()
@@ -111,8 +111,8 @@ async def send_message(
 async def get_message(message_id: uuid.UUID, session: DbSession, _: RequireRead) -> MessageDetail:
     """State, platform message id, last error, timestamps and every delivery attempt."""
     bind(message_id=str(message_id))
-    message = await intake.get_message(session, message_id)
-    history = await intake.attempt_history(session, message_id)
+    message = await repository.get_message(session, message_id)
+    history = await repository.attempt_history(session, message_id)
     return MessageDetail(
         **MessageRead.from_row(message).model_dump(),
         history=[AttemptRead.from_row(a) for a in history],
@@ -136,14 +136,14 @@ async def list_messages(
     cursor: Cursor = None,
     limit: Limit = 50,
 ) -> MessagePage:
-    filters = intake.MessageFilter(
+    filters = repository.MessageFilter(
         channel_id=channel_id,
         to=to,
         states=tuple(state or ()),
         created_after=created_after,
         created_before=created_before,
     )
-    rows, next_cursor = await intake.list_messages(session, filters, cursor=cursor, limit=limit)
+    rows, next_cursor = await repository.list_messages(session, filters, cursor=cursor, limit=limit)
     return MessagePage(items=[MessageRead.from_row(r) for r in rows], next_cursor=next_cursor)
 
 
@@ -162,7 +162,7 @@ async def cancel_message(
 ) -> MessageRead:
     """queued/retrying → cancelled (``message.cancelled``); already cancelled: 200, no change."""
     bind(message_id=str(message_id))
-    message = await intake.cancel(session, resources.settings, message_id)
+    message = await service.cancel(session, resources.settings, message_id)
     await session.commit()
     return MessageRead.from_row(message)
 
@@ -206,14 +206,14 @@ async def retry_messages(
     """Each match goes back to ``queued`` as with ``/v1/messages/{id}/retry``, committed in
     batches of 500; returns how many. A message redriven concurrently is skipped, not
     waited for."""
-    where = intake.RedriveFilter(
+    where = repository.RedriveFilter(
         states=tuple(dict.fromkeys(body.states)),
         channel_id=body.channel_id,
         error_code=body.error_code,
         finished_after=body.finished_after,
         finished_before=body.finished_before,
     )
-    count = await intake.redrive_matching(
+    count = await service.redrive_matching(
         resources.sessionmaker, resources.settings, where, body.limit
     )
     log.info("outbox.messages_redriven", count=count)
@@ -236,7 +236,7 @@ async def retry_message(
     """dead or failed → queued (``message.queued``), due now, new ``not_after``; attempts are
     kept."""
     bind(message_id=str(message_id))
-    message = await intake.redrive(session, resources.settings, message_id)
+    message = await service.redrive(session, resources.settings, message_id)
     await session.commit()
     return MessageRead.from_row(message)
 

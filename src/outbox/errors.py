@@ -3,7 +3,7 @@
 They are rendered by the application's one ``SwitchboardError`` handler as
 ``{"error": {"code", "message", "details"}}``. ``Rejected`` is the family of reasons a send
 command is refused before it is stored: the API answers 422 with it, the Kafka path stores the
-command as ``failed`` with the same code and message (see ``outbox.intake``).
+command as ``failed`` with the same code and message (see ``outbox.service``).
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ answered automatically: ``answer_callbacks`` stages a ``callback_answer`` comman
 so the button stops spinning even when the consumer of the event never answers it.
 
 ``message.received`` events (not echoes of our own messages) record the last inbound instant per
-``channel_id:contact.id`` for WhatsApp's 24-hour window (``outbox.intake.window_key``).
+``channel_id:contact.id`` for WhatsApp's 24-hour window (``outbox.service.window_key``).
 
 A receipt whose ids cannot be stored (a platform message id or a window key longer than its
 column, 300 characters, or holding U+0000, which PostgreSQL text cannot hold) cannot match any
@@ -65,14 +65,13 @@ from channels.models import Channel
 from infra.logging import get_logger
 from infra.settings import Settings
 from normalizer.models import MessageEvent, StatusEvent
-from outbox import events, intake
+from outbox import events, service
 from outbox.contracts import (
     LifecycleError,
     LifecycleEventType,
     SendCommand,
 )
 from outbox.errors import Rejected
-from outbox.intake import window_key
 from outbox.models import (
     CONVERSATION_KEY_MAX,
     PLATFORM_MESSAGE_ID_MAX,
@@ -81,6 +80,7 @@ from outbox.models import (
     PendingReceipt,
 )
 from outbox.platforms import SENDERS
+from outbox.service import window_key
 
 __all__ = [
     "BILLABLE",
@@ -386,7 +386,7 @@ async def answer_callbacks(
         if channel is not None and not channel.auto_answer_callbacks:
             continue  # the application answers them itself (per-channel switch)
         try:
-            accepted = await intake.accept(session, settings, command, source="kafka")
+            accepted = await service.accept(session, settings, command, source="kafka")
         except Rejected as exc:  # the channel is gone: nothing to answer with
             _skipped("callback_answer_refused", code=exc.code, channel_id=command.channel_id)
             continue

@@ -21,7 +21,7 @@ from conversations.app import component as conversations_component
 from conversations.worker import run_worker
 from gateway.app import component as gateway_component
 from infra.settings import Settings
-from outbox import intake
+from outbox import service
 from outbox.app import component as outbox_component
 from outbox.contracts import SendCommand
 from outbox.models import ConversationWindow, OutboxEvent, OutboxMessage
@@ -122,7 +122,7 @@ async def test_stop_refuses_templates_until_start(harness: Harness) -> None:
     # A Kafka command is stored as failed with the same code and a message.failed event.
     command = SendCommand.model_validate({"id": "kafka-promo-1", **template(channel)})
     async with harness.app.resources.sessionmaker() as session, session.begin():
-        accepted = await intake.accept(session, harness.settings, command, source="kafka")
+        accepted = await service.accept(session, harness.settings, command, source="kafka")
     assert accepted.message.state == "failed"
     assert accepted.message.last_error is not None
     assert accepted.message.last_error["code"] == "opted_out"

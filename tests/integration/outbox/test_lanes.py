@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from fake_platforms.server import FakePlatformServer
 from infra.resources import Resources, open_resources
 from infra.settings import Settings
-from outbox import intake
+from outbox import service
 from outbox.contracts import SendCommand
 from outbox.models import ConversationWindow, OutboxMessage
 from tests.integration.outbox.test_worker import eventually, make_channel, running, tune
@@ -104,7 +104,7 @@ async def test_a_reply_overtakes_a_queued_campaign(
             }
         )
         async with resources.sessionmaker() as session, session.begin():
-            accepted = await intake.accept(session, resources.settings, command, source="api")
+            accepted = await service.accept(session, resources.settings, command, source="api")
         assert accepted.message.lane == "reply"
         reply_id = accepted.message.id
         accepted_at = time.monotonic()

@@ -28,9 +28,9 @@ from fake_platforms.server import FakePlatformServer
 from gateway.app import component as gateway_component
 from infra.settings import Settings
 from outbox.app import component as outbox_component
-from outbox.intake import window_key
 from outbox.models import ConversationWindow, OutboxEvent, OutboxMessage
 from outbox.receipts_consumer import run_receipts_consumer
+from outbox.service import window_key
 from outbox.worker import DeliveryWorker
 from tests.conftest import ADMIN_KEY
 from tests.integration.gateway.conftest import ACCOUNTS, TG_SECRET, channel_body, meta_headers

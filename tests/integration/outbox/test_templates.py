@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 from sqlalchemy import select
 
-from outbox import intake
+from outbox import service
 from outbox.contracts import SendCommand
 from outbox.models import ConversationWindow, MessageTemplate, OutboxMessage
 from outbox.templates import run_template_sync, sync_once
@@ -190,7 +190,7 @@ async def test_approved_template_is_sent_and_kafka_refusals_fail(stack: Stack) -
 
     command = SendCommand.model_validate({"id": "k-1", **_body(channel_id, "old_promo")})
     async with stack.app.resources.sessionmaker() as session, session.begin():
-        accepted = await intake.accept(session, stack.app.settings, command, source="kafka")
+        accepted = await service.accept(session, stack.app.settings, command, source="kafka")
     assert accepted.message.state == "failed"
     assert accepted.message.last_error is not None
     assert accepted.message.last_error["code"] == "template_invalid"

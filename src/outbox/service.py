@@ -1,4 +1,6 @@
-"""Accepting a send command: idempotency, validation against the channel, storage.
+"""The outbox's use cases: accepting a send command (idempotency, validation against the
+channel, storage) and the operator's actions on stored messages (cancel, redrive). Their SQL
+is in ``outbox.repository``.
 
 One function, ``accept``, serves both doors (``POST /v1/messages`` and the Kafka commands
 topic). It stages the row and its ``message.queued`` (or ``message.failed``) lifecycle event in
@@ -18,11 +20,13 @@ a proactive message to an opted-out contact or beyond the channel's frequency ca
 The API raises them (422, nothing stored). Kafka commands are stored directly as ``failed`` with
 the reason in ``last_error`` and a ``message.failed`` event, except an unknown channel, which
 cannot be stored (the row references its channel) and is dead-lettered by the consumer.
+
+``cancel``, ``redrive`` and ``redrive_matching`` serve the messages API; each stages its
+lifecycle event with the state change, in the same transaction.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import uuid
 from dataclasses import dataclass
@@ -30,16 +34,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 import orjson
-from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from channels.addressing import addressing
 from channels.models import Channel
 from infra import telemetry
-from infra.errors import BadRequest
 from infra.settings import Settings
-from outbox import events, policy, templates
+from outbox import events, policy, repository, templates
 from outbox.contracts import LifecycleError, SendCommand, signal_not_after
 from outbox.errors import (
     ChannelDisabled,
@@ -47,22 +48,25 @@ from outbox.errors import (
     IdempotencyConflict,
     InvalidCommand,
     InvalidState,
-    MessageNotFound,
     Rejected,
     UnknownChannelReference,
     WindowClosed,
 )
-from outbox.models import ConversationWindow, OutboxAttempt, OutboxMessage
+from outbox.models import ConversationWindow, OutboxMessage
 from outbox.platforms import SENDERS, UnsupportedContent
+from outbox.repository import REDRIVABLE_STATES, RedriveFilter
 
 __all__ = [
     "WHATSAPP_WINDOW",
     "Accepted",
     "Source",
     "accept",
+    "cancel",
     "check",
     "conversation_key",
     "needs_window",
+    "redrive",
+    "redrive_matching",
     "request_hash",
     "resolve_channel",
     "window_key",
@@ -160,13 +164,6 @@ async def check(
             )
 
 
-async def find_by_command_id(session: AsyncSession, command_id: str) -> OutboxMessage | None:
-    result: OutboxMessage | None = await session.scalar(
-        select(OutboxMessage).where(OutboxMessage.command_id == command_id)
-    )
-    return result
-
-
 def _replay(existing: OutboxMessage, digest: str) -> Accepted:
     if existing.request_hash != digest:
         raise IdempotencyConflict(
@@ -192,7 +189,7 @@ async def accept(
     """
     now = now or datetime.now(UTC)
     digest = request_hash(command)
-    existing = await find_by_command_id(session, command.id)
+    existing = await repository.find_by_command_id(session, command.id)
     if existing is not None:
         return _replay(existing, digest)
     channel = await resolve_channel(session, command)
@@ -240,15 +237,9 @@ async def accept(
         error = LifecycleError(code=refusal.code, title=refusal.message, retryable=False)
         values["last_error"] = error.model_dump(mode="json")
         values["finished_at"] = now
-    stmt = (
-        pg_insert(OutboxMessage)
-        .values(**values)
-        .on_conflict_do_nothing(index_elements=["command_id"])
-        .returning(OutboxMessage)
-    )
-    message = (await session.scalars(stmt)).one_or_none()
+    message = await repository.insert_message(session, values)
     if message is None:  # a concurrent request with the same id won the insert
-        existing = await find_by_command_id(session, command.id)
+        existing = await repository.find_by_command_id(session, command.id)
         if existing is None:  # pragma: no cover - the winner's row is committed and unique
             raise IdempotencyConflict(f"command id {command.id!r} is being accepted concurrently")
         return _replay(existing, digest)
@@ -262,28 +253,7 @@ async def accept(
     return Accepted(message, replayed=False)
 
 
-# ---- operator actions and queries (the messages API) -----------------------------------------
-
-
-async def get_message(
-    session: AsyncSession, message_id: uuid.UUID, *, for_update: bool = False
-) -> OutboxMessage:
-    query = select(OutboxMessage).where(OutboxMessage.id == message_id)
-    if for_update:
-        query = query.with_for_update()
-    message: OutboxMessage | None = await session.scalar(query)
-    if message is None:
-        raise MessageNotFound()
-    return message
-
-
-async def attempt_history(session: AsyncSession, message_id: uuid.UUID) -> list[OutboxAttempt]:
-    rows = await session.scalars(
-        select(OutboxAttempt)
-        .where(OutboxAttempt.message_id == message_id)
-        .order_by(OutboxAttempt.attempt, OutboxAttempt.id)
-    )
-    return list(rows)
+# ---- operator actions (the messages API) --------------------------------------------------
 
 
 CANCELLABLE = frozenset({"queued", "retrying"})
@@ -295,7 +265,7 @@ async def cancel(
     """queued/retrying → cancelled with a ``message.cancelled`` event. Cancelling a cancelled
     message changes nothing (idempotent); any other state is ``InvalidState``: a message being
     sent (``sending``) may already be at the platform."""
-    message = await get_message(session, message_id, for_update=True)
+    message = await repository.get_message(session, message_id, for_update=True)
     if message.state == "cancelled":
         return message
     if message.state not in CANCELLABLE:
@@ -320,7 +290,7 @@ async def redrive(
     attempts and their history are kept and the retry schedule starts again from its first
     step. Any other state is ``InvalidState``."""
     now = now or datetime.now(UTC)
-    message = await get_message(session, message_id, for_update=True)
+    message = await repository.get_message(session, message_id, for_update=True)
     if message.state not in REDRIVABLE_STATES:
         raise InvalidState(
             f"message is {message.state}: only a dead or failed message can be retried",
@@ -332,20 +302,9 @@ async def redrive(
     return message
 
 
-REDRIVABLE_STATES = ("dead", "failed")
 REDRIVE_BATCH = 500
 """Rows requeued per transaction by ``redrive_matching``: row locks and the staged events of
 one batch stay small, and a concurrent redrive of the same filter skips locked rows."""
-
-
-@dataclass(frozen=True, slots=True)
-class RedriveFilter:
-    states: tuple[str, ...] = REDRIVABLE_STATES
-    channel_id: uuid.UUID | None = None
-    error_code: str | None = None
-    """``last_error.code`` of the message (e.g. ``190``, ``http_503``, ``expired``)."""
-    finished_after: datetime | None = None
-    finished_before: datetime | None = None
 
 
 async def redrive_matching(
@@ -359,26 +318,11 @@ async def redrive_matching(
     """``redrive`` every dead/failed message matching ``where``, at most ``limit``, in
     committed batches of ``REDRIVE_BATCH`` (oldest finished first). Returns the count."""
     now = now or datetime.now(UTC)
-    query = select(OutboxMessage).where(OutboxMessage.state.in_(where.states))
-    if where.channel_id is not None:
-        query = query.where(OutboxMessage.channel_id == where.channel_id)
-    if where.error_code is not None:
-        query = query.where(OutboxMessage.last_error["code"].astext == where.error_code)
-    if where.finished_after is not None:
-        query = query.where(OutboxMessage.finished_at >= where.finished_after)
-    if where.finished_before is not None:
-        query = query.where(OutboxMessage.finished_at < where.finished_before)
     done = 0
     while done < limit:
         batch = min(REDRIVE_BATCH, limit - done)
         async with sessionmaker() as session, session.begin():
-            rows = list(
-                await session.scalars(
-                    query.order_by(OutboxMessage.finished_at, OutboxMessage.seq)
-                    .limit(batch)
-                    .with_for_update(skip_locked=True)
-                )
-            )
+            rows = await repository.lock_redrivable(session, where, batch)
             for message in rows:
                 await _requeue(session, settings, message, now)
         done += len(rows)
@@ -398,57 +342,3 @@ async def _requeue(
     message.lease_owner = None
     message.lease_expires_at = None
     events.emit(session, settings, message, "message.queued")
-
-
-@dataclass(frozen=True, slots=True)
-class MessageFilter:
-    channel_id: uuid.UUID | None = None
-    to: str | None = None
-    states: tuple[str, ...] = ()
-    created_after: datetime | None = None
-    created_before: datetime | None = None
-
-
-def encode_cursor(seq: int) -> str:
-    return base64.urlsafe_b64encode(f"s:{seq}".encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> int:
-    try:
-        if len(cursor) > 64:
-            raise ValueError(cursor)
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        prefix, _, value = raw.partition(":")
-        if prefix != "s":
-            raise ValueError(cursor)
-        seq = int(value)
-        if not 0 <= seq < 2**63:  # a bigint
-            raise ValueError(cursor)
-        return seq
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("invalid cursor: pass the next_cursor of a previous page") from None
-
-
-async def list_messages(
-    session: AsyncSession, filters: MessageFilter, *, cursor: str | None, limit: int
-) -> tuple[list[OutboxMessage], str | None]:
-    """Newest first (by acceptance order, ``seq``); the cursor is opaque to clients."""
-    query = select(OutboxMessage).order_by(OutboxMessage.seq.desc()).limit(limit + 1)
-    if filters.channel_id is not None:
-        query = query.where(OutboxMessage.channel_id == filters.channel_id)
-    if filters.to is not None:
-        if "\x00" in filters.to:
-            raise BadRequest("to must not contain the NUL character")
-        query = query.where(OutboxMessage.recipient == filters.to)
-    if filters.states:
-        query = query.where(OutboxMessage.state.in_(filters.states))
-    if filters.created_after is not None:
-        query = query.where(OutboxMessage.created_at >= filters.created_after)
-    if filters.created_before is not None:
-        query = query.where(OutboxMessage.created_at < filters.created_before)
-    if cursor is not None:
-        query = query.where(OutboxMessage.seq < decode_cursor(cursor))
-    rows = list(await session.scalars(query))
-    if len(rows) > limit:
-        return rows[:limit], encode_cursor(rows[limit - 1].seq)
-    return rows, None

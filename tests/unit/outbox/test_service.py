@@ -1,4 +1,5 @@
-"""Pure parts of intake: the request hash, window keys, the checks before a command is stored."""
+"""Pure parts of the outbox service: the request hash, window keys, the checks before a command
+is stored."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from channels.models import Channel
 from infra.settings import Settings
 from outbox.contracts import SendCommand
 from outbox.errors import ContentNotSupported, WindowClosed
-from outbox.intake import check, needs_window, request_hash, window_key
+from outbox.service import check, needs_window, request_hash, window_key
 
 
 def command(**overrides: Any) -> SendCommand:
