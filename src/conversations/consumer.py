@@ -31,6 +31,7 @@ from conversations.lifecycle import apply_lifecycle
 from conversations.models import CONTACT_KEY_MAX
 from conversations.service import Unrecordable, lock_in_order
 from infra.aio import abandon, first_of
+from infra.dberrors import DATA_EXCEPTION, INTEGRITY_VIOLATION, data_error
 from infra.kafka import create_consumer
 from infra.logging import get_logger
 from infra.resources import Resources
@@ -54,19 +55,12 @@ def _decode(value: bytes | None) -> dict[str, Any] | None:
 
 
 def _record_fault(exc: BaseException) -> str | None:
-    """Why a record can never be stored (SQLSTATE class 22, data exception: too long, a
-    character PostgreSQL cannot hold; class 23, integrity), or None for a failure worth
-    retrying (connection lost, timeout)."""
+    """Why a record can never be stored (a data exception, or an integrity violation: the
+    handlers insert rows keyed by what the event names), or None for a failure worth retrying
+    (connection lost, timeout)."""
     if isinstance(exc, Unrecordable):
         return "unrecordable"
-    cause: BaseException | None = exc
-    while cause is not None:
-        state = getattr(cause.orig, "sqlstate", None) if isinstance(cause, DBAPIError) else None
-        state = state or getattr(cause, "sqlstate", None)
-        if isinstance(state, str):
-            return state if state[:2] in ("22", "23") else None
-        cause = cause.__cause__
-    return None
+    return data_error(exc, (DATA_EXCEPTION, INTEGRITY_VIOLATION))
 
 
 def _lock_key(record: Any, event: dict[str, Any]) -> tuple[uuid.UUID, str] | None:

@@ -16,6 +16,10 @@ answers with one of three kinds:
 ``DATABASE_ERRORS`` is what callers catch (every shape above); ``classify`` returns ``None``
 for anything else. Callers decide what a kind means for them (the gateway: 503 or the
 no-dedup path; the outbox: try again next round), not what the kind is.
+
+A consumer asks one more question of a ``FAULT``: is it the record's own fault (``data_error``,
+``record_fault``: a value PostgreSQL cannot store), so that retrying the record would block its
+partition forever?
 """
 
 from __future__ import annotations
@@ -112,3 +116,32 @@ def is_unavailable(exc: BaseException) -> bool:
 def is_retryable(exc: BaseException) -> bool:
     """A deadlock or serialization failure: the same statement may succeed if run again."""
     return classify(exc) is RETRYABLE
+
+
+DATA_EXCEPTION = "22"
+"""SQLSTATE class of a value PostgreSQL cannot store (too long for its column, a character the
+encoding cannot hold, a number out of range)."""
+INTEGRITY_VIOLATION = "23"
+"""SQLSTATE class of a row a constraint refuses (a foreign key, a check, a unique key)."""
+
+
+def data_error(exc: BaseException, classes: tuple[str, ...] = (DATA_EXCEPTION,)) -> str | None:
+    """The SQLSTATE when PostgreSQL refused the statement for the values a record brought
+    (by default a data exception, class 22; a consumer whose records can break a constraint
+    passes ``INTEGRITY_VIOLATION`` too): retrying that record can never succeed, so a consumer
+    skips or dead-letters it instead of blocking its partition. None for anything else
+    (connection lost, lock timeout, …), which is worth retrying. Only the SQLSTATE is reported:
+    the error message may quote the value."""
+    state = sqlstate(exc)
+    return state if state is not None and state[:2] in classes else None
+
+
+def record_fault(exc: BaseException) -> bool:
+    """Whether ``exc`` is the record's own fault (it would fail the same way on every retry):
+    a PostgreSQL data exception, or a value our code cannot handle. Not the database being
+    away, a lock timeout, …: those fail the batch, which is retried."""
+    if data_error(exc) is not None:
+        return True
+    if isinstance(exc, DATABASE_ERRORS):
+        return False
+    return isinstance(exc, ValueError | TypeError | LookupError | ArithmeticError)

@@ -27,13 +27,13 @@ from infra.consume import (
     consumer_options,
     process_span,
 )
+from infra.dberrors import record_fault
 from infra.kafka import create_consumer
 from infra.logging import get_logger
 from infra.resources import Resources
 from infra.settings import Settings
 from normalizer.models import EVENT_ADAPTER, MessageEvent, StatusEvent, UnsupportedEvent
 from outbox import receipts, templates
-from outbox.dberrors import record_fault
 
 __all__ = ["RECEIPTS_CONSUMER", "handle_inbound", "receipts_group", "run_receipts_consumer"]
 
@@ -112,7 +112,7 @@ async def handle_inbound(resources: Resources, records: Sequence[Record]) -> int
             statuses.append((record, event))
         elif isinstance(event, MessageEvent) and event.type == "message.received":
             received.append(event)
-        elif isinstance(event, UnsupportedEvent) and event.data.platform == "whatsapp":
+        elif isinstance(event, UnsupportedEvent) and templates.is_status_update(event):
             template_updates.append(event)
     if not statuses and not received and not template_updates:
         return len(records)

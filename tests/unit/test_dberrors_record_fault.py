@@ -1,11 +1,12 @@
-"""Telling a record's own fault (never worth retrying) from a failure worth retrying."""
+"""``infra.dberrors.data_error`` and ``record_fault``: telling a record's own fault (never worth
+retrying) from a failure worth retrying."""
 
 from __future__ import annotations
 
 import asyncpg  # type: ignore[import-untyped]
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from outbox.dberrors import data_error, record_fault
+from infra.dberrors import DATA_EXCEPTION, INTEGRITY_VIOLATION, data_error, record_fault
 
 
 class _AdaptedError(Exception):
@@ -42,3 +43,13 @@ def test_record_faults_are_data_errors_and_values_our_code_cannot_handle() -> No
     assert not record_fault(ConnectionResetError())
     assert not record_fault(TimeoutError())
     assert not record_fault(RuntimeError("unknown"))
+
+
+def test_integrity_violations_are_a_records_fault_only_for_consumers_that_ask() -> None:
+    foreign_key = DBAPIError("INSERT …", None, _AdaptedError("23503"))
+    assert data_error(foreign_key) is None
+    assert data_error(foreign_key, (DATA_EXCEPTION, INTEGRITY_VIOLATION)) == "23503"
+    too_long = DBAPIError("INSERT …", None, _AdaptedError("22001"))
+    assert data_error(too_long, (DATA_EXCEPTION, INTEGRITY_VIOLATION)) == "22001"
+    deadlock = DBAPIError("UPDATE …", None, _AdaptedError("40P01"))
+    assert data_error(deadlock, (DATA_EXCEPTION, INTEGRITY_VIOLATION)) is None
