@@ -38,6 +38,7 @@ from channels.models import Channel
 from infra.logging import get_logger
 from infra.resources import Resources
 from normalizer.models import UnsupportedEvent
+from normalizer.platforms import Platform
 from outbox.contracts import SendCommand
 from outbox.errors import TemplateInvalid
 from outbox.models import MessageTemplate, TemplateSync
@@ -51,12 +52,14 @@ from outbox.template_check import (
 )
 
 __all__ = [
+    "PLATFORM",
     "STATUS_UPDATE_FIELD",
     "Placeholders",
     "apply_status_updates",
     "button_problems",
     "check_send",
     "fetch_templates",
+    "is_status_update",
     "parameter_problems",
     "placeholders",
     "run_template_sync",
@@ -65,6 +68,10 @@ __all__ = [
 
 log = get_logger(__name__)
 
+PLATFORM: Final[Platform] = "whatsapp"
+"""The one platform with a template registry to sync (Meta's WhatsApp Business Management API).
+Template sends on other platforms (Twilio's Content API) are not checked: the registry has
+nothing to check them against."""
 STATUS_UPDATE_FIELD: Final = "message_template_status_update"
 _SYNC_LOCK: Final = 0x5B_7470_6C73  # pg advisory lock id of the template sync ("[tpls")
 _MAX_PAGES: Final = 200
@@ -78,7 +85,7 @@ _FIELDS: Final = "name,language,status,category,components"
 async def check_send(session: AsyncSession, channel: Channel, command: SendCommand) -> None:
     """Raise ``TemplateInvalid`` if the registry is synced and refuses this template send."""
     template = command.content.template
-    if channel.platform != "whatsapp" or template is None or not channel.business_account_id:
+    if channel.platform != PLATFORM or template is None or not channel.business_account_id:
         return
     sync = await session.get(TemplateSync, channel.id)
     if sync is None or sync.business_account_id != channel.business_account_id:
@@ -104,7 +111,7 @@ async def check_send(session: AsyncSession, channel: Channel, command: SendComma
 def _status_update(event: UnsupportedEvent) -> tuple[uuid.UUID, str, str, str] | None:
     data = event.data
     raw = data.raw
-    if data.platform != "whatsapp" or not isinstance(raw, dict):
+    if data.platform != PLATFORM or not isinstance(raw, dict):
         return None
     value = raw.get("value")
     if raw.get("field") != STATUS_UPDATE_FIELD or not isinstance(value, dict):
@@ -124,6 +131,12 @@ def _status_update(event: UnsupportedEvent) -> tuple[uuid.UUID, str, str, str] |
     except ValueError:
         return None
     return channel_id, str(name), str(language), "APPROVED" if status == "REINSTATED" else status
+
+
+def is_status_update(event: UnsupportedEvent) -> bool:
+    """Whether ``event`` may be a template status webhook (the receipts consumer collects
+    these for ``apply_status_updates``, which reads them in full)."""
+    return event.data.platform == PLATFORM
 
 
 async def apply_status_updates(
@@ -248,7 +261,7 @@ async def sync_once(resources: Resources, client: aiohttp.ClientSession) -> int 
             return None
         channels = await session.scalars(
             select(Channel).where(
-                Channel.platform == "whatsapp",
+                Channel.platform == PLATFORM,
                 Channel.enabled.is_(True),
                 Channel.business_account_id.is_not(None),
             )
