@@ -211,3 +211,11 @@ async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
 @pytest.fixture
 def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+@pytest.fixture
+def own_broker() -> Iterator[EmbeddedBroker]:
+    """An embedded broker of the test's own, to stop and start again (the session's broker
+    stays up for the other tests). It keeps topics in memory: started again, it has none."""
+    with EmbeddedBroker() as broker:
+        yield broker

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import uvicorn
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from infra.component import Component
 from infra.resources import Resources, open_resources
@@ -74,6 +77,14 @@ class StallingProxy:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: list[asyncio.StreamWriter] = []
+
+    @property
+    def listen_port(self) -> int:
+        """The port the proxy listens on (127.0.0.1), once started."""
+        if self._server is None:
+            raise RuntimeError("the proxy is not started")
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
 
     async def start(self) -> int:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
@@ -172,3 +183,19 @@ async def wait_committed(
                 await asyncio.sleep(0.1)
     finally:
         await probe.stop()
+
+
+async def until(
+    check: Callable[[], Awaitable[bool]], limit_s: float = 20.0, poll_s: float = 0.05
+) -> None:
+    """Poll ``check`` until it holds. The limit only guards against a hang: give it room for a
+    loaded 2-core machine, it is never what a test measures."""
+    async with asyncio.timeout(limit_s):
+        while not await check():  # noqa: ASYNC110 - polling other tasks' and processes' state
+            await asyncio.sleep(poll_s)
+
+
+async def scalar(sessionmaker: async_sessionmaker[AsyncSession], query: str) -> Any:
+    """The one value a SQL query returns, in a session of its own."""
+    async with sessionmaker() as session:
+        return (await session.execute(text(query))).scalar_one()

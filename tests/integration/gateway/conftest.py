@@ -18,10 +18,13 @@ from urllib.parse import urlencode
 
 import httpx
 import pytest
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+import normalizer
 from gateway.app import component
 from gateway.service import Gateway, GatewayHolder
+from infra.embedded import EmbeddedBroker
 from infra.settings import Settings
 from tests.conftest import ADMIN_KEY
 from tests.support import RunningApp, reader_from_start, running_app
@@ -245,6 +248,64 @@ async def running_ingress(settings: Settings, *, fast_path: bool = True) -> Asyn
         gateway = dataclasses.replace(gateway, asgi_middleware=())
     async with running_app(settings, [gateway]) as app:
         yield Ingress(app, {}, holder)
+
+
+@contextlib.asynccontextmanager
+async def ingress_through_proxy(
+    settings: Settings, port: int, **overrides: Any
+) -> AsyncIterator[Ingress]:
+    """The app with every PostgreSQL connection (gateway pool, SQLAlchemy) through a proxy
+    listening on 127.0.0.1:``port``, with short database and publish deadlines so a database
+    that misbehaves is noticed within seconds; the relay runs only when woken (spool writes),
+    so it holds no connection of its own when the proxy misbehaves. ``overrides``: more
+    settings."""
+    url = make_url(settings.database_url.get_secret_value()).set(host="127.0.0.1", port=port)
+    proxied = settings.model_copy(
+        update={
+            "database_url": type(settings.database_url)(url.render_as_string(False)),
+            "gateway_db_timeout_seconds": 1.0,
+            "gateway_publish_timeout_seconds": 2.0,
+            "kafka_request_timeout_ms": 2000,
+            "gateway_relay_interval_seconds": 3600.0,
+            **overrides,
+        }
+    )
+    async with running_ingress(proxied) as ingress:
+        yield ingress
+
+
+@contextlib.asynccontextmanager
+async def ingress_on_own_broker(
+    settings: Settings, broker: EmbeddedBroker, **overrides: Any
+) -> AsyncIterator[Ingress]:
+    """The app publishing to ``broker`` with short broker deadlines, so an outage is noticed
+    within seconds and the webhooks go to the spool; the publisher does not retry the broker
+    on its own (the test says when it is back) and the relay runs only when woken (spool
+    writes) unless ``overrides`` say otherwise."""
+    on_broker = settings.model_copy(
+        update={
+            "kafka_bootstrap_servers": broker.bootstrap_servers,
+            "kafka_enable_idempotence": False,  # Tansu has no idempotent producer
+            "kafka_replication_factor": 1,
+            "kafka_min_insync_replicas": None,
+            "kafka_request_timeout_ms": 1500,
+            "gateway_publish_timeout_seconds": 1.0,
+            "gateway_broker_backoff_seconds": 3600.0,
+            "gateway_relay_interval_seconds": 3600.0,
+            **overrides,
+        }
+    )
+    async with running_ingress(on_broker) as ingress:
+        yield ingress
+
+
+def event_id(ingress: Ingress, body: bytes, platform: str = "whatsapp") -> str:
+    """The id of the first canonical event ``body`` (a webhook of ``platform`` to the ingress's
+    channel) normalizes to: what a test looks for on the topic."""
+    events = normalizer.normalize(
+        platform, body, channel_id=ingress.channels[platform], account_id=ACCOUNTS[platform]
+    )
+    return events[0].id
 
 
 @pytest.fixture

@@ -13,10 +13,9 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-import normalizer
 from tests.integration.gateway.conftest import (
-    ACCOUNTS,
     Ingress,
+    event_id,
     has,
     read_topic,
     telegram_headers,
@@ -25,13 +24,6 @@ from tests.integration.gateway.conftest import (
 )
 
 pytestmark = pytest.mark.integration
-
-
-def event_id(ingress: Ingress, platform: str, body: bytes) -> str:
-    events = normalizer.normalize(
-        platform, body, channel_id=ingress.channels[platform], account_id=ACCOUNTS[platform]
-    )
-    return events[0].id
 
 
 async def test_an_over_long_content_type_costs_nobody_the_dedup(
@@ -69,9 +61,9 @@ async def test_an_over_long_content_type_costs_nobody_the_dedup(
     ]
     marker = whatsapp_payload(("wamid.B2", "39", "marker"))
     assert (await ingress.post_meta("whatsapp", marker)).status_code == 200
-    records = await read_topic(ingress.app.settings, has(event_id(ingress, "whatsapp", marker)))
+    records = await read_topic(ingress.app.settings, has(event_id(ingress, marker, "whatsapp")))
     assert Counter(r["event"]["id"] for r in records) == {
-        event_id(ingress, "whatsapp", good): 1,
-        event_id(ingress, "telegram", bad): 1,
-        event_id(ingress, "whatsapp", marker): 1,
+        event_id(ingress, good, "whatsapp"): 1,
+        event_id(ingress, bad, "telegram"): 1,
+        event_id(ingress, marker, "whatsapp"): 1,
     }

@@ -11,14 +11,13 @@ import pytest
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-import normalizer
 from infra.settings import Settings
 from tests.integration.gateway.conftest import (
-    ACCOUNTS,
     Ingress,
+    event_id,
     has,
+    ingress_through_proxy,
     read_topic,
-    running_ingress,
     whatsapp_payload,
 )
 from tests.integration.gateway.restarting_db import RestartingPostgres
@@ -41,22 +40,13 @@ async def db(settings: Settings) -> AsyncIterator[RestartingPostgres]:
 async def restart_ingress(
     settings: Settings, engine: AsyncEngine, db: RestartingPostgres
 ) -> AsyncIterator[Ingress]:
-    """The app with every PostgreSQL connection (gateway pool, SQLAlchemy) through ``db``."""
-    assert db._server is not None
-    port = db._server.sockets[0].getsockname()[1]
-    url = make_url(settings.database_url.get_secret_value()).set(host="127.0.0.1", port=port)
-    restart_settings = settings.model_copy(
-        update={
-            "database_url": type(settings.database_url)(url.render_as_string(False)),
-            "gateway_db_timeout_seconds": 1.0,
-            "gateway_publish_timeout_seconds": 2.0,
-            "kafka_request_timeout_ms": 2000,
-            "gateway_relay_interval_seconds": 3600.0,
-            "gateway_channel_cache_ttl_seconds": 0.3,
-            "gateway_channel_stale_seconds": 60.0,
-        }
-    )
-    async with running_ingress(restart_settings) as ingress:
+    """The app with every PostgreSQL connection through ``db``, its channel cache short."""
+    async with ingress_through_proxy(
+        settings,
+        db.listen_port,
+        gateway_channel_cache_ttl_seconds=0.3,
+        gateway_channel_stale_seconds=60.0,
+    ) as ingress:
         yield ingress
         db.up()
 
@@ -98,12 +88,7 @@ async def test_a_known_channel_is_served_while_the_database_is_away(
         await asyncio.sleep(0.4)  # the next one needs a reload again
 
     assert db.refused >= 1, "the app did try the 'starting up' server"
-    wanted = [
-        normalizer.normalize(
-            "whatsapp", b, channel_id=ingress.channels["whatsapp"], account_id=ACCOUNTS["whatsapp"]
-        )[0].id
-        for b in bodies
-    ]
+    wanted = [event_id(ingress, b) for b in bodies]
     records = await read_topic(ingress.app.settings, has(*wanted))
     assert {r["event"]["id"] for r in records} >= set(wanted)
     db.up()

@@ -15,14 +15,13 @@ import pytest
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-import normalizer
 from infra.settings import Settings
 from tests.integration.gateway.conftest import (
-    ACCOUNTS,
     Ingress,
+    event_id,
     has,
+    ingress_through_proxy,
     read_topic,
-    running_ingress,
     whatsapp_payload,
 )
 from tests.support import StallingProxy
@@ -46,30 +45,9 @@ async def stall_ingress(
     settings: Settings, engine: AsyncEngine, proxy: StallingProxy
 ) -> AsyncIterator[Ingress]:
     """The app with every PostgreSQL connection (gateway pool, SQLAlchemy) through ``proxy``."""
-    assert proxy._server is not None
-    port = proxy._server.sockets[0].getsockname()[1]
-    url = make_url(settings.database_url.get_secret_value()).set(host="127.0.0.1", port=port)
-    stall_settings = settings.model_copy(
-        update={
-            "database_url": type(settings.database_url)(url.render_as_string(False)),
-            "gateway_db_timeout_seconds": 1.0,
-            "gateway_publish_timeout_seconds": 2.0,
-            "kafka_request_timeout_ms": 2000,
-            # The relay runs only when woken (spool writes): it holds no connection of its own
-            # when PostgreSQL stalls, so the next batch reuses the warm one.
-            "gateway_relay_interval_seconds": 3600.0,
-        }
-    )
-    async with running_ingress(stall_settings) as ingress:
+    async with ingress_through_proxy(settings, proxy.listen_port) as ingress:
         yield ingress
         proxy.resume()  # let the shutdown close its connections
-
-
-def event_id(ingress: Ingress, body: bytes) -> str:
-    events = normalizer.normalize(
-        "whatsapp", body, channel_id=ingress.channels["whatsapp"], account_id=ACCOUNTS["whatsapp"]
-    )
-    return events[0].id
 
 
 async def test_stall_after_the_claim_times_out_is_200_once_published(

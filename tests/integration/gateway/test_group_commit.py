@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 import normalizer
 from tests.integration.gateway.conftest import ACCOUNTS, Ingress, has, read_topic, whatsapp_payload
+from tests.support import scalar
 
 pytestmark = pytest.mark.integration
 
@@ -22,11 +23,6 @@ def event_ids(ingress: Ingress, body: bytes) -> list[str]:
         "whatsapp", body, channel_id=ingress.channels["whatsapp"], account_id=ACCOUNTS["whatsapp"]
     )
     return [e.id for e in events]
-
-
-async def scalar(sm: async_sessionmaker[AsyncSession], query: str) -> int:
-    async with sm() as session:
-        return int((await session.execute(text(query))).scalar_one())
 
 
 async def test_concurrent_webhooks_with_duplicates_publish_each_event_once(

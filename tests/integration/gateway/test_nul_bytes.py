@@ -6,31 +6,20 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 import normalizer
 from tests.integration.gateway.conftest import (
     ACCOUNTS,
     Ingress,
+    event_id,
     has,
     read_topic,
     whatsapp_payload,
 )
+from tests.support import scalar
 
 pytestmark = pytest.mark.integration
-
-
-def event_id(ingress: Ingress, body: bytes) -> str:
-    events = normalizer.normalize(
-        "whatsapp", body, channel_id=ingress.channels["whatsapp"], account_id=ACCOUNTS["whatsapp"]
-    )
-    return events[0].id
-
-
-async def scalar(sm: async_sessionmaker[AsyncSession], query: str) -> int:
-    async with sm() as session:
-        return int((await session.execute(text(query))).scalar_one())
 
 
 async def test_a_nul_in_the_conversation_id_is_400_and_nothing_is_kept(

@@ -6,9 +6,7 @@ stopped, topics lost)."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import AsyncIterator
 
 import asyncpg  # type: ignore[import-untyped]
 import prometheus_client
@@ -16,56 +14,32 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-import normalizer
 from gateway import repository as repo
 from infra import kafka, telemetry
 from infra.embedded import EmbeddedBroker
 from infra.settings import Settings
 from tests.integration.gateway.conftest import (
-    ACCOUNTS,
     Ingress,
+    event_id,
     has,
+    ingress_on_own_broker,
     meta_headers,
     read_topic,
     running_ingress,
     whatsapp_payload,
 )
+from tests.support import scalar, until
 from tests.tracing import TRACE, TRACEPARENT, recording_spans
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def own_broker() -> Iterator[EmbeddedBroker]:
-    with EmbeddedBroker() as broker:
-        yield broker
-
-
-@pytest.fixture
 async def outage_ingress(
     settings: Settings, engine: AsyncEngine, own_broker: EmbeddedBroker
 ) -> AsyncIterator[Ingress]:
-    outage_settings = settings.model_copy(
-        update={
-            "kafka_bootstrap_servers": own_broker.bootstrap_servers,
-            "kafka_enable_idempotence": False,  # Tansu has no idempotent producer
-            "kafka_replication_factor": 1,
-            "kafka_min_insync_replicas": None,
-            "kafka_request_timeout_ms": 1500,
-            "gateway_publish_timeout_seconds": 1.0,
-            "gateway_broker_backoff_seconds": 3600.0,
-            "gateway_relay_interval_seconds": 3600.0,  # the relay runs when woken (spool writes)
-        }
-    )
-    async with running_ingress(outage_settings) as ingress:
+    async with ingress_on_own_broker(settings, own_broker) as ingress:
         yield ingress
-
-
-def event_id(ingress: Ingress, body: bytes) -> str:
-    events = normalizer.normalize(
-        "whatsapp", body, channel_id=ingress.channels["whatsapp"], account_id=ACCOUNTS["whatsapp"]
-    )
-    return events[0].id
 
 
 def spooled_total() -> float:
@@ -73,17 +47,6 @@ def spooled_total() -> float:
         "switchboard_gateway_events_total", {"platform": "whatsapp", "outcome": "spooled"}
     )
     return value or 0.0
-
-
-async def scalar(sm: async_sessionmaker[AsyncSession], query: str) -> Any:
-    async with sm() as session:
-        return (await session.execute(text(query))).scalar_one()
-
-
-async def until(predicate: Any, limit_s: float = 20.0) -> None:
-    async with asyncio.timeout(limit_s):
-        while not await predicate():  # noqa: ASYNC110 - polling another process's state
-            await asyncio.sleep(0.05)
 
 
 async def test_broker_outage_spools_then_relays_once_in_order(

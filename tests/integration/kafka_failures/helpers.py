@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -17,16 +17,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from infra.kafka import CE_HEADERS
 from infra.settings import Settings
 from outbox.models import OutboxEvent, OutboxMessage
-from tests.support import reader_from_start
+from tests.support import reader_from_start, until
+
+__all__ = ["TERMINAL", "until"]
 
 TERMINAL = frozenset({"delivered", "read", "failed", "dead", "cancelled"})
-
-
-async def until(check: Callable[[], Awaitable[bool]], limit_s: float, poll_s: float = 0.2) -> None:
-    """Poll ``check`` until it holds; the limit only guards against a hang."""
-    async with asyncio.timeout(limit_s):
-        while not await check():  # noqa: ASYNC110 - polling other tasks' and processes' state
-            await asyncio.sleep(poll_s)
 
 
 async def leaders(settings: Settings, topic: str) -> Counter[int]:

@@ -12,26 +12,25 @@ from __future__ import annotations
 import asyncio
 import shutil
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
 
 import pytest
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-import normalizer
 from infra.embedded import EmbeddedBroker
 from infra.kafka_cluster import KafkaCluster
 from infra.settings import Settings
 from tests.conftest import TEST_BROKER, broker_settings
 from tests.integration.gateway.conftest import (
-    ACCOUNTS,
     Ingress,
+    event_id,
     has,
+    ingress_on_own_broker,
     read_topic,
     running_ingress,
     whatsapp_payload,
 )
+from tests.support import scalar, until
 
 pytestmark = pytest.mark.integration
 
@@ -39,41 +38,16 @@ WEBHOOKS = 60
 
 
 @pytest.fixture
-def own_broker() -> Iterator[EmbeddedBroker]:
-    with EmbeddedBroker() as broker:
-        yield broker
-
-
-@pytest.fixture
 async def outage_ingress(
     settings: Settings, engine: AsyncEngine, own_broker: EmbeddedBroker
 ) -> AsyncIterator[Ingress]:
-    outage_settings = settings.model_copy(
-        update={
-            "kafka_bootstrap_servers": own_broker.bootstrap_servers,
-            "kafka_enable_idempotence": False,  # Tansu has no idempotent producer
-            "kafka_replication_factor": 1,
-            "kafka_min_insync_replicas": None,
-            "kafka_request_timeout_ms": 1500,
-            "gateway_publish_timeout_seconds": 1.0,
-            "gateway_broker_backoff_seconds": 3600.0,
-            "gateway_relay_interval_seconds": 0.2,
-            "gateway_relay_batch_size": 25,
-        }
-    )
-    async with running_ingress(outage_settings) as ingress:
+    async with ingress_on_own_broker(
+        settings,
+        own_broker,
+        gateway_relay_interval_seconds=0.2,
+        gateway_relay_batch_size=25,
+    ) as ingress:
         yield ingress
-
-
-async def scalar(sm: async_sessionmaker[AsyncSession], query: str) -> Any:
-    async with sm() as session:
-        return (await session.execute(text(query))).scalar_one()
-
-
-async def until(predicate: Any, limit_s: float = 30.0) -> None:
-    async with asyncio.timeout(limit_s):
-        while not await predicate():  # noqa: ASYNC110 - polling another process's state
-            await asyncio.sleep(0.05)
 
 
 async def test_relay_keeps_its_spool_until_a_broker_that_has_the_topic_confirms(
@@ -138,15 +112,7 @@ async def spool_then_restart_without_topics(
         whatsapp_payload((f"wamid.L{n}", str(100 + n % 7), f"lost-topics {n}"))
         for n in range(WEBHOOKS)
     ]
-    ids = [
-        normalizer.normalize(
-            "whatsapp",
-            body,
-            channel_id=ingress.channels["whatsapp"],
-            account_id=ACCOUNTS["whatsapp"],
-        )[0].id
-        for body in bodies
-    ]
+    ids = [event_id(ingress, body) for body in bodies]
 
     await asyncio.to_thread(stop)
     for body in bodies:
@@ -158,7 +124,7 @@ async def spool_then_restart_without_topics(
         return not gateway.publisher.unresolved_sends
 
     if settle:
-        await until(settled)
+        await until(settled, limit_s=30)
     began = time.monotonic()
     await asyncio.to_thread(start)  # back without any topic
     gateway.publisher.broker_up()
