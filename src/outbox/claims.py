@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import math
 import uuid
+from collections import deque
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
@@ -34,7 +35,14 @@ if TYPE_CHECKING:
     from outbox.ownership import ChannelOwnership
     from outbox.sending import Dispatcher
 
-__all__ = ["SAFETY", "Claim", "Claimer", "InFlight", "fair_shares"]
+__all__ = [
+    "SAFETY",
+    "Claim",
+    "ClaimQueue",
+    "Claimer",
+    "InFlight",
+    "fair_shares",
+]
 
 K = TypeVar("K", bound=Hashable)
 
@@ -51,6 +59,45 @@ class Claim:
     sending: bool = False
     finished: bool = False
     task: asyncio.Task[None] | None = None
+
+
+class ClaimQueue:
+    """A channel's claims waiting for the pacer, in claim order, and how many of them are in
+    the reply lane: the pacer asks at every grant, and counting the queue each time made a
+    grant cost as much as the queue is long."""
+
+    __slots__ = ("_claims", "replies")
+
+    def __init__(self) -> None:
+        self._claims: deque[Claim] = deque()
+        self.replies = 0
+
+    def append(self, claim: Claim) -> None:
+        self._claims.append(claim)
+        if claim.message.lane == "reply":
+            self.replies += 1
+
+    def popleft(self) -> Claim:
+        claim = self._claims.popleft()
+        self._gone(claim)
+        return claim
+
+    def remove(self, claim: Claim) -> None:
+        self._claims.remove(claim)
+        self._gone(claim)
+
+    def _gone(self, claim: Claim) -> None:
+        if claim.message.lane == "reply":
+            self.replies -= 1
+
+    def __getitem__(self, index: int) -> Claim:
+        return self._claims[index]
+
+    def __iter__(self) -> Iterator[Claim]:
+        return iter(self._claims)
+
+    def __len__(self) -> int:
+        return len(self._claims)
 
 
 class InFlight:

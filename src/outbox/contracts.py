@@ -124,12 +124,15 @@ event, which must fit in one Kafka record: an unbounded one would make its event
 
 
 def _bounded_metadata(value: dict[str, JsonValue]) -> dict[str, JsonValue]:
-    if holds_nul(value):
-        raise ValueError("strings must not contain the NUL character (\\u0000)")
     try:
-        size = len(orjson.dumps(value))
+        encoded = orjson.dumps(value)
     except orjson.JSONEncodeError:
+        if holds_nul(value):
+            raise ValueError("strings must not contain the NUL character (\\u0000)") from None
         raise ValueError("metadata must be plain JSON (integers within 64 bits)") from None
+    if b"\\u0000" in encoded and holds_nul(value):  # JSON escapes NUL: no escape, no NUL
+        raise ValueError("strings must not contain the NUL character (\\u0000)")
+    size = len(encoded)
     if size > METADATA_MAX_BYTES:
         raise ValueError(
             f"metadata is {size} bytes as JSON; at most {METADATA_MAX_BYTES} bytes are allowed"

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -22,14 +21,14 @@ from infra.logging import get_logger
 from infra.resources import Resources
 from outbox import leases
 from outbox.breaker import BreakerPolicy, CircuitBreaker
-from outbox.claims import SAFETY, InFlight
+from outbox.claims import SAFETY, ClaimQueue, InFlight
 from outbox.delivery import channel_rate, plan_ownership
 from outbox.outcomes import DB_ERRORS
 from outbox.platforms import ChannelConfig
 from outbox.ratelimit import Limit, Pacer, Rate, channel_key
 
 if TYPE_CHECKING:
-    from outbox.claims import Claim
+    pass
 
 __all__ = ["ChannelOwnership", "OwnedChannel"]
 
@@ -48,16 +47,18 @@ class OwnedChannel:
     valid_until: float
     """Monotonic: no send starts after ``valid_until - SAFETY`` unless the lease is renewed."""
     loaded_at: float
-    queue: deque[Claim] = field(default_factory=deque)
+    queue: ClaimQueue = field(default_factory=ClaimQueue)
     """Claims waiting for the pacer, in claim order (they count against the claim budget)."""
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
     dispatcher: asyncio.Task[None] | None = None
     breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
     """This owner's circuit breaker of the channel (kept across settings reloads)."""
 
-    @property
-    def id(self) -> uuid.UUID:
-        return uuid.UUID(self.config.id)
+    id: uuid.UUID = field(init=False)
+    """``config.id`` as a UUID, parsed once (it keys every lookup on the send path)."""
+
+    def __post_init__(self) -> None:
+        self.id = uuid.UUID(self.config.id)
 
     def sendable(self, now: float) -> bool:
         """Its lease still covers a send started ``now``."""

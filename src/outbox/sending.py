@@ -115,7 +115,7 @@ class Dispatcher:
                 soonest = math.inf
                 expired: list[Claim] = []
                 share = self._share(channel)
-                replies = sum(1 for claim in channel.queue if claim.message.lane == "reply")
+                replies = channel.queue.replies
                 contended = 0 < replies < len(channel.queue)
                 first = share.first(
                     reply_waiting=replies > 0, bulk_waiting=replies < len(channel.queue)

@@ -10,7 +10,7 @@ import pytest
 
 from infra.resources import Resources
 from infra.settings import Settings
-from outbox.claims import Claim, Claimer, InFlight, fair_shares
+from outbox.claims import Claim, Claimer, ClaimQueue, InFlight, fair_shares
 from outbox.delivery import channel_rate
 from outbox.outcomes import WorkerStats
 from outbox.ownership import OwnedChannel
@@ -157,3 +157,22 @@ def test_a_small_free_capacity_waits_for_a_worthwhile_batch() -> None:
         in_flight.add(Claim(cast(Any, message), deadline=0.0))
     assert c.budgets() == {}, "1 free slot of 16 is below an eighth"
     assert in_flight.per_channel() == {channel.id: 15}
+
+
+def test_a_claim_queue_keeps_its_order_and_counts_its_replies() -> None:
+    def claim(lane: str) -> Claim:
+        return Claim(cast(Any, SimpleNamespace(lane=lane)), deadline=0.0)
+
+    queue = ClaimQueue()
+    bulk, reply, other_reply, last = claim("bulk"), claim("reply"), claim("reply"), claim("bulk")
+    for item in (bulk, reply, other_reply, last):
+        queue.append(item)
+    assert (len(queue), queue.replies, queue[0]) == (4, 2, bulk)
+    queue.remove(reply)
+    assert list(queue) == [bulk, other_reply, last]
+    assert queue.replies == 1
+    assert queue.popleft() is bulk
+    queue.remove(last)
+    assert (list(queue), queue.replies) == ([other_reply], 1)
+    assert queue.popleft() is other_reply
+    assert (len(queue), queue.replies, bool(queue)) == (0, 0, False)
