@@ -14,7 +14,6 @@ import asyncio
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from channels.service import load_with_secrets
 from infra.logging import get_logger
@@ -26,9 +25,6 @@ from outbox.delivery import channel_rate, plan_ownership
 from outbox.outcomes import DB_ERRORS
 from outbox.platforms import ChannelConfig
 from outbox.ratelimit import Limit, Pacer, Rate, channel_key
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = ["ChannelOwnership", "OwnedChannel"]
 
