@@ -25,7 +25,6 @@ from tests.integration.gateway.conftest import (
     ingress_on_own_broker,
     meta_headers,
     read_topic,
-    running_ingress,
     whatsapp_payload,
 )
 from tests.support import scalar, until
@@ -181,19 +180,14 @@ async def test_starts_without_the_broker_spools_then_relays_once_it_answers(
     """A replica (re)started during a broker outage still takes webhooks: they are spooled,
     and published once the producer's background connect succeeds."""
     own_broker.stop()
-    down_settings = settings.model_copy(
-        update={
-            "kafka_bootstrap_servers": own_broker.bootstrap_servers,
-            "kafka_enable_idempotence": False,  # Tansu has no idempotent producer
-            "kafka_replication_factor": 1,
-            "kafka_min_insync_replicas": None,
-            "kafka_request_timeout_ms": 1000,
-            "gateway_publish_timeout_seconds": 0.5,
-            "gateway_broker_backoff_seconds": 0.5,
-            "gateway_relay_interval_seconds": 0.2,
-        }
-    )
-    async with running_ingress(down_settings) as ingress:
+    async with ingress_on_own_broker(
+        settings,
+        own_broker,
+        kafka_request_timeout_ms=1000,
+        gateway_publish_timeout_seconds=0.5,
+        gateway_broker_backoff_seconds=0.5,
+        gateway_relay_interval_seconds=0.2,
+    ) as ingress:
         app = ingress.app
         ready = await app.client.get("/readyz")
         assert ready.status_code == 503
