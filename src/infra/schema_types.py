@@ -43,20 +43,22 @@ def no_nul(value: str) -> str:
     return value
 
 
-def holds_nul(value: Any) -> bool:
+def holds_nul(value: Any, encoded: bytes | None = None) -> bool:
     """Whether any string in a JSON-like value (keys included) holds NUL: for free-form JSON
     (metadata, template components), where no string type can be attached to each value.
 
     JSON has to escape NUL (``\\u0000``), so a value whose JSON lacks that escape holds none:
     one C-speed ``orjson.dumps`` answers almost every call (the delivery worker asks once per
     send, and walking the value cost ~1 % of a send's CPU); only a value that may hold one, or
-    that orjson refuses, is walked."""
+    that orjson refuses, is walked. ``encoded``: the value's ``orjson.dumps``, when the caller
+    has it already."""
     if isinstance(value, str):
         return "\x00" in value
-    try:
-        encoded = orjson.dumps(value)
-    except (orjson.JSONEncodeError, TypeError):
-        return _walk_for_nul(value)
+    if encoded is None:
+        try:
+            encoded = orjson.dumps(value)
+        except (orjson.JSONEncodeError, TypeError):
+            return _walk_for_nul(value)
     return b"\\u0000" in encoded and _walk_for_nul(value)
 
 

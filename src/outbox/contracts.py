@@ -130,7 +130,7 @@ def _bounded_metadata(value: dict[str, JsonValue]) -> dict[str, JsonValue]:
         if holds_nul(value):
             raise ValueError("strings must not contain the NUL character (\\u0000)") from None
         raise ValueError("metadata must be plain JSON (integers within 64 bits)") from None
-    if b"\\u0000" in encoded and holds_nul(value):  # JSON escapes NUL: no escape, no NUL
+    if holds_nul(value, encoded):
         raise ValueError("strings must not contain the NUL character (\\u0000)")
     size = len(encoded)
     if size > METADATA_MAX_BYTES:
