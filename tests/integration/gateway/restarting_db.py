@@ -33,21 +33,15 @@ class RestartingPostgres:
         """Connections answered 57P03 so far."""
         self._up = True
         self._server: asyncio.Server | None = None
+        self.listen_port = 0
+        """The port it listens on (127.0.0.1) once started."""
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
 
-    @property
-    def listen_port(self) -> int:
-        """The port the proxy listens on (127.0.0.1), once started."""
-        if self._server is None:
-            raise RuntimeError("the proxy is not started")
-        port: int = self._server.sockets[0].getsockname()[1]
-        return port
-
     async def start(self) -> int:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        port: int = self._server.sockets[0].getsockname()[1]
-        return port
+        self.listen_port = int(self._server.sockets[0].getsockname()[1])
+        return self.listen_port
 
     def starting(self) -> None:
         """Cut every connection; new ones are told the server is starting up."""
